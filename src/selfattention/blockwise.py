@@ -1,0 +1,159 @@
+"""Tier 3: the tiled online-softmax algorithm, in plain PyTorch.
+
+The bridge between the matrix form and a fused kernel. Keys and values are visited one block of
+``block_size`` at a time; each query row keeps a running max ``m``, a running sum ``l`` of
+``exp(s - m)`` and an accumulator ``acc`` of ``exp(s - m) @ v``. When a new block raises the max,
+the old sum and accumulator are rescaled by ``exp(m_old - m_new)``. At the end ``out = acc / l``
+and ``lse = m + log(l)``. Only a (Tq, block) tile of scores ever exists, so memory is O(T · block),
+not O(T²). This is the algorithm of FlashAttention (Dao et al., 2022) and of ring attention's merge.
+
+The backward pass does not keep the tiles either: from the saved ``lse`` it recomputes each tile
+of weights ``P = exp(S - lse)`` and accumulates dQ, dK, dV block by block (FlashAttention-2's
+backward, Dao 2023): dV += Pᵀ dO; dP = dO Vᵀ; dS = P ∘ (dP − rowsum(dO ∘ O)); dQ += dS K · scale;
+dK += dSᵀ Q · scale.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import Problem, check_inputs
+
+DEFAULT_BLOCK = 512
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Low precision accumulates in float32, as FlashAttention does.
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _causal_offset(causal: str | None, Tq: int, Tk: int) -> int | None:
+    """Query i may see keys j <= i + offset; None when not causal."""
+    if causal is None:
+        return None
+    return Tk - Tq if causal == "bottom_right" else 0
+
+
+def _tile(q, k, v, mask, offset, scale, j0, j1):
+    """Scores of the queries that can see key block [j0, j1): returns (i0, s) with s (..., Tq-i0, j1-j0).
+
+    Rows before i0 see none of these keys under the causal mask, so they are not computed.
+    """
+    Tq = q.shape[-2]
+    i0 = 0 if offset is None else max(0, j0 - offset)
+    if i0 >= Tq:
+        return i0, None
+    s = torch.matmul(q[..., i0:, :], k[..., j0:j1, :].transpose(-2, -1)) * scale  # (..., Tq-i0, bk)
+    if mask is not None:
+        rows = slice(i0, None) if mask.shape[-2] > 1 else slice(None)
+        cols = slice(j0, j1) if mask.shape[-1] > 1 else slice(None)
+        m = mask[..., rows, cols]
+        s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.to(s.dtype)
+    if offset is not None and j1 - 1 > i0 + offset:  # the block straddles the diagonal
+        i = torch.arange(i0, Tq, device=q.device).unsqueeze(-1)  # (Tq-i0, 1)
+        j = torch.arange(j0, j1, device=q.device)  # (bk,)
+        s = s.masked_fill(j > i + offset, float("-inf"))
+    return i0, s
+
+
+class _BlockwiseAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask, offset, scale, block):
+        cd = _compute_dtype(q.dtype)
+        qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
+        lead = [x.shape[:-2] for x in (q, k, v, mask) if x is not None]
+        batch = torch.broadcast_shapes(*lead)  # the mask may add leading dims too
+        Tq, Tk, dv = q.shape[-2], k.shape[-2], v.shape[-1]
+        m = torch.full((*batch, Tq, 1), float("-inf"), dtype=cd, device=q.device)  # running max
+        l = torch.zeros((*batch, Tq, 1), dtype=cd, device=q.device)  # running sum
+        acc = torch.zeros((*batch, Tq, dv), dtype=cd, device=q.device)  # running Σ p v
+        for j0 in range(0, Tk, block):
+            j1 = min(j0 + block, Tk)
+            i0, s = _tile(qc, kc, vc, mask, offset, scale, j0, j1)
+            if s is None:
+                break  # causal: no later block is visible to any query either
+            s = s.expand(*batch, *s.shape[-2:])  # (..., Tq-i0, bk) with every leading dim
+            m_old = m[..., i0:, :]
+            m_new = torch.maximum(m_old, s.amax(-1, keepdim=True))  # (..., Tq-i0, 1)
+            m_safe = m_new.masked_fill(m_new.isneginf(), 0.0)  # rows that have seen nothing yet
+            p = torch.exp(s - m_safe)  # (..., Tq-i0, bk)
+            corr = torch.exp(m_old - m_safe)  # rescales what was accumulated under the old max
+            l[..., i0:, :] = l[..., i0:, :] * corr + p.sum(-1, keepdim=True)
+            acc[..., i0:, :] = acc[..., i0:, :] * corr + torch.matmul(p, vc[..., j0:j1, :])
+            m[..., i0:, :] = m_new
+        empty = l == 0  # rows that may attend to nothing: output 0, lse -inf
+        out = acc / l.masked_fill(empty, 1.0)  # (..., Tq, dv)
+        lse = (m + torch.log(l)).masked_fill(empty, float("-inf")).squeeze(-1)  # (..., Tq)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.mask, ctx.offset, ctx.scale, ctx.block = mask, offset, scale, block
+        ctx.mark_non_differentiable(lse)
+        return out.to(q.dtype), lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        mask, offset, scale, block = ctx.mask, ctx.offset, ctx.scale, ctx.block
+        cd = out.dtype
+        qc, kc, vc, do = q.to(cd), k.to(cd), v.to(cd), dout.to(cd)
+        batch = out.shape[:-2]
+        Tk = k.shape[-2]
+        # exp(s - (+inf)) = 0: rows that attended to nothing get zero weights and zero gradients.
+        lse = lse.masked_fill(lse.isneginf(), float("inf")).unsqueeze(-1)  # (..., Tq, 1)
+        delta = (do * out).sum(-1, keepdim=True)  # rowsum(dO ∘ O), (..., Tq, 1)
+        dq = torch.zeros((*batch, *q.shape[-2:]), dtype=cd, device=q.device)
+        dk = torch.zeros((*batch, *k.shape[-2:]), dtype=cd, device=q.device)
+        dv = torch.zeros((*batch, *v.shape[-2:]), dtype=cd, device=q.device)
+        for j0 in range(0, Tk, block):
+            j1 = min(j0 + block, Tk)
+            i0, s = _tile(qc, kc, vc, mask, offset, scale, j0, j1)
+            if s is None:
+                break
+            p = torch.exp(s - lse[..., i0:, :])  # (..., Tq-i0, bk), the forward's weights
+            do_i = do[..., i0:, :]
+            dv[..., j0:j1, :] += torch.matmul(p.transpose(-2, -1), do_i)
+            dp = torch.matmul(do_i, vc[..., j0:j1, :].transpose(-2, -1))  # (..., Tq-i0, bk)
+            ds = p * (dp - delta[..., i0:, :])
+            dq[..., i0:, :] += torch.matmul(ds, kc[..., j0:j1, :]) * scale
+            dk[..., j0:j1, :] += torch.matmul(ds.transpose(-2, -1), qc[..., i0:, :]) * scale
+        # Sum over the leading dims each input was broadcast along.
+        dq = dq.sum_to_size(q.shape).to(q.dtype)
+        dk = dk.sum_to_size(k.shape).to(k.dtype)
+        dv = dv.sum_to_size(v.shape).to(v.dtype)
+        return dq, dk, dv, None, None, None, None
+
+
+def run(p: Problem, *, block_size: int = DEFAULT_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise attention of a validated problem: (out (..., Tq, d_v), lse (..., Tq))."""
+    if p.mask is not None and p.mask.requires_grad:
+        raise ValueError(
+            "backend 'blockwise' cannot differentiate with respect to a float mask that requires "
+            "grad; use backend='matrix'"
+        )
+    offset = _causal_offset(p.causal, p.Tq, p.Tk)
+    return _BlockwiseAttention.apply(p.q, p.k, p.v, p.mask, offset, p.scale, block_size)
+
+
+def blockwise_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+    causal_alignment: str = "top_left",
+    scale: float | None = None,
+    block_size: int = DEFAULT_BLOCK,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention computed one key block at a time, with memory O(Tq · block_size).
+
+    Shapes as ``selfattention.attention``: q (..., Tq, d), k (..., Tk, d), v (..., Tk, d_v) →
+    out (..., Tq, d_v). With ``return_lse=True`` also returns the log-sum-exp of each row's
+    scaled scores, (..., Tq), -inf for a row that may attend to nothing.
+    """
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    p = check_inputs(q, k, v, mask, causal, causal_alignment, scale)
+    out, lse = run(p, block_size=block_size)
+    return (out, lse) if return_lse else out

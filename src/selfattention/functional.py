@@ -1,0 +1,161 @@
+"""``attention``: one function, several tiers, one dispatcher.
+
+Tier 2 (``matrix``) and the adapter to tier 5 (``torch``, PyTorch's SDPA) live here; tier 3 is in
+``blockwise.py`` and tier 1, the lecture's loops, in ``reference.py``. Every tier computes
+
+    out = softmax(q kᵀ · scale + mask) v
+
+with rows as words (q is (..., Tq, d)); the lecture's columns are the transpose.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import blockwise, masks
+from ._checks import Problem, check_inputs
+
+BACKENDS = ("auto", "matrix", "blockwise", "torch")
+_NO_WEIGHTS = ("blockwise", "torch")
+
+
+def available_backends() -> list[str]:
+    """The backends usable on this machine (``"auto"`` excluded)."""
+    return ["matrix", "blockwise", "torch"]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _allowed(p: Problem) -> torch.Tensor | None:
+    """The boolean mask (True = may attend) from causal and a boolean user mask, or None."""
+    allowed = masks.causal(p.Tq, p.Tk, p.causal, p.q.device) if p.causal else None
+    if p.mask is not None and p.mask.dtype == torch.bool:
+        allowed = p.mask if allowed is None else allowed & p.mask
+    return allowed
+
+
+def matrix(p: Problem, dropout_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tier 2: materialize the (Tq, Tk) weights. Returns (out (..., Tq, d_v), weights (..., Tq, Tk))."""
+    cd = _compute_dtype(p.q.dtype)
+    q, k, v = p.q.to(cd), p.k.to(cd), p.v.to(cd)
+    s = torch.matmul(q, k.transpose(-2, -1)) * p.scale  # (..., Tq, Tk)
+    if p.mask is not None and p.mask.is_floating_point():
+        s = s + p.mask.to(cd)
+    allowed = _allowed(p)
+    if allowed is not None:
+        s = s.masked_fill(~allowed, float("-inf"))
+    dead = None
+    if allowed is not None or p.mask is not None:
+        # A row with nothing to attend to would be softmax(-inf, ..., -inf) = NaN. Give it finite
+        # scores, then zero its weights: output 0 and gradients 0.
+        dead = s.isneginf().all(-1, keepdim=True)  # (..., Tq, 1)
+        s = s.masked_fill(dead, 0.0)
+    w = torch.softmax(s, dim=-1)  # (..., Tq, Tk), rows sum to 1
+    if dead is not None:
+        w = w.masked_fill(dead, 0.0)
+    w_used = F.dropout(w, dropout_p) if dropout_p > 0 else w
+    out = torch.matmul(w_used, v)  # (..., Tq, d_v)
+    return out.to(p.q.dtype), w_used.to(p.q.dtype)
+
+
+def _as_4d(x: torch.Tensor, batch: tuple[int, ...]) -> torch.Tensor:
+    """(..., A, B) broadcast to (*batch, A, B), then folded to exactly 4 dims for SDPA."""
+    x = x.expand(*batch, *x.shape[-2:])
+    if len(batch) <= 2:
+        return x.reshape(*([1] * (2 - len(batch))), *x.shape)
+    return x.reshape(-1, batch[-1], *x.shape[-2:])
+
+
+def sdpa(p: Problem, dropout_p: float = 0.0) -> torch.Tensor:
+    """Tier 5 adapter: ``F.scaled_dot_product_attention`` with our masks and guarantees.
+
+    SDPA returns NaN for a query row that may attend to nothing; such rows are given something to
+    attend to and then zeroed, so their output and gradients are 0.
+    """
+    q, k, v = (_as_4d(x, p.batch) for x in (p.q, p.k, p.v))  # (B', H', T, d)
+    plain_causal = p.causal == "top_left" or (p.causal and p.Tq == p.Tk)
+    if p.mask is None and (p.causal is None or plain_causal):
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout_p, is_causal=p.causal is not None, scale=p.scale
+        )
+        return out.reshape(*p.batch, p.Tq, p.v.shape[-1])
+    mask = p.mask
+    if mask is not None and mask.is_floating_point():
+        if p.causal:
+            keep = masks.causal(p.Tq, p.Tk, p.causal, q.device)
+            mask = mask.masked_fill(~keep, float("-inf"))
+        dead = mask.isneginf().all(-1, keepdim=True)  # (..., Tq, 1)
+        mask = mask.masked_fill(dead, 0.0)
+    else:
+        mask = _allowed(p)
+        dead = ~mask.any(-1, keepdim=True)  # (..., Tq, 1)
+        mask = mask | dead
+    out = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=_as_4d(mask, p.batch), dropout_p=dropout_p, scale=p.scale
+    )
+    out = out.reshape(*p.batch, p.Tq, p.v.shape[-1])  # (..., Tq, d_v)
+    return out.masked_fill(dead, 0.0)
+
+
+def _choose(p: Problem, need_weights: bool) -> str:
+    """What ``backend="auto"`` runs: the fastest tier that is correct for these inputs."""
+    if need_weights or p.Tq == 0 or p.Tk == 0:
+        return "matrix"
+    if p.mask is not None and p.mask.requires_grad:
+        return "matrix"  # the only tier that differentiates with respect to a float mask
+    return "torch"  # SDPA: fastest on the CPU, O(T) memory with its fused kernels
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+    causal_alignment: str = "top_left",
+    scale: float | None = None,
+    need_weights: bool = False,
+    backend: str = "auto",
+    dropout_p: float = 0.0,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Scaled dot-product attention: ``softmax(q kᵀ · scale + mask) v``.
+
+    Args:
+        q: (..., Tq, d) queries; k: (..., Tk, d) keys; v: (..., Tk, d_v) values. Leading dims
+            broadcast (e.g. k of shape (B, Hkv, 1, Tk, d) against q of (B, Hkv, G, Tq, d)).
+        mask: bool, True = may attend, or float, an additive bias; broadcastable to (..., Tq, Tk).
+        causal: forbid attending to later keys; ``causal_alignment`` says which diagonal:
+            ``"top_left"`` (query i sees keys ≤ i) or ``"bottom_right"`` (≤ i + Tk - Tq).
+        scale: multiplies the scores; default 1/√d.
+        need_weights: also return the (..., Tq, Tk) weights (only ``matrix`` can).
+        backend: ``"auto"``, or one of ``available_backends()``.
+        dropout_p: dropout on the weights (``matrix`` and ``torch`` only); 0 at inference.
+
+    Returns:
+        out (..., Tq, d_v), or ``(out, weights)`` when ``need_weights``. A query row that may
+        attend to nothing gives zeros (and zero gradients), never NaN.
+    """
+    p = check_inputs(q, k, v, mask, causal, causal_alignment, scale)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if need_weights and backend in _NO_WEIGHTS:
+        raise ValueError(
+            f"backend {backend!r} cannot return weights (need_weights=True); use 'matrix' or 'auto'"
+        )
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0 <= dropout_p < 1:
+        raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+    if dropout_p > 0 and backend == "blockwise":
+        raise ValueError("backend 'blockwise' does not support dropout_p > 0; use 'matrix' or 'torch'")
+    chosen = _choose(p, need_weights) if backend == "auto" else backend
+    if p.Tq == 0 or p.Tk == 0:
+        chosen = "matrix"  # empty sequences: matrix gives correctly shaped (zero) results
+    if chosen == "matrix":
+        out, w = matrix(p, dropout_p)
+        return (out, w) if need_weights else out
+    if chosen == "blockwise":
+        return blockwise.run(p)[0]
+    return sdpa(p, dropout_p)

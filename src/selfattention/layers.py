@@ -1,0 +1,166 @@
+"""Attention as ``nn.Module``s: the lecture's one-head layer and multi-head attention.
+
+Modules take (B, T, D) batch-first inputs and call ``selfattention.attention`` (the dispatcher);
+they never call a tier directly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .functional import attention
+
+
+def _check_x(name: str, x: object, d_model: int) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3 or x.shape[-1] != d_model:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected (B, T, {d_model})")
+    return x
+
+
+def _positive(name: str, n: object) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{name} must be a positive int, got {n!r}")
+    return n
+
+
+class SelfAttention(nn.Module):
+    """One head of self-attention, exactly the lecture's layer.
+
+    ``w_q``, ``w_k``, ``w_v`` are the learnable W_Q, W_K, W_V: ``w_q.weight`` has the lecture's
+    shape (d_k, D). For x (B, T, D): q = x W_Qᵀ (B, T, d_k), k likewise, v (B, T, d_v), and the
+    output is softmax(q kᵀ/√d_k) v, (B, T, d_v). There is no output projection (the lecture has
+    none); ``MultiHeadAttention`` adds one.
+    """
+
+    def __init__(self, d_model: int, d_k: int | None = None, d_v: int | None = None, bias: bool = False):
+        super().__init__()
+        self.d_model = _positive("d_model", d_model)
+        self.d_k = _positive("d_k", d_k if d_k is not None else d_model)
+        self.d_v = _positive("d_v", d_v if d_v is not None else d_model)
+        self.w_q = nn.Linear(d_model, self.d_k, bias=bias)
+        self.w_k = nn.Linear(d_model, self.d_k, bias=bias)
+        self.w_v = nn.Linear(d_model, self.d_v, bias=bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        need_weights: bool = False,
+        backend: str = "auto",
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, D) → z (B, T, d_v), or (z, weights (B, T, T)) with ``need_weights``.
+
+        ``mask`` is boolean (True = may attend) or additive, broadcastable to (B, T, T).
+        """
+        _check_x("x", x, self.d_model)
+        q, k, v = self.w_q(x), self.w_k(x), self.w_v(x)  # (B, T, d_k), (B, T, d_k), (B, T, d_v)
+        return attention(q, k, v, mask=mask, causal=causal, need_weights=need_weights, backend=backend)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention, batch-first, with an output projection.
+
+    ``num_heads`` query heads of size d = d_model / num_heads share ``num_kv_heads`` key/value
+    heads (grouped-query attention; default: one each, ordinary multi-head attention). Query head h
+    reads key/value head h // (num_heads / num_kv_heads). ``forward(x, context=c)`` is
+    cross-attention: queries from x, keys and values from c.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        *,
+        num_kv_heads: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.d_model = _positive("d_model", d_model)
+        self.num_heads = _positive("num_heads", num_heads)
+        self.num_kv_heads = _positive("num_kv_heads", num_kv_heads if num_kv_heads is not None else num_heads)
+        if d_model % num_heads:
+            raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
+        if num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={num_heads} must be divisible by num_kv_heads={self.num_kv_heads}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        self.head_dim = d_model // num_heads
+        self.dropout = float(dropout)
+        d_kv = self.num_kv_heads * self.head_dim
+        # One matrix for q, k and v: a single matmul when x is also the context.
+        self.in_proj = nn.Linear(d_model, d_model + 2 * d_kv, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    def _heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        B, T, _ = t.shape
+        return t.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, d)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        *,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        need_weights: bool = False,
+        backend: str = "auto",
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x (B, Tq, D), context (B, Tk, D) or None (self-attention) → (B, Tq, D).
+
+        ``mask``: bool (True = may attend) or additive, broadcastable to (B, H, Tq, Tk).
+        With ``need_weights`` also returns the weights, (B, H, Tq, Tk).
+        """
+        _check_x("x", x, self.d_model)
+        Dq = self.d_model
+        Dkv = self.num_kv_heads * self.head_dim
+        if context is None:
+            q, k, v = self.in_proj(x).split([Dq, Dkv, Dkv], dim=-1)  # (B, T, Dq), (B, T, Dkv) ×2
+        else:
+            _check_x("context", context, self.d_model)
+            if context.shape[0] != x.shape[0]:
+                raise ValueError(f"context has batch {context.shape[0]}, x has {x.shape[0]}")
+            w, b = self.in_proj.weight, self.in_proj.bias
+            q = nn.functional.linear(x, w[:Dq], None if b is None else b[:Dq])  # (B, Tq, Dq)
+            k, v = nn.functional.linear(context, w[Dq:], None if b is None else b[Dq:]).split(
+                [Dkv, Dkv], dim=-1
+            )  # (B, Tk, Dkv) each
+        B, Tq, Tk = x.shape[0], x.shape[1], k.shape[1]
+        H, Hkv = self.num_heads, self.num_kv_heads
+        q, k, v = self._heads(q, H), self._heads(k, Hkv), self._heads(v, Hkv)  # (B, heads, T, d)
+        if Hkv != H:
+            # Grouped-query attention by broadcasting, no copies: (B, Hkv, G, T, d) vs (B, Hkv, 1, T, d).
+            q = q.unflatten(1, (Hkv, H // Hkv))
+            k, v = k.unsqueeze(2), v.unsqueeze(2)
+            mask = self._group_mask(mask, B, Tq, Tk)
+        result = attention(
+            q, k, v,
+            mask=mask,
+            causal=causal,
+            need_weights=need_weights,
+            backend=backend,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        out, w = result if need_weights else (result, None)
+        out = out.reshape(B, H, Tq, self.head_dim).transpose(1, 2).reshape(B, Tq, Dq)  # (B, Tq, D)
+        out = self.out_proj(out)
+        return (out, w.reshape(B, H, Tq, Tk)) if need_weights else out
+
+    def _group_mask(self, mask: torch.Tensor | None, B: int, Tq: int, Tk: int) -> torch.Tensor | None:
+        """Reshape a mask broadcastable to (B, H, Tq, Tk) to broadcast against (B, Hkv, G, Tq, Tk)."""
+        if mask is None or not isinstance(mask, torch.Tensor):
+            return mask  # attention() reports a non-tensor mask
+        H, Hkv = self.num_heads, self.num_kv_heads
+        if mask.dim() > 4:
+            raise ValueError(f"mask has shape {tuple(mask.shape)}, expected broadcastable to {(B, H, Tq, Tk)}")
+        m = mask.reshape(*([1] * (4 - mask.dim())), *mask.shape)  # (b, h, tq, tk)
+        if m.shape[1] == H:
+            return m.unflatten(1, (Hkv, H // Hkv))  # (b, Hkv, G, tq, tk)
+        if m.shape[1] == 1:
+            return m.unsqueeze(2)  # (b, 1, 1, tq, tk)
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected broadcastable to {(B, H, Tq, Tk)}")

@@ -1,0 +1,80 @@
+"""Mask builders and converters.
+
+One polarity everywhere: a boolean mask is **True = may attend** (as torch SDPA), broadcastable
+to (B, H, Tq, Tk). A floating-point mask is an additive bias on the scores (-inf forbids).
+"""
+
+from __future__ import annotations
+
+import torch
+
+ALIGNMENTS = ("top_left", "bottom_right")
+
+
+def causal(
+    Tq: int, Tk: int, alignment: str = "top_left", device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Boolean (Tq, Tk) causal mask, True = may attend.
+
+    ``top_left`` (PyTorch's ``is_causal``): query i sees keys j <= i.
+    ``bottom_right`` (FlashAttention, KV-cache decoding): the last query sees every key, so query i
+    sees keys j <= i + (Tk - Tq). The two agree when Tq == Tk.
+    """
+    for name, n in (("Tq", Tq), ("Tk", Tk)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {n!r}")
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    offset = Tk - Tq if alignment == "bottom_right" else 0
+    i = torch.arange(Tq, device=device).unsqueeze(-1)  # (Tq, 1)
+    j = torch.arange(Tk, device=device)  # (Tk,)
+    return j <= i + offset  # (Tq, Tk)
+
+
+def from_lengths(lengths: torch.Tensor | list[int], T: int) -> torch.Tensor:
+    """Key-padding mask from sequence lengths: (B, 1, 1, T) bool, True = real token.
+
+    ``lengths[b]`` real tokens come first in sequence b; the rest is padding.
+    """
+    lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.is_floating_point() or lengths.dtype == torch.bool:
+        raise ValueError(
+            f"lengths must be a 1-D integer tensor, got shape {tuple(lengths.shape)} "
+            f"and dtype {lengths.dtype}"
+        )
+    if isinstance(T, bool) or not isinstance(T, int) or T < 0:
+        raise ValueError(f"T must be a non-negative int, got {T!r}")
+    if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+        raise ValueError(f"lengths must lie in [0, T={T}], got {lengths.tolist()}")
+    keep = torch.arange(T, device=lengths.device) < lengths.unsqueeze(-1)  # (B, T)
+    return keep[:, None, None, :]  # (B, 1, 1, T)
+
+
+def from_key_padding_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Convert ``nn.MultiheadAttention``'s ``key_padding_mask`` (B, Tk) to ours, (B, 1, 1, Tk).
+
+    nn.MultiheadAttention's boolean mask says True = *ignore*; ours says True = may attend, so a
+    boolean mask is inverted. A float mask is already an additive bias and is only reshaped.
+    """
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"key_padding_mask must be a (B, Tk) tensor, got {shape}")
+    if mask.dtype == torch.bool:
+        mask = ~mask
+    elif not mask.is_floating_point():
+        raise TypeError(f"key_padding_mask must be bool or floating point, got {mask.dtype}")
+    return mask[:, None, None, :]  # (B, 1, 1, Tk)
+
+
+def from_attn_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Convert ``nn.MultiheadAttention``'s boolean ``attn_mask`` (True = ignore) to ours.
+
+    Shape is kept: (Tq, Tk) broadcasts as is. A float mask is returned unchanged.
+    """
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"attn_mask must be a tensor, got {type(mask).__name__}")
+    if mask.dtype == torch.bool:
+        return ~mask
+    if not mask.is_floating_point():
+        raise TypeError(f"attn_mask must be bool or floating point, got {mask.dtype}")
+    return mask
