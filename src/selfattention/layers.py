@@ -153,14 +153,17 @@ class MultiHeadAttention(nn.Module):
 
     def _group_mask(self, mask: torch.Tensor | None, B: int, Tq: int, Tk: int) -> torch.Tensor | None:
         """Reshape a mask broadcastable to (B, H, Tq, Tk) to broadcast against (B, Hkv, G, Tq, Tk)."""
-        if mask is None or not isinstance(mask, torch.Tensor):
-            return mask  # attention() reports a non-tensor mask
+        if not isinstance(mask, torch.Tensor):
+            return mask  # None, or a wrong type that attention() reports
         H, Hkv = self.num_heads, self.num_kv_heads
-        if mask.dim() > 4:
-            raise ValueError(f"mask has shape {tuple(mask.shape)}, expected broadcastable to {(B, H, Tq, Tk)}")
+        try:
+            if not 2 <= mask.dim() <= 4:
+                raise RuntimeError
+            torch.broadcast_shapes(mask.shape, (B, H, Tq, Tk))
+        except RuntimeError:
+            raise ValueError(
+                f"mask has shape {tuple(mask.shape)}, expected broadcastable to {(B, H, Tq, Tk)}"
+            ) from None
         m = mask.reshape(*([1] * (4 - mask.dim())), *mask.shape)  # (b, h, tq, tk)
-        if m.shape[1] == H:
-            return m.unflatten(1, (Hkv, H // Hkv))  # (b, Hkv, G, tq, tk)
-        if m.shape[1] == 1:
-            return m.unsqueeze(2)  # (b, 1, 1, tq, tk)
-        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected broadcastable to {(B, H, Tq, Tk)}")
+        # (b, Hkv, G, tq, tk) when the mask has a head dim, else (b, 1, 1, tq, tk)
+        return m.unflatten(1, (Hkv, H // Hkv)) if m.shape[1] == H else m.unsqueeze(2)
