@@ -7,6 +7,7 @@ the tiers may assume well-formed inputs (they only ``assert`` internal invariant
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -81,16 +82,18 @@ def check_inputs(q, k, v, mask, causal, causal_alignment, scale) -> Problem:
             raise ValueError(f"mask is on {mask.device} but q is on {q.device}")
         full = (*batch, Tq, Tk)
         try:
-            if mask.dim() < 2:
-                raise RuntimeError
             both = torch.broadcast_shapes(mask.shape, full)
         except RuntimeError:
             both = None
-        if both is None or both[-2:] != (Tq, Tk):
+        if mask.dim() == 0 or both is None or both[-2:] != (Tq, Tk):
             raise ValueError(f"mask has shape {_shape(mask)}, expected broadcastable to {full}")
         batch = both[:-2]
+        if mask.dim() == 1:
+            mask = mask.unsqueeze(0)  # (Tk,) → (1, Tk): the tiers index the last two dims
         if mask.is_floating_point():
-            mask = mask.to(q.dtype)
+            # Keep a bias in at least float32: a float16 q must not turn a bias of 1e5 into inf.
+            wide = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+            mask = mask.to(wide)
 
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {causal!r}")
@@ -99,7 +102,7 @@ def check_inputs(q, k, v, mask, causal, causal_alignment, scale) -> Problem:
 
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
+    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a positive float or None, got {scale!r}")
     elif not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a finite number > 0, got {scale!r}")

@@ -102,11 +102,39 @@ def sdpa(p: Problem, dropout_p: float = 0.0) -> torch.Tensor:
 
 def _choose(p: Problem, need_weights: bool) -> str:
     """What ``backend="auto"`` runs: the fastest tier that is correct for these inputs."""
-    if need_weights or p.Tq == 0 or p.Tk == 0:
-        return "matrix"
+    if need_weights:
+        return "matrix"  # the only tier that can return the weights
     if p.mask is not None and p.mask.requires_grad:
         return "matrix"  # the only tier that differentiates with respect to a float mask
     return "torch"  # SDPA: fastest on the CPU, O(T) memory with its fused kernels
+
+
+def resolve_backend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+    causal_alignment: str = "top_left",
+    scale: float | None = None,
+    need_weights: bool = False,
+    backend: str = "auto",
+) -> str:
+    """The tier ``attention`` would run for these arguments (``"auto"`` resolved)."""
+    return _resolve(check_inputs(q, k, v, mask, causal, causal_alignment, scale), need_weights, backend)
+
+
+def _resolve(p: Problem, need_weights: bool, backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if need_weights and backend in _NO_WEIGHTS:
+        raise ValueError(
+            f"backend {backend!r} cannot return weights (need_weights=True); use 'matrix' or 'auto'"
+        )
+    if p.Tq == 0 or p.Tk == 0:
+        return "matrix"  # empty sequences: matrix gives correctly shaped (zero) results
+    return _choose(p, need_weights) if backend == "auto" else backend
 
 
 def attention(
@@ -140,19 +168,11 @@ def attention(
         attend to nothing gives zeros (and zero gradients), never NaN.
     """
     p = check_inputs(q, k, v, mask, causal, causal_alignment, scale)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if need_weights and backend in _NO_WEIGHTS:
-        raise ValueError(
-            f"backend {backend!r} cannot return weights (need_weights=True); use 'matrix' or 'auto'"
-        )
+    chosen = _resolve(p, need_weights, backend)
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0 <= dropout_p < 1:
         raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
     if dropout_p > 0 and backend == "blockwise":
         raise ValueError("backend 'blockwise' does not support dropout_p > 0; use 'matrix' or 'torch'")
-    chosen = _choose(p, need_weights) if backend == "auto" else backend
-    if p.Tq == 0 or p.Tk == 0:
-        chosen = "matrix"  # empty sequences: matrix gives correctly shaped (zero) results
     if chosen == "matrix":
         out, w = matrix(p, dropout_p)
         return (out, w) if need_weights else out

@@ -50,6 +50,7 @@ class SelfAttention(nn.Module):
         *,
         mask: torch.Tensor | None = None,
         causal: bool = False,
+        causal_alignment: str = "top_left",
         need_weights: bool = False,
         backend: str = "auto",
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +60,14 @@ class SelfAttention(nn.Module):
         """
         _check_x("x", x, self.d_model)
         q, k, v = self.w_q(x), self.w_k(x), self.w_v(x)  # (B, T, d_k), (B, T, d_k), (B, T, d_v)
-        return attention(q, k, v, mask=mask, causal=causal, need_weights=need_weights, backend=backend)
+        return attention(
+            q, k, v,
+            mask=mask,
+            causal=causal,
+            causal_alignment=causal_alignment,
+            need_weights=need_weights,
+            backend=backend,
+        )
 
 
 class MultiHeadAttention(nn.Module):
@@ -108,12 +116,14 @@ class MultiHeadAttention(nn.Module):
         *,
         mask: torch.Tensor | None = None,
         causal: bool = False,
+        causal_alignment: str = "top_left",
         need_weights: bool = False,
         backend: str = "auto",
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (B, Tq, D), context (B, Tk, D) or None (self-attention) → (B, Tq, D).
 
         ``mask``: bool (True = may attend) or additive, broadcastable to (B, H, Tq, Tk).
+        ``causal_alignment`` matters for cross-attention with Tq ≠ Tk (see ``attention``).
         With ``need_weights`` also returns the weights, (B, H, Tq, Tk).
         """
         _check_x("x", x, self.d_model)
@@ -142,6 +152,7 @@ class MultiHeadAttention(nn.Module):
             q, k, v,
             mask=mask,
             causal=causal,
+            causal_alignment=causal_alignment,
             need_weights=need_weights,
             backend=backend,
             dropout_p=self.dropout if self.training else 0.0,

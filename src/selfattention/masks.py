@@ -36,7 +36,10 @@ def from_lengths(lengths: torch.Tensor | list[int], T: int) -> torch.Tensor:
 
     ``lengths[b]`` real tokens come first in sequence b; the rest is padding.
     """
-    lengths = torch.as_tensor(lengths)
+    if not isinstance(lengths, torch.Tensor):
+        lengths = torch.as_tensor(lengths)
+        if lengths.numel() == 0:
+            lengths = lengths.long()  # [] would otherwise become a float tensor
     if lengths.dim() != 1 or lengths.is_floating_point() or lengths.dtype == torch.bool:
         raise ValueError(
             f"lengths must be a 1-D integer tensor, got shape {tuple(lengths.shape)} "
@@ -56,9 +59,10 @@ def from_key_padding_mask(mask: torch.Tensor) -> torch.Tensor:
     nn.MultiheadAttention's boolean mask says True = *ignore*; ours says True = may attend, so a
     boolean mask is inverted. A float mask is already an additive bias and is only reshaped.
     """
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
-        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"key_padding_mask must be a (B, Tk) tensor, got {shape}")
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"key_padding_mask must be a (B, Tk) tensor, got {type(mask).__name__}")
+    if mask.dim() != 2:
+        raise ValueError(f"key_padding_mask has shape {tuple(mask.shape)}, expected (B, Tk)")
     if mask.dtype == torch.bool:
         mask = ~mask
     elif not mask.is_floating_point():

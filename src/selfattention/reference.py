@@ -20,6 +20,7 @@ PyTorch code in this package writes words as rows: ``x = H.T`` is (T, D), and be
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,7 +87,8 @@ def self_attention(
     d_k, d_v = W_Q.shape[0], W_V.shape[0]
     if scale is None:
         scale = 1.0 / math.sqrt(d_k) if d_k else 1.0
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+    real = isinstance(scale, numbers.Real) and not isinstance(scale, bool)
+    if not (real and math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
     if mask is not None:
         mask = np.asarray(mask)

@@ -1,0 +1,171 @@
+"""Shared helpers: an independent float64 reference for row-convention inputs, input makers,
+hypothesis strategies, and the FlashAttention low-precision rule.
+
+``ref_attention`` is the ground truth for ``attention(q, k, v, ...)``: it broadcasts the inputs
+with NumPy, loops over every batch element and every query row, and calls the reference tier's
+per-row ``softmax`` (``selfattention.reference.softmax``) and a weighted sum of value rows. It
+shares no code with the torch tiers; causal masks are built here from their definition.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+
+from selfattention import reference
+
+settings.register_profile(
+    "selfattention",
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.load_profile("selfattention")
+
+F64 = torch.float64
+ATOL64 = 1e-10
+
+
+def _np(x) -> np.ndarray | None:
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+        if x.dtype != torch.bool:
+            x = x.to(F64)
+        return x.numpy()
+    return np.asarray(x)
+
+
+def causal_np(Tq: int, Tk: int, alignment: str = "top_left") -> np.ndarray:
+    """(Tq, Tk) bool, True = may attend; query i sees keys j <= i (+ Tk - Tq for bottom_right)."""
+    offset = Tk - Tq if alignment == "bottom_right" else 0
+    return np.array([[j <= i + offset for j in range(Tk)] for i in range(Tq)], dtype=bool).reshape(
+        Tq, Tk
+    )
+
+
+def ref_attention(q, k, v, mask=None, causal=None, scale=None):
+    """Float64 NumPy reference: (out (*batch, Tq, d_v), weights (*batch, Tq, Tk)).
+
+    ``causal`` is None or an alignment name. ``mask`` is bool (True = may attend) or an additive
+    float bias, broadcastable like in ``attention``.
+    """
+    q, k, v, mask = _np(q), _np(k), _np(v), _np(mask)
+    Tq, d = q.shape[-2:]
+    Tk, dv = v.shape[-2:]
+    if scale is None:
+        scale = 1.0 / math.sqrt(d) if d else 1.0
+    lead = [q.shape[:-2], k.shape[:-2], v.shape[:-2]]
+    if mask is not None:
+        lead.append(mask.shape[:-2])
+    batch = np.broadcast_shapes(*lead)
+    qb = np.broadcast_to(q, (*batch, Tq, d)).reshape(-1, Tq, d)
+    kb = np.broadcast_to(k, (*batch, Tk, d)).reshape(-1, Tk, d)
+    vb = np.broadcast_to(v, (*batch, Tk, dv)).reshape(-1, Tk, dv)
+    mb = None if mask is None else np.broadcast_to(mask, (*batch, Tq, Tk)).reshape(-1, Tq, Tk)
+    allowed = None if causal is None else causal_np(Tq, Tk, causal)
+    n = qb.shape[0]
+    out, weights = np.zeros((n, Tq, dv)), np.zeros((n, Tq, Tk))
+    for b in range(n):
+        for i in range(Tq):
+            e = np.array([np.dot(qb[b, i], kb[b, j]) for j in range(Tk)]) * scale
+            if mb is not None:
+                e = np.where(mb[b, i], e, -np.inf) if mb.dtype == np.bool_ else e + mb[b, i]
+            if allowed is not None:
+                e = np.where(allowed[i], e, -np.inf)
+            alpha = reference.softmax(e) if Tk else e
+            weights[b, i] = alpha
+            for j in range(Tk):
+                out[b, i] += alpha[j] * vb[b, j]
+    return out.reshape(*batch, Tq, dv), weights.reshape(*batch, Tq, Tk)
+
+
+def naive_torch(q, k, v, mask=None, causal=None, scale=None):
+    """Differentiable plain-torch attention (for gradients), dead rows → zeros. Written here,
+    independently of the package: matmul → mask → softmax → matmul."""
+    d = q.shape[-1]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    s = q @ k.transpose(-2, -1) * scale
+    if mask is not None:
+        s = torch.where(mask, s, -math.inf) if mask.dtype == torch.bool else s + mask
+    if causal is not None:
+        s = torch.where(torch.from_numpy(causal_np(q.shape[-2], k.shape[-2], causal)), s, -math.inf)
+    dead = torch.isneginf(s).all(-1, keepdim=True)
+    w = torch.softmax(torch.where(dead, 0.0, s), -1) * (~dead)
+    return w @ v
+
+
+def randn(*shape, gen: torch.Generator, dtype=F64, requires_grad=False) -> torch.Tensor:
+    x = torch.randn(*shape, generator=gen, dtype=F64).to(dtype)
+    return x.requires_grad_(requires_grad)
+
+
+def assert_close(actual: torch.Tensor, expected, atol: float = ATOL64, rtol: float = 0.0):
+    """Shape first, then values (expected may be NumPy)."""
+    expected = torch.as_tensor(np.asarray(expected) if not isinstance(expected, torch.Tensor) else expected)
+    assert tuple(actual.shape) == tuple(expected.shape), (tuple(actual.shape), tuple(expected.shape))
+    torch.testing.assert_close(
+        actual.detach().to(F64), expected.to(F64), atol=atol, rtol=rtol, equal_nan=False
+    )
+
+
+def flash_rule(out: torch.Tensor, out_pt: torch.Tensor, out_ref, eps: float = 1e-6) -> None:
+    """FlashAttention's low-precision rule: max|out − ref| ≤ 2 · max|out_pt − ref| + eps."""
+    ref = torch.as_tensor(np.asarray(out_ref), dtype=F64)
+    err = (out.to(F64) - ref).abs().max().item()
+    err_pt = (out_pt.to(F64) - ref).abs().max().item()
+    assert math.isfinite(err), "non-finite output"
+    assert err <= 2 * err_pt + eps, f"error {err:.3g} > 2 × same-precision torch error {err_pt:.3g}"
+
+
+# --- hypothesis strategies -------------------------------------------------------------------
+
+seeds = st.integers(0, 2**31 - 1)
+lengths = st.sampled_from([1, 2, 3, 5, 8, 13, 97])
+dims = st.sampled_from([1, 2, 4, 7, 16, 59])
+
+
+@st.composite
+def problems(draw, *, float_masks=True, max_T=97):
+    """A random attention problem: dict of q, k, v, mask, causal alignment, scale (float64)."""
+    gen = torch.Generator().manual_seed(draw(seeds))
+    Tq = draw(lengths.filter(lambda t: t <= max_T))
+    Tk = draw(lengths.filter(lambda t: t <= max_T))
+    d, dv = draw(dims), draw(dims)
+    big = Tq * Tk > 1000  # keep the python-loop reference fast
+    B = 1 if big else draw(st.integers(1, 2))
+    H = 1 if big else draw(st.integers(1, 3))
+    # broadcast leading dims: k and v may share one head across all query heads
+    kv_heads = draw(st.sampled_from([H, 1]))
+    q = randn(B, H, Tq, d, gen=gen)
+    k = randn(B, kv_heads, Tk, d, gen=gen)
+    v = randn(B, kv_heads, Tk, dv, gen=gen)
+    kind = draw(st.sampled_from(["none", "bool", "float"] if float_masks else ["none", "bool"]))
+    mask = None
+    if kind != "none":
+        mshape = draw(st.sampled_from([(Tq, Tk), (B, 1, 1, Tk), (B, H, Tq, Tk), (1, Tk)]))
+        allowed = torch.rand(*mshape, generator=gen) < draw(st.sampled_from([0.0, 0.3, 0.8, 1.0]))
+        if kind == "bool":
+            mask = allowed
+        else:
+            bias = randn(*mshape, gen=gen)
+            mask = bias.masked_fill(~allowed, -math.inf)
+    causal = draw(st.sampled_from([None, "top_left", "bottom_right"]))
+    scale = draw(st.sampled_from([None, 0.1, 1.0, 2.5]))
+    return dict(q=q, k=k, v=v, mask=mask, causal=causal, scale=scale)
+
+
+def call_kwargs(p: dict) -> dict:
+    """Keyword arguments of ``attention`` for a problem from ``problems``."""
+    return dict(
+        mask=p["mask"],
+        causal=p["causal"] is not None,
+        causal_alignment=p["causal"] or "top_left",
+        scale=p["scale"],
+    )

@@ -1,0 +1,168 @@
+"""Bad input at the public boundary: TypeError/ValueError naming the argument, shape or dtype."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from selfattention import attention, available_backends, blockwise_attention
+
+BACKENDS = ["auto", *available_backends()]
+
+
+def qkv(Tq=3, Tk=4, d=5, dv=6):
+    return torch.randn(2, Tq, d), torch.randn(2, Tk, d), torch.randn(2, Tk, dv)
+
+
+@pytest.fixture(params=["attention", "blockwise_attention"])
+def fn(request):
+    """Both public entry points validate the same way."""
+    return attention if request.param == "attention" else blockwise_attention
+
+
+@pytest.mark.parametrize("which", ["q", "k", "v"])
+@pytest.mark.parametrize(
+    "bad, tname", [(np.ones((2, 3, 5)), "ndarray"), ([[1.0]], "list"), (None, "NoneType")]
+)
+def test_not_a_tensor(fn, which, bad, tname):
+    args = dict(zip("qkv", qkv(), strict=True))
+    args[which] = bad
+    with pytest.raises(TypeError, match=rf"{which} must be a torch.Tensor, got {tname}"):
+        fn(**args)
+
+
+@pytest.mark.parametrize("which", ["q", "k", "v"])
+def test_one_dim(fn, which):
+    args = dict(zip("qkv", qkv(), strict=True))
+    args[which] = torch.randn(5)
+    with pytest.raises(ValueError, match=rf"{which} has shape \(5,\), expected at least 2 dims"):
+        fn(**args)
+
+
+@pytest.mark.parametrize("which", ["q", "k", "v"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+def test_not_floating(fn, which, dtype):
+    args = dict(zip("qkv", qkv(), strict=True))
+    args[which] = args[which].to(dtype)
+    with pytest.raises(TypeError, match=rf"{which} has dtype {dtype}, expected a floating-point"):
+        fn(**args)
+
+
+def test_d_mismatch(fn):
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match=r"q has shape \(2, 3, 5\) and k has shape \(2, 4, 7\)"):
+        fn(q, torch.randn(2, 4, 7), v)
+
+
+def test_keys_values_count_mismatch(fn):
+    q, k, _ = qkv()
+    with pytest.raises(ValueError, match=r"k has shape \(2, 4, 5\) and v has shape \(2, 9, 6\)"):
+        fn(q, k, torch.randn(2, 9, 6))
+
+
+def test_unbroadcastable_leading_dims(fn):
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match=r"leading dims of q \(2, 3, 5\), k \(3, 4, 5\) and v \(2, 4, 6\)"):
+        fn(q, torch.randn(3, 4, 5), v)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (5,), (2, 3, 3, 4), (3, 3, 4), (1, 4, 4), (4, 1)])
+def test_unbroadcastable_mask(fn, shape):
+    q, k, v = qkv()
+    mask = torch.ones(shape, dtype=torch.bool)
+    expected = rf"mask has shape {re_shape(shape)}, expected broadcastable to \(2, 3, 4\)"
+    with pytest.raises(ValueError, match=expected):
+        fn(q, k, v, mask=mask)
+
+
+def re_shape(shape):
+    return str(tuple(shape)).replace("(", r"\(").replace(")", r"\)")
+
+
+@pytest.mark.parametrize("bad, match", [(np.ones((3, 4), dtype=bool), "ndarray"), ([[True]], "list")])
+def test_mask_not_a_tensor(fn, bad, match):
+    with pytest.raises(TypeError, match=rf"mask must be a torch.Tensor or None, got {match}"):
+        fn(*qkv(), mask=bad)
+
+
+def test_mask_int_dtype(fn):
+    with pytest.raises(TypeError, match=r"mask has dtype torch.int64, expected bool"):
+        fn(*qkv(), mask=torch.ones(3, 4, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("which", ["k", "v"])
+def test_mixed_dtypes(fn, which):
+    args = dict(zip("qkv", qkv(), strict=True))
+    args[which] = args[which].double()
+    with pytest.raises(TypeError, match=rf"{which} has dtype torch.float64 but q has torch.float32"):
+        fn(**args)
+
+
+@pytest.mark.parametrize("which", ["k", "v", "mask"])
+def test_mixed_devices(fn, which):
+    args = dict(zip("qkv", qkv(), strict=True))
+    args["mask"] = torch.ones(3, 4, dtype=torch.bool)
+    args[which] = args[which].to("meta")
+    with pytest.raises(ValueError, match=rf"{which} is on meta but q is on cpu"):
+        fn(**args)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, math.nan, math.inf, -math.inf])
+def test_scale_value(fn, scale):
+    with pytest.raises(ValueError, match=rf"scale must be a finite number > 0, got {scale!r}"):
+        fn(*qkv(), scale=scale)
+
+
+@pytest.mark.parametrize("scale", [True, "0.5", torch.tensor(0.5), [0.5]])
+def test_scale_type(fn, scale):
+    with pytest.raises(TypeError, match="scale must be a positive float or None"):
+        fn(*qkv(), scale=scale)
+
+
+@pytest.mark.parametrize("causal", [1, None, "yes"])
+def test_causal_type(fn, causal):
+    with pytest.raises(TypeError, match=rf"causal must be a bool, got {causal!r}"):
+        fn(*qkv(), causal=causal)
+
+
+@pytest.mark.parametrize("alignment", ["bottom-right", "top", None])
+def test_unknown_alignment(fn, alignment):
+    with pytest.raises(ValueError, match=rf"causal_alignment must be one of .*got {alignment!r}"):
+        fn(*qkv(), causal=True, causal_alignment=alignment)
+
+
+@pytest.mark.parametrize("backend", ["triton_typo", "Matrix", "", None])
+def test_unknown_backend(backend):
+    with pytest.raises(ValueError, match=rf"backend must be one of .*got {backend!r}"):
+        attention(*qkv(), backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["blockwise", "torch"])
+def test_need_weights_unsupported_backend(backend):
+    with pytest.raises(ValueError, match=rf"backend '{backend}' cannot return weights"):
+        attention(*qkv(), backend=backend, need_weights=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5, math.nan, True, "0.1", None])
+def test_dropout_out_of_range(backend, p):
+    with pytest.raises(ValueError, match=rf"dropout_p must be a number in \[0, 1\), got {re_repr(p)}"):
+        attention(*qkv(), backend=backend, dropout_p=p)
+
+
+def re_repr(x):
+    return repr(x).replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")
+
+
+def test_errors_do_not_depend_on_backend_for_shapes():
+    """Input checks run before dispatch: every backend reports the same message."""
+    q, k, v = qkv()
+    msgs = set()
+    for backend in BACKENDS:
+        with pytest.raises(ValueError) as info:
+            attention(q, k[:, :, :2], v, backend=backend)
+        msgs.add(str(info.value))
+    assert len(msgs) == 1
