@@ -34,25 +34,29 @@ def _causal_offset(causal: str | None, Tq: int, Tk: int) -> int | None:
     return Tk - Tq if causal == "bottom_right" else 0
 
 
-def _tile(q, k, v, mask, offset, scale, j0, j1):
+def _tile(qs, k, mask, offset, j0, j1, batch):
     """Scores of the queries that can see key block [j0, j1): returns (i0, s) with s (..., Tq-i0, j1-j0).
 
-    Rows before i0 see none of these keys under the causal mask, so they are not computed.
+    ``qs`` is q already multiplied by the scale. Rows before i0 see none of these keys under the
+    causal mask, so they are not computed. ``s`` is a fresh tensor with all of ``batch``'s leading
+    dims, which the caller may modify in place.
     """
-    Tq = q.shape[-2]
+    Tq = qs.shape[-2]
     i0 = 0 if offset is None else max(0, j0 - offset)
     if i0 >= Tq:
         return i0, None
-    s = torch.matmul(q[..., i0:, :], k[..., j0:j1, :].transpose(-2, -1)) * scale  # (..., Tq-i0, bk)
+    s = torch.matmul(qs[..., i0:, :], k[..., j0:j1, :].transpose(-2, -1))  # (..., Tq-i0, bk)
     if mask is not None:
         rows = slice(i0, None) if mask.shape[-2] > 1 else slice(None)
         cols = slice(j0, j1) if mask.shape[-1] > 1 else slice(None)
         m = mask[..., rows, cols]
         s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.to(s.dtype)
     if offset is not None and j1 - 1 > i0 + offset:  # the block straddles the diagonal
-        i = torch.arange(i0, Tq, device=q.device).unsqueeze(-1)  # (Tq-i0, 1)
-        j = torch.arange(j0, j1, device=q.device)  # (bk,)
+        i = torch.arange(i0, Tq, device=qs.device).unsqueeze(-1)  # (Tq-i0, 1)
+        j = torch.arange(j0, j1, device=qs.device)  # (bk,)
         s = s.masked_fill(j > i + offset, float("-inf"))
+    if s.shape[:-2] != batch:  # v (or the mask) has leading dims q and k lack: give s them too
+        s = s.expand(*batch, *s.shape[-2:]).contiguous()
     return i0, s
 
 
@@ -62,24 +66,25 @@ class _BlockwiseAttention(torch.autograd.Function):
         cd = _compute_dtype(q.dtype)
         qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
         lead = [x.shape[:-2] for x in (q, k, v, mask) if x is not None]
-        batch = torch.broadcast_shapes(*lead)  # the mask may add leading dims too
+        batch = tuple(torch.broadcast_shapes(*lead))  # the mask may add leading dims too
         Tq, Tk, dv = q.shape[-2], k.shape[-2], v.shape[-1]
         m = torch.full((*batch, Tq, 1), float("-inf"), dtype=cd, device=q.device)  # running max
         l = torch.zeros((*batch, Tq, 1), dtype=cd, device=q.device)  # running sum
         acc = torch.zeros((*batch, Tq, dv), dtype=cd, device=q.device)  # running Σ p v
+        qs = qc * scale  # scaling q once is cheaper than scaling every tile of scores
         for j0 in range(0, Tk, block):
             j1 = min(j0 + block, Tk)
-            i0, s = _tile(qc, kc, vc, mask, offset, scale, j0, j1)
+            i0, s = _tile(qs, kc, mask, offset, j0, j1, batch)
             if s is None:
                 break  # causal: no later block is visible to any query either
-            s = s.expand(*batch, *s.shape[-2:])  # (..., Tq-i0, bk) with every leading dim
             m_old = m[..., i0:, :]
             m_new = torch.maximum(m_old, s.amax(-1, keepdim=True))  # (..., Tq-i0, 1)
             m_safe = m_new.masked_fill(m_new.isneginf(), 0.0)  # rows that have seen nothing yet
-            p = torch.exp(s - m_safe)  # (..., Tq-i0, bk)
+            p = s.sub_(m_safe).exp_()  # (..., Tq-i0, bk), in place: tiles are large
             corr = torch.exp(m_old - m_safe)  # rescales what was accumulated under the old max
             l[..., i0:, :] = l[..., i0:, :] * corr + p.sum(-1, keepdim=True)
-            acc[..., i0:, :] = acc[..., i0:, :] * corr + torch.matmul(p, vc[..., j0:j1, :])
+            a = acc[..., i0:, :]  # a view: the in-place updates write into acc
+            a.mul_(corr).add_(torch.matmul(p, vc[..., j0:j1, :]))
             m[..., i0:, :] = m_new
         empty = l == 0  # rows that may attend to nothing: output 0, lse -inf
         out = acc / l.masked_fill(empty, 1.0)  # (..., Tq, dv)
@@ -96,7 +101,7 @@ class _BlockwiseAttention(torch.autograd.Function):
         mask, offset, scale, block = ctx.mask, ctx.offset, ctx.scale, ctx.block
         cd = out.dtype
         qc, kc, vc, do = q.to(cd), k.to(cd), v.to(cd), dout.to(cd)
-        batch = out.shape[:-2]
+        batch = tuple(out.shape[:-2])
         Tk = k.shape[-2]
         # exp(s - (+inf)) = 0: rows that attended to nothing get zero weights and zero gradients.
         lse = lse.masked_fill(lse.isneginf(), float("inf")).unsqueeze(-1)  # (..., Tq, 1)
@@ -104,18 +109,19 @@ class _BlockwiseAttention(torch.autograd.Function):
         dq = torch.zeros((*batch, *q.shape[-2:]), dtype=cd, device=q.device)
         dk = torch.zeros((*batch, *k.shape[-2:]), dtype=cd, device=q.device)
         dv = torch.zeros((*batch, *v.shape[-2:]), dtype=cd, device=q.device)
+        qs = qc * scale
         for j0 in range(0, Tk, block):
             j1 = min(j0 + block, Tk)
-            i0, s = _tile(qc, kc, vc, mask, offset, scale, j0, j1)
+            i0, s = _tile(qs, kc, mask, offset, j0, j1, batch)
             if s is None:
                 break
-            p = torch.exp(s - lse[..., i0:, :])  # (..., Tq-i0, bk), the forward's weights
+            p = s.sub_(lse[..., i0:, :]).exp_()  # (..., Tq-i0, bk), the forward's weights
             do_i = do[..., i0:, :]
             dv[..., j0:j1, :] += torch.matmul(p.transpose(-2, -1), do_i)
             dp = torch.matmul(do_i, vc[..., j0:j1, :].transpose(-2, -1))  # (..., Tq-i0, bk)
-            ds = p * (dp - delta[..., i0:, :])
+            ds = dp.sub_(delta[..., i0:, :]).mul_(p)  # P ∘ (dP − delta), in place
             dq[..., i0:, :] += torch.matmul(ds, kc[..., j0:j1, :]) * scale
-            dk[..., j0:j1, :] += torch.matmul(ds.transpose(-2, -1), qc[..., i0:, :]) * scale
+            dk[..., j0:j1, :] += torch.matmul(ds.transpose(-2, -1), qs[..., i0:, :])
         # Sum over the leading dims each input was broadcast along.
         dq = dq.sum_to_size(q.shape).to(q.dtype)
         dk = dk.sum_to_size(k.shape).to(k.dtype)
