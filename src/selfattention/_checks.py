@@ -36,6 +36,11 @@ class Problem:
         return self.k.shape[-2]
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the tiers compute in: float16/bfloat16 accumulate in float32, as FlashAttention does."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _shape(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(x.shape)
 
@@ -91,9 +96,8 @@ def check_inputs(q, k, v, mask, causal, causal_alignment, scale) -> Problem:
         if mask.dim() == 1:
             mask = mask.unsqueeze(0)  # (Tk,) → (1, Tk): the tiers index the last two dims
         if mask.is_floating_point():
-            # Keep a bias in at least float32: a float16 q must not turn a bias of 1e5 into inf.
-            wide = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-            mask = mask.to(wide)
+            # A bias lives in the compute dtype: a float16 q must not turn a bias of 1e5 into inf.
+            mask = mask.to(compute_dtype(q.dtype))
 
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {causal!r}")

@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import Problem, check_inputs
+from ._checks import Problem, check_inputs, compute_dtype
 
 DEFAULT_BLOCK = 512
 
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Low precision accumulates in float32, as FlashAttention does.
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _causal_offset(causal: str | None, Tq: int, Tk: int) -> int | None:
@@ -63,7 +59,7 @@ def _tile(qs, k, mask, offset, j0, j1, batch):
 class _BlockwiseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, offset, scale, block):
-        cd = _compute_dtype(q.dtype)
+        cd = compute_dtype(q.dtype)
         qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
         lead = [x.shape[:-2] for x in (q, k, v, mask) if x is not None]
         batch = tuple(torch.broadcast_shapes(*lead))  # the mask may add leading dims too

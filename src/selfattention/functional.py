@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import blockwise, masks
-from ._checks import Problem, check_inputs
+from ._checks import Problem, check_inputs, compute_dtype
 
 BACKENDS = ("auto", "matrix", "blockwise", "torch")
 _NO_WEIGHTS = ("blockwise", "torch")
@@ -24,9 +24,6 @@ def available_backends() -> list[str]:
     """The backends usable on this machine (``"auto"`` excluded)."""
     return ["matrix", "blockwise", "torch"]
 
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def _allowed(p: Problem) -> torch.Tensor | None:
@@ -39,7 +36,7 @@ def _allowed(p: Problem) -> torch.Tensor | None:
 
 def matrix(p: Problem, dropout_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Tier 2: materialize the (Tq, Tk) weights. Returns (out (..., Tq, d_v), weights (..., Tq, Tk))."""
-    cd = _compute_dtype(p.q.dtype)
+    cd = compute_dtype(p.q.dtype)
     q, k, v = p.q.to(cd), p.k.to(cd), p.v.to(cd)
     s = torch.matmul(q, k.transpose(-2, -1)) * p.scale  # (..., Tq, Tk)
     if p.mask is not None and p.mask.is_floating_point():
@@ -159,7 +156,8 @@ def attention(
         causal: forbid attending to later keys; ``causal_alignment`` says which diagonal:
             ``"top_left"`` (query i sees keys ≤ i) or ``"bottom_right"`` (≤ i + Tk - Tq).
         scale: multiplies the scores; default 1/√d.
-        need_weights: also return the (..., Tq, Tk) weights (only ``matrix`` can).
+        need_weights: also return the (..., Tq, Tk) weights (only ``matrix`` can); with
+            ``dropout_p`` > 0 these are the weights applied, after dropout (as nn.MultiheadAttention).
         backend: ``"auto"``, or one of ``available_backends()``.
         dropout_p: dropout on the weights (``matrix`` and ``torch`` only); 0 at inference.
 
