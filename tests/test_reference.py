@@ -142,3 +142,21 @@ def test_bad_mask(mask):
     H, W = np.ones((2, 3)), np.ones((2, 2))
     with pytest.raises(ValueError, match=r"mask must be a \(3, 3\) bool"):
         reference.self_attention(H, W, W, W, mask=mask)
+
+
+def test_biases_are_added_to_q_k_v():
+    """BERT's q_i = W_Q h_i + b_Q: checked against the matrix form written out here."""
+    rng = np.random.default_rng(11)
+    D, T, d_k, d_v = 5, 4, 3, 2
+    H = rng.standard_normal((D, T))
+    W_Q, W_K = rng.standard_normal((d_k, D)), rng.standard_normal((d_k, D))
+    W_V = rng.standard_normal((d_v, D))
+    b_Q, b_K, b_V = rng.standard_normal(d_k), rng.standard_normal(d_k), rng.standard_normal(d_v)
+    steps = reference.self_attention(H, W_Q, W_K, W_V, b_Q=b_Q, b_K=b_K, b_V=b_V)
+    Q, K, V = W_Q @ H + b_Q[:, None], W_K @ H + b_K[:, None], W_V @ H + b_V[:, None]
+    S = Q.T @ K / np.sqrt(d_k)
+    A = np.exp(S - S.max(1, keepdims=True))
+    A /= A.sum(1, keepdims=True)
+    np.testing.assert_allclose(steps.Z, (A @ V.T).T, atol=1e-12)
+    with pytest.raises(ValueError, match=r"b_V has shape \(3,\), expected \(2,\)"):
+        reference.self_attention(H, W_Q, W_K, W_V, b_V=np.zeros(3))

@@ -64,6 +64,9 @@ def self_attention(
     *,
     scale: float | None = None,
     mask: np.ndarray | None = None,
+    b_Q: np.ndarray | None = None,
+    b_K: np.ndarray | None = None,
+    b_V: np.ndarray | None = None,
 ) -> SelfAttentionSteps:
     """One self-attention layer as explicit loops over words.
 
@@ -72,6 +75,8 @@ def self_attention(
         W_Q, W_K: (d_k, D); W_V: (d_v, D).
         scale: multiplies e_ij before the softmax; default 1/√d_k.
         mask: (T, T) bool, ``mask[i, j]`` True = word i may attend to word j.
+        b_Q, b_K: (d_k,); b_V: (d_v,). Biases, absent in the lecture, present in BERT:
+            q_i = W_Q h_i + b_Q, and likewise for k and v. Default: none.
 
     Returns:
         SelfAttentionSteps with Q, K, V, E, A, Z (shapes in its field comments).
@@ -85,6 +90,13 @@ def self_attention(
     if W_Q.shape[0] != W_K.shape[0]:
         raise ValueError(f"W_Q {W_Q.shape} and W_K {W_K.shape} must have the same d_k (rows)")
     d_k, d_v = W_Q.shape[0], W_V.shape[0]
+    biases = []
+    for name, b, n in (("b_Q", b_Q, d_k), ("b_K", b_K, d_k), ("b_V", b_V, d_v)):
+        b = np.zeros(n) if b is None else np.asarray(b, dtype=np.float64)
+        if b.shape != (n,):
+            raise ValueError(f"{name} has shape {b.shape}, expected ({n},)")
+        biases.append(b)
+    b_Q, b_K, b_V = biases
     if scale is None:
         scale = 1.0 / math.sqrt(d_k) if d_k else 1.0
     real = isinstance(scale, numbers.Real) and not isinstance(scale, bool)
@@ -99,9 +111,9 @@ def self_attention(
     Q, K, V = np.zeros((d_k, T)), np.zeros((d_k, T)), np.zeros((d_v, T))
     for i in range(T):
         h_i = H[:, i]
-        Q[:, i] = W_Q @ h_i
-        K[:, i] = W_K @ h_i
-        V[:, i] = W_V @ h_i
+        Q[:, i] = W_Q @ h_i + b_Q
+        K[:, i] = W_K @ h_i + b_K
+        V[:, i] = W_V @ h_i + b_V
 
     E, A, Z = np.zeros((T, T)), np.zeros((T, T)), np.zeros((d_v, T))
     for i in range(T):  # word i is the query; in the lecture this loop runs in parallel

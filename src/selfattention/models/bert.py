@@ -1,0 +1,221 @@
+"""A BERT-style encoder built from this project's layers (MiniLM is a small BERT).
+
+Every layer's attention is ``selfattention.MultiHeadAttention``, so every backend of
+``selfattention.attention`` can run a real pretrained model. Shapes: input ids (B, T), hidden
+states (B, T, D), attention weights (B, H, T, T).
+
+Post-LayerNorm BERT (Devlin et al., 2019), one layer:
+
+    a = LayerNorm(x + MHA(x))                 attention, then residual and norm
+    y = LayerNorm(a + W2 act(W1 a + b1) + b2)  feed-forward, then residual and norm
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..layers import MultiHeadAttention
+from ..masks import from_lengths
+
+ACTIVATIONS = {
+    "gelu": lambda x: nn.functional.gelu(x),  # the exact (erf) GELU, as BERT's "gelu"
+    "gelu_new": lambda x: nn.functional.gelu(x, approximate="tanh"),
+    "relu": nn.functional.relu,
+}
+
+
+class ModelError(ValueError):
+    """A model directory or config this encoder cannot run; the message is one line."""
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """The fields of a Hugging Face ``config.json`` that this encoder uses."""
+
+    vocab_size: int  # word-piece vocabulary
+    hidden_size: int  # D, the width of every hidden state
+    num_hidden_layers: int  # L
+    num_attention_heads: int  # H; head size d = D / H
+    intermediate_size: int  # width of the feed-forward layer
+    max_position_embeddings: int = 512  # longest input, in word pieces
+    type_vocab_size: int = 2  # segment ids (sentence A / B)
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    pad_token_id: int = 0
+
+    @classmethod
+    def from_file(cls, path: Path) -> BertConfig:
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelError(f"cannot read {path}: {e}") from None
+        if not isinstance(raw, dict):
+            raise ModelError(f"{path} is not a JSON object")
+        return cls.from_dict(raw, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config") -> BertConfig:
+        kind = raw.get("model_type", "bert")
+        if kind not in ("bert",):
+            raise ModelError(f"{source}: model_type {kind!r} is not supported; this encoder runs 'bert'")
+        pos = raw.get("position_embedding_type", "absolute")
+        if pos != "absolute":
+            raise ModelError(f"{source}: position_embedding_type {pos!r} is not supported, only 'absolute'")
+        if raw.get("is_decoder") or raw.get("add_cross_attention"):
+            raise ModelError(f"{source}: decoder configs are not supported, only the encoder")
+        known = {f.name: f for f in fields(cls)}
+        missing = [n for n, f in known.items() if f.default is MISSING and n not in raw]
+        if missing:
+            raise ModelError(f"{source}: missing {', '.join(missing)}")
+        values = {n: raw[n] for n in known if n in raw}
+        for n, v in values.items():
+            if n == "hidden_act":
+                ok = isinstance(v, str)
+            elif n == "layer_norm_eps":
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+            else:
+                ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            if not ok:
+                raise ModelError(f"{source}: {n} = {v!r} is not valid")
+        cfg = cls(**values)
+        if cfg.hidden_act not in ACTIVATIONS:
+            raise ModelError(
+                f"{source}: hidden_act {cfg.hidden_act!r} is not supported, one of {sorted(ACTIVATIONS)}"
+            )
+        if min(cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, cfg.vocab_size) < 1:
+            raise ModelError(f"{source}: sizes must be positive")
+        if cfg.hidden_size % cfg.num_attention_heads:
+            raise ModelError(
+                f"{source}: hidden_size {cfg.hidden_size} is not divisible by "
+                f"num_attention_heads {cfg.num_attention_heads}"
+            )
+        return cfg
+
+
+@dataclass
+class EncoderOutput:
+    last_hidden_state: torch.Tensor  # (B, T, D)
+    hidden_states: list[torch.Tensor] | None  # L + 1 of (B, T, D): embeddings, then each layer
+    attentions: list[torch.Tensor] | None  # L of (B, H, T, T), the softmax weights
+
+
+class BertLayer(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        D = cfg.hidden_size
+        self.attention = MultiHeadAttention(D, cfg.num_attention_heads, bias=True)
+        self.attention_norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
+        self.ffn_in = nn.Linear(D, cfg.intermediate_size)
+        self.ffn_out = nn.Linear(cfg.intermediate_size, D)
+        self.ffn_norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
+        self.act = ACTIVATIONS[cfg.hidden_act]
+
+    def forward(self, x, mask, *, need_weights: bool, backend: str):
+        """x (B, T, D), mask (B, 1, 1, T) → (B, T, D) and weights (B, H, T, T) or None."""
+        out = self.attention(x, mask=mask, need_weights=need_weights, backend=backend)
+        a, w = out if need_weights else (out, None)
+        x = self.attention_norm(x + a)  # (B, T, D)
+        x = self.ffn_norm(x + self.ffn_out(self.act(self.ffn_in(x))))  # (B, T, D)
+        return x, w
+
+
+class BertEncoder(nn.Module):
+    """Embeddings (word + position + segment, LayerNorm) and L ``BertLayer``s."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.config = cfg
+        D = cfg.hidden_size
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, D)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, D)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, D)
+        self.embedding_norm = nn.LayerNorm(D, eps=cfg.layer_norm_eps)
+        self.layers = nn.ModuleList(BertLayer(cfg) for _ in range(cfg.num_hidden_layers))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        *,
+        backend: str = "auto",
+        need_weights: bool = False,
+        output_hidden_states: bool = False,
+    ) -> EncoderOutput:
+        """input_ids (B, T) int; ``lengths`` (B,) real tokens per row (the rest is padding).
+
+        Padding never changes the real tokens' states: padded keys are masked out.
+        """
+        B, T = input_ids.shape
+        if T > self.config.max_position_embeddings:
+            raise ValueError(f"input has {T} positions, the model has {self.config.max_position_embeddings}")
+        positions = torch.arange(T, device=input_ids.device)
+        types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)  # (B, T, D)
+        x = self.embedding_norm(x + self.token_type_embeddings(types))  # (B, T, D)
+        mask = None if lengths is None else from_lengths(lengths, T)  # (B, 1, 1, T)
+        hidden = [x] if output_hidden_states else None
+        weights = [] if need_weights else None
+        for layer in self.layers:
+            x, w = layer(x, mask, need_weights=need_weights, backend=backend)
+            if hidden is not None:
+                hidden.append(x)
+            if weights is not None:
+                weights.append(w)
+        return EncoderOutput(x, hidden, weights)
+
+
+def _hf_names(i: int) -> dict[str, str]:
+    """Our parameter name → the Hugging Face BERT name, for layer i (q/k/v handled apart)."""
+    p, o = f"layers.{i}.", f"encoder.layer.{i}."
+    return {
+        p + "attention.out_proj.weight": o + "attention.output.dense.weight",
+        p + "attention.out_proj.bias": o + "attention.output.dense.bias",
+        p + "attention_norm.weight": o + "attention.output.LayerNorm.weight",
+        p + "attention_norm.bias": o + "attention.output.LayerNorm.bias",
+        p + "ffn_in.weight": o + "intermediate.dense.weight",
+        p + "ffn_in.bias": o + "intermediate.dense.bias",
+        p + "ffn_out.weight": o + "output.dense.weight",
+        p + "ffn_out.bias": o + "output.dense.bias",
+        p + "ffn_norm.weight": o + "output.LayerNorm.weight",
+        p + "ffn_norm.bias": o + "output.LayerNorm.bias",
+    }
+
+
+def state_from_hf(tensors: dict[str, torch.Tensor], cfg: BertConfig, source: str) -> dict[str, torch.Tensor]:
+    """Rename a Hugging Face BERT state dict (with or without a ``bert.`` prefix) to ours.
+
+    Query, key and value weights are stacked into each layer's one ``in_proj`` (3D, D).
+    """
+    if not any(k.startswith("embeddings.") for k in tensors):
+        tensors = {k[len("bert.") :]: v for k, v in tensors.items() if k.startswith("bert.")}
+    names = {
+        "word_embeddings.weight": "embeddings.word_embeddings.weight",
+        "position_embeddings.weight": "embeddings.position_embeddings.weight",
+        "token_type_embeddings.weight": "embeddings.token_type_embeddings.weight",
+        "embedding_norm.weight": "embeddings.LayerNorm.weight",
+        "embedding_norm.bias": "embeddings.LayerNorm.bias",
+    }
+    for i in range(cfg.num_hidden_layers):
+        names.update(_hf_names(i))
+    missing = [hf for hf in names.values() if hf not in tensors]
+    qkv = {
+        (i, part, kind): f"encoder.layer.{i}.attention.self.{part}.{kind}"
+        for i in range(cfg.num_hidden_layers)
+        for part in ("query", "key", "value")
+        for kind in ("weight", "bias")
+    }
+    missing += [hf for hf in qkv.values() if hf not in tensors]
+    if missing:
+        raise ModelError(f"{source} lacks {len(missing)} tensors this config needs, e.g. {missing[0]}")
+    state = {ours: tensors[hf] for ours, hf in names.items()}
+    for i in range(cfg.num_hidden_layers):
+        for kind in ("weight", "bias"):
+            parts = [tensors[qkv[i, part, kind]] for part in ("query", "key", "value")]
+            state[f"layers.{i}.attention.in_proj.{kind}"] = torch.cat(parts, dim=0)  # (3D, D) or (3D,)
+    return state
