@@ -121,11 +121,12 @@ class PretrainedModel:
         too long when ``truncate`` is False; warns ``TruncationWarning`` when it truncates.
         """
         limit = self.max_length if max_length is None else min(max_length, self.max_length)
-        encodings = self.tokenizer.encode_batch([t if isinstance(t, str) else "" for t in texts])
-        ids, tokens, dropped = [], [], []
-        for n, (text, enc) in enumerate(zip(texts, encodings)):
+        for n, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"text {n + 1} is a {type(text).__name__}, expected str")
+        encodings = self.tokenizer.encode_batch(list(texts))
+        ids, tokens, dropped = [], [], []
+        for n, (text, enc) in enumerate(zip(texts, encodings, strict=True)):
             if len(enc.ids) <= 2:  # only [CLS] and [SEP]
                 raise ValueError(
                     f"text {n + 1} is empty" if not text.strip() else f"text {n + 1} has no word pieces"
