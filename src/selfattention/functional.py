@@ -13,16 +13,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import blockwise, masks
+from . import blockwise, kernels, masks
 from ._checks import Problem, check_inputs, compute_dtype
 
-BACKENDS = ("auto", "matrix", "blockwise", "torch")
-_NO_WEIGHTS = ("blockwise", "torch")
+BACKENDS = ("auto", "matrix", "blockwise", "torch", "triton")
+_NO_WEIGHTS = ("blockwise", "torch", "triton")
 
 
 def available_backends() -> list[str]:
-    """The backends usable on this machine (``"auto"`` excluded)."""
-    return ["matrix", "blockwise", "torch"]
+    """The backends usable on this machine (``"auto"`` excluded).
+
+    ``"triton"`` (the fused kernel) is listed where a CUDA device is present, or on the CPU when
+    ``TRITON_INTERPRET=1`` is set (Triton's interpreter: correct, but slow).
+    """
+    return ["matrix", "blockwise", "torch"] + (["triton"] if kernels.available() else [])
 
 
 
@@ -97,13 +101,52 @@ def sdpa(p: Problem, dropout_p: float = 0.0) -> torch.Tensor:
     return out.masked_fill(dead, 0.0)
 
 
+def _fold(x: torch.Tensor, batch: tuple[int, ...], group: bool) -> torch.Tensor:
+    """(..., A, B) → (N, H, A, B) for the kernel; with ``group`` the head dim stays 1 (GQA)."""
+    lead, last = (batch[:-1], batch[-1]) if batch else ((), 1)
+    x = x.expand(*lead, 1 if group else last, *x.shape[-2:])
+    return x.reshape(-1, 1 if group else last, *x.shape[-2:])
+
+
+def triton_kernel(p: Problem) -> torch.Tensor:
+    """Tier 4 adapter: fold the leading dims to (B, H) and run the fused kernel.
+
+    A k/v of size 1 in the last leading dim where q has G > 1 is grouped-query attention
+    (``MultiHeadAttention`` lays heads out as (B, Hkv, G, T, d)): the kernel then reads each K/V
+    head once for its G query heads instead of copying it G times.
+    """
+    from .kernels import flash_attention
+
+    if p.v.shape[-1] != p.q.shape[-1]:
+        raise ValueError(f"backend 'triton' needs d_v == d, got d={p.q.shape[-1]}, d_v={p.v.shape[-1]}")
+    if p.mask is not None and p.mask.dtype != torch.bool:
+        raise ValueError("backend 'triton' takes a bool mask only, not an additive float mask")
+    def last(x):
+        return x.shape[-3] if x.dim() >= 3 else 1
+
+    group = bool(p.batch) and p.batch[-1] > 1 and last(p.k) == 1 and last(p.v) == 1
+    q = _fold(p.q, p.batch, False)  # (N, H, Tq, d)
+    k, v = _fold(p.k, p.batch, group), _fold(p.v, p.batch, group)  # (N, H or 1, Tk, d)
+    mask = None if p.mask is None else _fold(p.mask, p.batch, False)  # (N, H, Tq|1, Tk|1)
+    out = flash_attention(
+        q, k, v,
+        causal=p.causal is not None,
+        causal_alignment=p.causal or "top_left",
+        scale=p.scale,
+        mask=mask,
+    )
+    return out.reshape(*p.batch, p.Tq, p.v.shape[-1])
+
+
 def _choose(p: Problem, need_weights: bool) -> str:
     """What ``backend="auto"`` runs: the fastest tier that is correct for these inputs."""
     if need_weights:
         return "matrix"  # the only tier that can return the weights
     if p.mask is not None and p.mask.requires_grad:
         return "matrix"  # the only tier that differentiates with respect to a float mask
-    return "torch"  # SDPA: fastest on the CPU, O(T) memory with its fused kernels
+    # SDPA: fastest on the CPU, O(T) memory with its fused kernels. On a GPU the Triton kernel
+    # becomes the choice once a measurement on the card shows it faster (benchmarks/gpu_attention.py).
+    return "torch"
 
 
 def resolve_backend(
@@ -128,6 +171,11 @@ def _resolve(p: Problem, need_weights: bool, backend: str) -> str:
     if need_weights and backend in _NO_WEIGHTS:
         raise ValueError(
             f"backend {backend!r} cannot return weights (need_weights=True); use 'matrix' or 'auto'"
+        )
+    if backend == "triton" and not kernels.available(p.q.device):
+        raise ValueError(
+            f"backend 'triton' is not available for {p.q.device} tensors: it needs Triton and a CUDA "
+            f"device, or TRITON_INTERPRET=1 for CPU tensors"
         )
     if p.Tq == 0 or p.Tk == 0:
         return "matrix"  # empty sequences: matrix gives correctly shaped (zero) results
@@ -169,11 +217,13 @@ def attention(
     chosen = _resolve(p, need_weights, backend)
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0 <= dropout_p < 1:
         raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
-    if dropout_p > 0 and backend == "blockwise":
-        raise ValueError("backend 'blockwise' does not support dropout_p > 0; use 'matrix' or 'torch'")
+    if dropout_p > 0 and backend in ("blockwise", "triton"):
+        raise ValueError(f"backend {backend!r} does not support dropout_p > 0; use 'matrix' or 'torch'")
     if chosen == "matrix":
         out, w = matrix(p, dropout_p)
         return (out, w) if need_weights else out
     if chosen == "blockwise":
         return blockwise.run(p)[0]
+    if chosen == "triton":
+        return triton_kernel(p)
     return sdpa(p, dropout_p)
