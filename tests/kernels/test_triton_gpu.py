@@ -1,0 +1,89 @@
+"""On a GPU only: FlashAttention's 2x rule over awkward shapes, and bitwise determinism.
+
+For each case the kernel's output and dq, dk, dv are compared with a float32 reference (the
+matrix tier on upcast inputs); the error must be at most twice that of a same-precision
+PyTorch implementation (matmul, softmax, matmul in bf16/fp16) against the same reference.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="Triton is not installed")
+from _kernel_cases import naive, reference, within_flash_rule  # noqa: E402
+
+from selfattention.kernels import flash_attention  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1", reason="needs a CUDA GPU"
+)
+
+CASES = []  # (H, Hkv, Tq, Tk, d, causal, alignment, dtype)
+for i, (T, d) in enumerate((T, d) for T in (1, 97, 1025, 4097) for d in (59, 64, 80, 128, 256)):
+    Tk = T if i % 2 == 0 else T + 13  # every other case has Tq != Tk
+    causal = i % 3 != 0
+    alignment = "bottom_right" if i % 4 in (1, 2) else "top_left"
+    Hkv = 1 if i % 5 == 0 else 2  # GQA in some
+    CASES.append((2, Hkv, T, Tk, d, causal, alignment, torch.float16 if i % 7 == 3 else torch.bfloat16))
+
+
+def _run(H, Hkv, Tq, Tk, d, causal, alignment, dtype, mask=None, lengths=None, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    q = torch.randn(1, H, Tq, d, device="cuda", dtype=dtype, generator=g).requires_grad_()
+    k = torch.randn(1, Hkv, Tk, d, device="cuda", dtype=dtype, generator=g).requires_grad_()
+    v = torch.randn(1, Hkv, Tk, d, device="cuda", dtype=dtype, generator=g).requires_grad_()
+    dout = torch.randn(1, H, Tq, d, device="cuda", dtype=dtype, generator=g)
+    out = flash_attention(q, k, v, causal=causal, causal_alignment=alignment, mask=mask, lengths=lengths)
+    full = mask
+    if lengths is not None:
+        keep = torch.arange(Tk, device="cuda") < lengths[:, None, None, None]
+        full = keep if full is None else full & keep
+    pt = naive(q, k, v, causal=causal, alignment=alignment, mask=full)
+    ref, ref_in = reference(q, k, v, causal=causal, alignment=alignment, mask=full, dtype=torch.float32)
+    within_flash_rule(out, pt, ref, "out")
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    grads_pt = torch.autograd.grad(pt, (q, k, v), dout)
+    grads_ref = torch.autograd.grad(ref, ref_in, dout.float())
+    for name, a, b, r in zip("qkv", grads, grads_pt, grads_ref, strict=True):
+        within_flash_rule(a, b, r, f"d{name}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "Hkv{1}-Tq{2}-Tk{3}-d{4}-{5}-{6}-{7}".format(*c))
+def test_flash_rule(case):
+    _run(*case)
+
+
+def test_flash_rule_with_mask_and_lengths():
+    g = torch.Generator(device="cuda").manual_seed(9)
+    mask = torch.rand(1, 1, 1025, 1030, device="cuda", generator=g) > 0.2
+    _run(
+        4,
+        2,
+        1025,
+        1030,
+        128,
+        True,
+        "bottom_right",
+        torch.bfloat16,
+        mask=mask,
+        lengths=torch.tensor([700], device="cuda"),
+    )
+
+
+def test_deterministic_50_runs():
+    g = torch.Generator(device="cuda").manual_seed(10)
+    q, k, v = (
+        torch.randn(2, 4, 1025, 128, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3)
+    )
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    dout = torch.randn_like(q)
+    first = None
+    for _ in range(50):
+        out = flash_attention(q, k, v, causal=True)
+        run = (out, *torch.autograd.grad(out, (q, k, v), dout))
+        if first is None:
+            first = run
+        assert all(torch.equal(a, b) for a, b in zip(first, run, strict=True))
