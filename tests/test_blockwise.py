@@ -129,10 +129,13 @@ def test_empty_inputs():
     assert out.shape == (2, 0, 5)
 
 
-@pytest.mark.parametrize("block_size", [0, -1, 1.5, True, "3", None])
-def test_bad_block_size(block_size):
+@pytest.mark.parametrize(
+    "block_size, exc", [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError),
+                        ("3", TypeError), (None, TypeError)]
+)
+def test_bad_block_size(block_size, exc):
     x = torch.randn(3, 2)
-    with pytest.raises(ValueError, match="block_size"):
+    with pytest.raises(exc, match="block_size must be a positive int"):
         blockwise_attention(x, x, x, block_size=block_size)
 
 

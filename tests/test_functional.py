@@ -358,3 +358,12 @@ def test_scale_accepts_any_real_number(scale):
     q, k, v = (randn(1, 3, 4, gen=gen, dtype=torch.float64) for _ in range(3))
     out = attention(q, k, v, scale=scale, backend="matrix")
     assert_close(out, ref_attention(q, k, v, None, scale=float(scale))[0], atol=1e-12)
+
+
+def test_dropout_accepts_numpy_floats():
+    x = torch.randn(2, 4, 3)
+    torch.manual_seed(0)
+    a = attention(x, x, x, dropout_p=np.float32(0.5), backend="matrix")
+    torch.manual_seed(0)
+    b = attention(x, x, x, dropout_p=0.5, backend="matrix")
+    assert torch.equal(a, b)

@@ -181,7 +181,7 @@ def test_mha_cross_attention(d_model, H, Hkv, backend):
     out_ref, _ = mha_explicit(m, x, context=c, mask=mask, causal="bottom_right")
     out = m(x, c, mask=mask, causal=True, backend=backend)
     assert out.shape == (2, 4, d_model)
-    # causal alignment is not a module argument: the module uses attention's default (top_left)
+    # without causal_alignment the module uses attention's default, top_left
     out_tl, _ = mha_explicit(m, x, context=c, mask=mask, causal="top_left")
     assert_close(out, out_tl)
     assert not torch.allclose(out, out_ref)
@@ -279,3 +279,27 @@ def test_mha_cross_attention_causal_alignment_is_passed_through():
         mha(x, ctx, causal=True, causal_alignment="top_left"),
         mha(x, ctx, causal=True, causal_alignment="bottom_right"),
     )
+
+
+def test_module_masks_may_not_add_batch_dims():
+    """A key-padding mask from masks.from_lengths works in both modules; one that would widen
+    the batch is refused with the expected shape, not broadcast into a wrong-shaped output."""
+    torch.manual_seed(12)
+    x = torch.randn(3, 5, 8, dtype=F64)
+    sa = SelfAttention(8).double()
+    lengths = masks.from_lengths([5, 2, 1], 5)  # (3, 1, 1, 5)
+    out = sa(x, mask=lengths)
+    assert out.shape == (3, 5, 8)
+    for b, n in enumerate([5, 2, 1]):  # padding changes nothing: each sequence alone, cut to its length
+        assert_close(out[b, :n], sa(x[b : b + 1, :n])[0])
+    expected = r"mask has shape \(3, 5, 5, 5\), expected broadcastable to \(3, 5, 5\)"
+    with pytest.raises(ValueError, match=expected):
+        sa(x, mask=torch.ones(3, 5, 5, 5, dtype=torch.bool))
+    mha = MultiHeadAttention(8, 4).double()
+    with pytest.raises(ValueError, match=r"expected broadcastable to \(1, 4, 5, 5\)"):
+        mha(x[:1], mask=torch.ones(3, 4, 5, 5, dtype=torch.bool))
+    gqa = MultiHeadAttention(12, 6, num_kv_heads=3).double()
+    keys = torch.rand(7) > 0.3
+    keys[0] = True
+    xc, ctx = torch.randn(2, 5, 12, dtype=F64), torch.randn(2, 7, 12, dtype=F64)
+    assert_close(gqa(xc, ctx, mask=keys), gqa(xc, ctx, mask=keys.expand(2, 6, 5, 7)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import F64, assert_close, randn
@@ -154,3 +155,7 @@ def test_from_attn_mask():
 def test_from_attn_mask_bad(bad, match):
     with pytest.raises(TypeError, match=match):
         masks.from_attn_mask(bad)
+
+
+def test_causal_accepts_numpy_integers():
+    assert torch.equal(masks.causal(np.int64(2), np.int64(3)), masks.causal(2, 3))

@@ -160,3 +160,11 @@ def test_biases_are_added_to_q_k_v():
     np.testing.assert_allclose(steps.Z, (A @ V.T).T, atol=1e-12)
     with pytest.raises(ValueError, match=r"b_V has shape \(3,\), expected \(2,\)"):
         reference.self_attention(H, W_Q, W_K, W_V, b_V=np.zeros(3))
+
+
+def test_only_minus_inf_means_forbidden():
+    """NaN and overflowing scores are not silently treated as masked: they give NaN."""
+    with np.errstate(invalid="ignore"):  # NumPy warns about inf - inf; the NaN is the point
+        assert np.isnan(reference.softmax(np.array([1.0, 2.0, np.nan]))).all()
+        assert np.isnan(reference.softmax(np.array([np.inf, 1.0]))).any()
+    np.testing.assert_allclose(reference.softmax(np.array([0.0, -np.inf])), [1.0, 0.0])

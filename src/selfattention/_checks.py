@@ -84,7 +84,7 @@ def check_inputs(q, k, v, mask, causal, causal_alignment, scale) -> Problem:
                 f"point (additive bias)"
             )
         if mask.device != q.device:
-            raise ValueError(f"mask is on {mask.device} but q is on {q.device}")
+            raise ValueError(f"mask is on {mask.device} but q is on {q.device}; expected one device")
         full = (*batch, Tq, Tk)
         try:
             both = torch.broadcast_shapes(mask.shape, full)

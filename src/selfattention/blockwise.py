@@ -15,6 +15,8 @@ dK += dSᵀ Q · scale.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from ._checks import Problem, check_inputs, compute_dtype
@@ -152,10 +154,13 @@ def blockwise_attention(
 
     Shapes as ``selfattention.attention``: q (..., Tq, d), k (..., Tk, d), v (..., Tk, d_v) →
     out (..., Tq, d_v). With ``return_lse=True`` also returns the log-sum-exp of each row's
-    scaled scores, (..., Tq), -inf for a row that may attend to nothing.
+    scaled scores, (..., Tq), -inf for a row that may attend to nothing. The log-sum-exp carries
+    no gradient (it is for merging blocks, as ring attention does), only ``out`` does.
     """
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
+        raise TypeError(f"block_size must be a positive int, got {block_size!r}")
+    if block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
     p = check_inputs(q, k, v, mask, causal, causal_alignment, scale)
-    out, lse = run(p, block_size=block_size)
+    out, lse = run(p, block_size=int(block_size))
     return (out, lse) if return_lse else out

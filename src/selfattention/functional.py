@@ -10,6 +10,8 @@ with rows as words (q is (..., Tq, d)); the lecture's columns are the transpose.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -214,9 +216,14 @@ def attention(
         attend to nothing gives zeros (and zero gradients), never NaN.
     """
     p = check_inputs(q, k, v, mask, causal, causal_alignment, scale)
+    if not isinstance(need_weights, bool):
+        raise TypeError(f"need_weights must be a bool, got {need_weights!r}")
     chosen = _resolve(p, need_weights, backend)
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0 <= dropout_p < 1:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
+        raise TypeError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+    if not 0 <= dropout_p < 1:
         raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+    dropout_p = float(dropout_p)
     if dropout_p > 0 and backend in ("blockwise", "triton"):
         raise ValueError(f"backend {backend!r} does not support dropout_p > 0; use 'matrix' or 'torch'")
     if chosen == "matrix":

@@ -20,6 +20,18 @@ def _check_x(name: str, x: object, d_model: int) -> torch.Tensor:
     return x
 
 
+def _check_mask(mask: object, target: tuple[int, ...]) -> None:
+    """A module's mask must broadcast to exactly ``target``: it may not add batch dims."""
+    if not isinstance(mask, torch.Tensor):
+        return  # None, or a wrong type that attention() reports
+    try:
+        ok = 1 <= mask.dim() <= len(target) and torch.broadcast_shapes(mask.shape, target) == target
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected broadcastable to {target}")
+
+
 def _positive(name: str, n: object) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"{name} must be a positive int, got {n!r}")
@@ -56,9 +68,14 @@ class SelfAttention(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, D) → z (B, T, d_v), or (z, weights (B, T, T)) with ``need_weights``.
 
-        ``mask`` is boolean (True = may attend) or additive, broadcastable to (B, T, T).
+        ``mask`` is boolean (True = may attend) or additive, broadcastable to (B, T, T); a
+        (B, 1, T|1, T) mask such as ``masks.from_lengths`` builds is accepted too.
         """
         _check_x("x", x, self.d_model)
+        B, T, _ = x.shape
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] == 1:
+            mask = mask.squeeze(1)  # the head dim of a multi-head mask; this layer has one head
+        _check_mask(mask, (B, T, T))
         q, k, v = self.w_q(x), self.w_k(x), self.w_v(x)  # (B, T, d_k), (B, T, d_k), (B, T, d_v)
         return attention(
             q, k, v,
@@ -142,12 +159,13 @@ class MultiHeadAttention(nn.Module):
             )  # (B, Tk, Dkv) each
         B, Tq, Tk = x.shape[0], x.shape[1], k.shape[1]
         H, Hkv = self.num_heads, self.num_kv_heads
+        _check_mask(mask, (B, H, Tq, Tk))
         q, k, v = self._heads(q, H), self._heads(k, Hkv), self._heads(v, Hkv)  # (B, heads, T, d)
         if Hkv != H:
             # Grouped-query attention by broadcasting, no copies: (B, Hkv, G, T, d) vs (B, Hkv, 1, T, d).
             q = q.unflatten(1, (Hkv, H // Hkv))
             k, v = k.unsqueeze(2), v.unsqueeze(2)
-            mask = self._group_mask(mask, B, Tq, Tk)
+            mask = self._group_mask(mask)
         result = attention(
             q, k, v,
             mask=mask,
@@ -162,19 +180,11 @@ class MultiHeadAttention(nn.Module):
         out = self.out_proj(out)
         return (out, w.reshape(B, H, Tq, Tk)) if need_weights else out
 
-    def _group_mask(self, mask: torch.Tensor | None, B: int, Tq: int, Tk: int) -> torch.Tensor | None:
+    def _group_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
         """Reshape a mask broadcastable to (B, H, Tq, Tk) to broadcast against (B, Hkv, G, Tq, Tk)."""
         if not isinstance(mask, torch.Tensor):
-            return mask  # None, or a wrong type that attention() reports
+            return mask
         H, Hkv = self.num_heads, self.num_kv_heads
-        try:
-            if not 2 <= mask.dim() <= 4:
-                raise RuntimeError
-            torch.broadcast_shapes(mask.shape, (B, H, Tq, Tk))
-        except RuntimeError:
-            raise ValueError(
-                f"mask has shape {tuple(mask.shape)}, expected broadcastable to {(B, H, Tq, Tk)}"
-            ) from None
         m = mask.reshape(*([1] * (4 - mask.dim())), *mask.shape)  # (b, h, tq, tk)
         # (b, Hkv, G, tq, tk) when the mask has a head dim, else (b, 1, 1, tq, tk)
         return m.unflatten(1, (Hkv, H // Hkv)) if m.shape[1] == H else m.unsqueeze(2)

@@ -6,6 +6,8 @@ to (B, H, Tq, Tk). A floating-point mask is an additive bias on the scores (-inf
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 ALIGNMENTS = ("top_left", "bottom_right")
@@ -21,8 +23,9 @@ def causal(
     sees keys j <= i + (Tk - Tq). The two agree when Tq == Tk.
     """
     for name, n in (("Tq", Tq), ("Tk", Tk)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
             raise ValueError(f"{name} must be a non-negative int, got {n!r}")
+    Tq, Tk = int(Tq), int(Tk)
     if alignment not in ALIGNMENTS:
         raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
     offset = Tk - Tq if alignment == "bottom_right" else 0

@@ -47,8 +47,11 @@ def _matrix(name: str, x: object) -> np.ndarray:
 
 
 def softmax(e: np.ndarray) -> np.ndarray:
-    """Softmax of one row of scores; entries of -inf get weight 0. An all -inf row gives zeros."""
-    allowed = np.isfinite(e)
+    """Softmax of one row of scores; entries of -inf get weight 0. An all -inf row gives zeros.
+
+    Only -inf means "forbidden": NaN or +inf scores give NaN, as in every other tier.
+    """
+    allowed = e != -np.inf
     if not allowed.any():
         return np.zeros_like(e)  # nothing to attend to: α = 0, so z = 0
     m = e[allowed].max()  # subtracting the max changes nothing mathematically, avoids overflow
