@@ -64,12 +64,21 @@ def matrix(p: Problem, dropout_p: float = 0.0) -> tuple[torch.Tensor, torch.Tens
     return out.to(p.q.dtype), w_used.to(p.q.dtype)
 
 
-def _as_4d(x: torch.Tensor, batch: tuple[int, ...]) -> torch.Tensor:
-    """(..., A, B) broadcast to (*batch, A, B), then folded to exactly 4 dims for SDPA."""
-    x = x.expand(*batch, *x.shape[-2:])
-    if len(batch) <= 2:
-        return x.reshape(*([1] * (2 - len(batch))), *x.shape)
-    return x.reshape(-1, batch[-1], *x.shape[-2:])
+def _fold(x: torch.Tensor, batch: tuple[int, ...], group: bool) -> torch.Tensor:
+    """(..., A, B) → (N, H, A, B) for the kernel; with ``group`` the head dim stays 1 (GQA)."""
+    lead, last = (batch[:-1], batch[-1]) if batch else ((), 1)
+    x = x.expand(*lead, 1 if group else last, *x.shape[-2:])
+    return x.reshape(-1, 1 if group else last, *x.shape[-2:])
+
+
+def _grouped(p: Problem) -> bool:
+    """Do k and v have size 1 in the last leading dim where q has G > 1 (GQA, as laid out by
+    ``MultiHeadAttention``: q (B, Hkv, G, T, d), k and v (B, Hkv, 1, T, d))?"""
+
+    def last(x: torch.Tensor) -> int:
+        return x.shape[-3] if x.dim() >= 3 else 1
+
+    return bool(p.batch) and p.batch[-1] > 1 and last(p.k) == 1 and last(p.v) == 1
 
 
 def sdpa(p: Problem, dropout_p: float = 0.0) -> torch.Tensor:
@@ -78,11 +87,14 @@ def sdpa(p: Problem, dropout_p: float = 0.0) -> torch.Tensor:
     SDPA returns NaN for a query row that may attend to nothing; such rows are given something to
     attend to and then zeroed, so their output and gradients are 0.
     """
-    q, k, v = (_as_4d(x, p.batch) for x in (p.q, p.k, p.v))  # (B', H', T, d)
+    group = _grouped(p)  # let SDPA read each K/V head once per group (enable_gqa)
+    q = _fold(p.q, p.batch, False)  # (N, H, Tq, d)
+    k, v = _fold(p.k, p.batch, group), _fold(p.v, p.batch, group)  # (N, H or 1, Tk, d)
+    gqa = {"enable_gqa": True} if group else {}
     plain_causal = p.causal == "top_left" or (p.causal and p.Tq == p.Tk)
     if p.mask is None and (p.causal is None or plain_causal):
         out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=dropout_p, is_causal=p.causal is not None, scale=p.scale
+            q, k, v, dropout_p=dropout_p, is_causal=p.causal is not None, scale=p.scale, **gqa
         )
         return out.reshape(*p.batch, p.Tq, p.v.shape[-1])
     mask = p.mask
@@ -97,17 +109,10 @@ def sdpa(p: Problem, dropout_p: float = 0.0) -> torch.Tensor:
         dead = ~mask.any(-1, keepdim=True)  # (..., Tq, 1)
         mask = mask | dead
     out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=_as_4d(mask, p.batch), dropout_p=dropout_p, scale=p.scale
+        q, k, v, attn_mask=_fold(mask, p.batch, False), dropout_p=dropout_p, scale=p.scale, **gqa
     )
     out = out.reshape(*p.batch, p.Tq, p.v.shape[-1])  # (..., Tq, d_v)
     return out.masked_fill(dead, 0.0)
-
-
-def _fold(x: torch.Tensor, batch: tuple[int, ...], group: bool) -> torch.Tensor:
-    """(..., A, B) → (N, H, A, B) for the kernel; with ``group`` the head dim stays 1 (GQA)."""
-    lead, last = (batch[:-1], batch[-1]) if batch else ((), 1)
-    x = x.expand(*lead, 1 if group else last, *x.shape[-2:])
-    return x.reshape(-1, 1 if group else last, *x.shape[-2:])
 
 
 def triton_kernel(p: Problem) -> torch.Tensor:
@@ -123,10 +128,7 @@ def triton_kernel(p: Problem) -> torch.Tensor:
         raise ValueError(f"backend 'triton' needs d_v == d, got d={p.q.shape[-1]}, d_v={p.v.shape[-1]}")
     if p.mask is not None and p.mask.dtype != torch.bool:
         raise ValueError("backend 'triton' takes a bool mask only, not an additive float mask")
-    def last(x):
-        return x.shape[-3] if x.dim() >= 3 else 1
-
-    group = bool(p.batch) and p.batch[-1] > 1 and last(p.k) == 1 and last(p.v) == 1
+    group = _grouped(p)
     q = _fold(p.q, p.batch, False)  # (N, H, Tq, d)
     k, v = _fold(p.k, p.batch, group), _fold(p.v, p.batch, group)  # (N, H or 1, Tk, d)
     mask = None if p.mask is None else _fold(p.mask, p.batch, False)  # (N, H, Tq|1, Tk|1)
