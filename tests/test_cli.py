@@ -1,7 +1,8 @@
-"""`selfattention explain` and the CLI's error handling, checked from the outside.
+"""`selfattention explain --model toy` and the CLI's error handling, checked from the outside.
 
 Numbers in the JSON report are re-derived here from its own inputs (H, W's) with NumPy, so the
-tests can fail if the report is wrong; they do not re-run the package's code paths.
+tests can fail if the report is wrong; they do not re-run the package's code paths. The toy model
+is named explicitly everywhere (the default is the pretrained model: tests/test_cli_pretrained.py).
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ from selfattention.viz import terminal
 SENTENCE = "I am enjoying this lecture"
 
 
+TOY = ["--model", "toy"]
+
+
 def run_json(capsys, *args: str) -> dict:
-    assert main(["explain", *args, "--json"]) == 0
+    assert main(["explain", *args, *TOY, "--json"]) == 0
     return json.loads(capsys.readouterr().out)
 
 
@@ -33,7 +37,7 @@ def softmax_rows(S: np.ndarray) -> np.ndarray:
 
 
 def test_explain_text_has_every_section(capsys):
-    assert main(["explain", SENTENCE, "--no-color"]) == 0
+    assert main(["explain", SENTENCE, "--no-color", *TOY]) == 0
     out, err = capsys.readouterr()
     assert err == ""
     for piece in ["Shapes", "64 × 5", "64 × 64", "Scores e_ij", "Weights α_ij", "row sum",
@@ -118,7 +122,7 @@ def test_dim_and_punctuation(capsys):
 
 def test_long_sentence_abbreviates_tables_not_json(capsys):
     words = " ".join(f"w{i}" for i in range(20))
-    assert main(["explain", words, "--no-color", "--word", "20"]) == 0
+    assert main(["explain", words, "--no-color", "--word", "20", *TOY]) == 0
     out = capsys.readouterr().out
     assert "tables show the first 12" in out and "… 8 more rows" in out
     r = run_json(capsys, words)
@@ -126,13 +130,16 @@ def test_long_sentence_abbreviates_tables_not_json(capsys):
 
 
 @pytest.mark.parametrize("argv", [
-    ["explain", ""],
-    ["explain", "   \t "],
-    ["explain", SENTENCE, "--dim", "0"],
-    ["explain", SENTENCE, "--dim", "many"],
-    ["explain", SENTENCE, "--seed", "-1"],
-    ["explain", SENTENCE, "--word", "movie"],
-    ["explain", SENTENCE, "--word", "6"],
+    ["explain", "", *TOY],
+    ["explain", "   \t ", *TOY],
+    ["explain", SENTENCE, "--dim", "0", *TOY],
+    ["explain", SENTENCE, "--dim", "many", *TOY],
+    ["explain", SENTENCE, "--seed", "-1", *TOY],
+    ["explain", SENTENCE, "--word", "movie", *TOY],
+    ["explain", SENTENCE, "--word", "6", *TOY],
+    ["explain", SENTENCE, "--layer", "2", *TOY],
+    ["explain", SENTENCE, "--head", "2", *TOY],
+    ["explain", SENTENCE, "--no-truncate", *TOY],
     ["explain", SENTENCE, "--model", "bert"],
     ["explain", SENTENCE, "--colour"],
     ["explain"],
@@ -151,8 +158,13 @@ def test_user_errors_exit_2_with_one_line(capsys, argv):
 
 
 def test_unknown_word_lists_the_words(capsys):
-    assert main(["explain", SENTENCE, "--word", "movie"]) == 2
+    assert main(["explain", SENTENCE, "--word", "movie", *TOY]) == 2
     assert "I, am, enjoying, this, lecture" in capsys.readouterr().err
+
+
+def test_toy_layer_and_head_name_the_valid_range(capsys):
+    assert main(["explain", SENTENCE, "--layer", "3", *TOY]) == 2
+    assert "valid: 1" in capsys.readouterr().err
 
 
 def test_version_and_help(capsys):
@@ -164,11 +176,11 @@ def test_version_and_help(capsys):
 
 def test_console_script_runs(tmp_path):
     env = {**os.environ, "NO_COLOR": ""}
-    cmd = [sys.executable, "-m", "selfattention.cli", "explain", SENTENCE]
+    cmd = [sys.executable, "-m", "selfattention.cli", "explain", SENTENCE, *TOY]
     ok = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "verify" in ok.stdout and "\x1b[" not in ok.stdout  # a pipe: no colour
-    bad = subprocess.run([*cmd[:4], "  "], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([*cmd[:4], "  ", *TOY], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and bad.stderr.startswith("selfattention: error:")
 

@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from selfattention import attention, available_backends, blockwise_attention
 
@@ -178,3 +180,17 @@ def test_errors_do_not_depend_on_backend_for_shapes():
             attention(q, k[:, :, :2], v, backend=backend)
         msgs.add(str(info.value))
     assert len(msgs) == 1
+
+
+@given(st.lists(st.lists(st.integers(0, 3), max_size=4), min_size=1, max_size=3))
+def test_broadcast_helper_agrees_with_torch(shapes):
+    """_checks.broadcast replaces torch.broadcast_shapes (which imports sympy, slow to start)."""
+    from selfattention._checks import broadcast
+
+    try:
+        expected = tuple(torch.broadcast_shapes(*shapes))
+    except RuntimeError:
+        with pytest.raises(ValueError, match="do not broadcast"):
+            broadcast(*shapes)
+    else:
+        assert broadcast(*shapes) == expected

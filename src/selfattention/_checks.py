@@ -36,6 +36,21 @@ class Problem:
         return self.k.shape[-2]
 
 
+def broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """The broadcast of ``shapes`` (NumPy's rules), or ValueError.
+
+    Written out because ``torch.broadcast_shapes`` imports sympy on its first call in torch 2.13,
+    half a second of every cold start.
+    """
+    out = []
+    for i in range(-max((len(s) for s in shapes), default=0), 0):
+        sizes = {s[i] for s in shapes if len(s) >= -i} - {1}
+        if len(sizes) > 1:
+            raise ValueError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the tiers compute in: float16/bfloat16 accumulate in float32, as FlashAttention does."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -68,8 +83,8 @@ def check_inputs(q, k, v, mask, causal, causal_alignment, scale) -> Problem:
             f"keys and values (dim -2)"
         )
     try:
-        batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    except RuntimeError:
+        batch = broadcast(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    except ValueError:
         raise ValueError(
             f"leading dims of q {_shape(q)}, k {_shape(k)} and v {_shape(v)} do not broadcast"
         ) from None
@@ -87,8 +102,8 @@ def check_inputs(q, k, v, mask, causal, causal_alignment, scale) -> Problem:
             raise ValueError(f"mask is on {mask.device} but q is on {q.device}; expected one device")
         full = (*batch, Tq, Tk)
         try:
-            both = torch.broadcast_shapes(mask.shape, full)
-        except RuntimeError:
+            both = broadcast(mask.shape, full)
+        except ValueError:
             both = None
         if mask.dim() == 0 or both is None or both[-2:] != (Tq, Tk):
             raise ValueError(f"mask has shape {_shape(mask)}, expected broadcastable to {full}")

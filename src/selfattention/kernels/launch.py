@@ -8,6 +8,7 @@ import os
 import torch
 import triton
 
+from .._checks import broadcast
 from ..masks import ALIGNMENTS
 from . import flash, interpreting
 
@@ -92,8 +93,8 @@ def _check(q, k, v, scale, causal_alignment, lengths, mask) -> None:
         if mask.dtype != torch.bool:
             raise TypeError(f"the triton backend takes a bool mask, got {mask.dtype}")
         try:
-            torch.broadcast_shapes(mask.shape, (B, H, Tq, k.shape[2]))
-        except RuntimeError:
+            broadcast(mask.shape, (B, H, Tq, k.shape[2]))
+        except ValueError:
             raise ValueError(
                 f"mask has shape {tuple(mask.shape)}, expected broadcastable to {(B, H, Tq, k.shape[2])}"
             ) from None

@@ -187,10 +187,17 @@ def _hf_names(i: int) -> dict[str, str]:
     }
 
 
-def state_from_hf(tensors: dict[str, torch.Tensor], cfg: BertConfig, source: str) -> dict[str, torch.Tensor]:
+def state_from_hf(
+    tensors: dict[str, torch.Tensor],
+    cfg: BertConfig,
+    source: str,
+    expected: dict[str, tuple[int, ...]] | None = None,
+) -> dict[str, torch.Tensor]:
     """Rename a Hugging Face BERT state dict (with or without a ``bert.`` prefix) to ours.
 
-    Query, key and value weights are stacked into each layer's one ``in_proj`` (3D, D).
+    Query, key and value weights are stacked into each layer's one ``in_proj`` (3D, D). With
+    ``expected`` (our parameter name → shape) every tensor's shape is checked first, so a file
+    that does not match its config.json gets a ModelError naming the tensor.
     """
     if not any(k.startswith("embeddings.") for k in tensors):
         tensors = {k[len("bert.") :]: v for k, v in tensors.items() if k.startswith("bert.")}
@@ -213,6 +220,21 @@ def state_from_hf(tensors: dict[str, torch.Tensor], cfg: BertConfig, source: str
     missing += [hf for hf in qkv.values() if hf not in tensors]
     if missing:
         raise ModelError(f"{source} lacks {len(missing)} tensors this config needs, e.g. {missing[0]}")
+    want = dict(expected or {})
+    for i in range(cfg.num_hidden_layers):  # each of q, k, v is a third of in_proj
+        for kind in ("weight", "bias"):
+            shape = want.pop(f"layers.{i}.attention.in_proj.{kind}", None)
+            for part in ("query", "key", "value"):
+                if shape is not None:
+                    want[qkv[i, part, kind]] = (shape[0] // 3, *shape[1:])
+    hf_of = {**names, **{hf: hf for hf in qkv.values()}}
+    for ours, shape in want.items():
+        hf = hf_of.get(ours, ours)
+        if hf in tensors and tuple(tensors[hf].shape) != shape:
+            raise ModelError(
+                f"{source} does not match config.json: {hf} has shape {tuple(tensors[hf].shape)}, "
+                f"expected {shape}"
+            )
     state = {ours: tensors[hf] for ours, hf in names.items()}
     for i in range(cfg.num_hidden_layers):
         for kind in ("weight", "bias"):

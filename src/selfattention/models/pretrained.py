@@ -77,7 +77,8 @@ class PretrainedModel:
                 f"{self.path / 'model.safetensors'} is not a readable safetensors file: {first}"
             ) from None
         self.encoder = BertEncoder(self.config)
-        state = state_from_hf(tensors, self.config, str(self.path / "model.safetensors"))
+        expected = {name: tuple(t.shape) for name, t in self.encoder.state_dict().items()}
+        state = state_from_hf(tensors, self.config, str(self.path / "model.safetensors"), expected)
         try:
             self.encoder.load_state_dict(state)
         except RuntimeError as e:  # shapes that do not match config.json
@@ -90,6 +91,11 @@ class PretrainedModel:
             self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
         except Exception as e:  # tokenizers raises its own Exception type for a bad file
             raise ModelError(f"{self.path / 'tokenizer.json'} cannot be loaded: {e}") from None
+        if self.tokenizer.get_vocab_size() > self.config.vocab_size:
+            raise ModelError(
+                f"{self.path / 'tokenizer.json'} has {self.tokenizer.get_vocab_size()} word pieces, "
+                f"more than config.json's vocab_size {self.config.vocab_size}"
+            )
         self.tokenizer.no_truncation()  # we truncate ourselves, to say how much was dropped
         self.tokenizer.no_padding()
         self.max_length = self.config.max_position_embeddings
@@ -114,31 +120,41 @@ class PretrainedModel:
             "max_positions": c.max_position_embeddings,
         }
 
-    def encode(self, texts: list[str], *, max_length: int | None = None, truncate: bool = True) -> Batch:
+    def encode(
+        self,
+        texts: list[str],
+        *,
+        max_length: int | None = None,
+        truncate: bool = True,
+        numbers: list[int] | None = None,
+    ) -> Batch:
         """Word pieces of each text, with [CLS] … [SEP], cut to ``max_length`` and padded.
 
         Raises ValueError for an empty text (or one with no word pieces), and for a text that is
         too long when ``truncate`` is False; warns ``TruncationWarning`` when it truncates.
+        Messages call the texts "text 1", "text 2", … or by ``numbers`` when given.
         """
         limit = self.max_length if max_length is None else min(max_length, self.max_length)
-        for n, text in enumerate(texts):
+        if limit < self.max_length:
+            what = f"the {limit} word pieces used for sentence embeddings (the model has {self.max_length})"
+        else:
+            what = f"the model's {limit} positions"
+        numbers = list(range(1, len(texts) + 1)) if numbers is None else numbers
+        for n, text in zip(numbers, texts, strict=True):
             if not isinstance(text, str):
-                raise TypeError(f"text {n + 1} is a {type(text).__name__}, expected str")
+                raise TypeError(f"text {n} is a {type(text).__name__}, expected str")
         encodings = self.tokenizer.encode_batch(list(texts))
         ids, tokens, dropped = [], [], []
-        for n, (text, enc) in enumerate(zip(texts, encodings, strict=True)):
+        for n, text, enc in zip(numbers, texts, encodings, strict=True):
             if len(enc.ids) <= 2:  # only [CLS] and [SEP]
-                raise ValueError(
-                    f"text {n + 1} is empty" if not text.strip() else f"text {n + 1} has no word pieces"
-                )
+                raise ValueError(f"text {n} is empty" if not text.strip() else f"text {n} has no word pieces")
             cut = max(0, len(enc.ids) - limit)
             if cut and not truncate:
-                raise ValueError(
-                    f"text {n + 1} has {len(enc.ids)} word pieces, more than the model's {limit}"
-                )
+                raise ValueError(f"text {n} has {len(enc.ids)} word pieces, more than {what}")
             if cut:
                 warnings.warn(
-                    f"text {n + 1} has {len(enc.ids)} word pieces; kept {limit} and dropped the last {cut}",
+                    f"text {n} has {len(enc.ids)} word pieces, more than {what}: "
+                    f"kept the first {limit - 1} and [SEP], dropped the last {cut}",
                     TruncationWarning,
                     stacklevel=2,
                 )
@@ -166,12 +182,18 @@ class PretrainedModel:
         """Sentence embeddings, (N, D) float32, each of L2 norm 1."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        for n, text in enumerate(texts, 1):
+            if not isinstance(text, str):
+                raise TypeError(f"text {n} is a {type(text).__name__}, expected str")
         out = np.zeros((len(texts), self.config.hidden_size), dtype=np.float32)
         # Texts of similar length go together, so batches carry little padding.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]) if isinstance(texts[i], str) else 0)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for chunk in _progress(_chunks(order, batch_size), len(texts), batch_size, progress):
             batch = self.encode(
-                [texts[i] for i in chunk], max_length=self.embedding_max_length, truncate=truncate
+                [texts[i] for i in chunk],
+                max_length=self.embedding_max_length,
+                truncate=truncate,
+                numbers=[i + 1 for i in chunk],  # messages name the caller's text, not the batch's
             )
             h = self.encoder(batch.input_ids, batch.lengths, backend=backend).last_hidden_state  # (B, T, D)
             out[chunk] = mean_pool(h, batch.lengths).numpy()
