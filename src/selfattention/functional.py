@@ -103,16 +103,19 @@ def sdpa(p: Problem, dropout_p: float = 0.0) -> torch.Tensor:
             keep = masks.causal(p.Tq, p.Tk, p.causal, q.device)
             mask = mask.masked_fill(~keep, float("-inf"))
         dead = mask.isneginf().all(-1, keepdim=True)  # (..., Tq, 1)
-        mask = mask.masked_fill(dead, 0.0)
     else:
         mask = _allowed(p)
         dead = ~mask.any(-1, keepdim=True)  # (..., Tq, 1)
-        mask = mask | dead
+    # Most masks (key padding from real lengths) leave no row empty: then skip the fix-up, whose
+    # extra pass and contiguous output cost a few percent of a whole encoder on the CPU.
+    any_dead = bool(dead.any())
+    if any_dead:
+        mask = mask.masked_fill(dead, 0.0) if mask.is_floating_point() else mask | dead
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=_fold(mask, p.batch, False), dropout_p=dropout_p, scale=p.scale, **gqa
     )
     out = out.reshape(*p.batch, p.Tq, p.v.shape[-1])  # (..., Tq, d_v)
-    return out.masked_fill(dead, 0.0)
+    return out.masked_fill(dead, 0.0) if any_dead else out
 
 
 def triton_kernel(p: Problem) -> torch.Tensor:

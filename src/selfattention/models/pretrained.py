@@ -76,12 +76,14 @@ class PretrainedModel:
             raise ModelError(
                 f"{self.path / 'model.safetensors'} is not a readable safetensors file: {first}"
             ) from None
-        self.encoder = BertEncoder(self.config)
+        with torch.device("meta"):  # no random init of 22M parameters that are replaced anyway
+            self.encoder = BertEncoder(self.config)
         expected = {name: tuple(t.shape) for name, t in self.encoder.state_dict().items()}
         state = state_from_hf(tensors, self.config, str(self.path / "model.safetensors"), expected)
+        state = {k: v.float() for k, v in state.items()}  # float16/bfloat16 files run in float32
         try:
-            self.encoder.load_state_dict(state)
-        except RuntimeError as e:  # shapes that do not match config.json
+            self.encoder.load_state_dict(state, assign=True)  # take the loaded tensors, no copy
+        except RuntimeError as e:  # anything the shape check above did not catch
             detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e))
             raise ModelError(
                 f"{self.path / 'model.safetensors'} does not match config.json: {detail}"
