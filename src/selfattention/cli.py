@@ -105,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="toy model only: seed of the random W_Q, W_K, W_V (default 0)")
     e.add_argument("--json", action="store_true", help="print every number as JSON")
     e.add_argument("--no-color", action="store_true", help="no ANSI colours in the heatmap")
+    f = e.add_argument_group("pictures", "With --png and/or --html the files are written (atomically: "
+                             "complete or not at all) and one line per file is printed instead of the "
+                             "walk-through (with --json, only the JSON). Colours: viridis, from weight 0 "
+                             "to the largest weight shown, as in the terminal heatmap.")
+    f.add_argument("--png", metavar="FILE", help="write a heatmap of --layer/--head's weights (default: "
+                                               "the walk-through's layer and head) as a PNG image")
+    f.add_argument("--all-heads", action="store_true",
+                   help="with --png: draw every head of --layer in a grid instead of one head")
+    f.add_argument("--html", metavar="FILE",
+                   help="write a self-contained interactive explorer of every layer and head (one HTML "
+                        "file that works offline in any browser)")
 
     m = sub.add_parser("embed", help="sentence embeddings (mean-pooled, normalized)",
                        description="Sentence embeddings: the mean of the last layer's hidden states "
@@ -153,6 +164,7 @@ def _explain(args: argparse.Namespace) -> int:
     text = " ".join(args.text)
     if args.model == "toy" and args.no_truncate:
         raise UsageError("--no-truncate applies to pretrained models; the toy model takes any length")
+    files = _check_files(args)  # refuse a bad --png/--html before computing anything
     options = {"layer": args.layer, "head": args.head, "dim": args.dim, "seed": args.seed}
     if args.model != "toy":
         options["truncate"] = not args.no_truncate
@@ -162,15 +174,102 @@ def _explain(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     try:
         model = load_model(args.model, **options)
-        report = build_report(model, text, args.word)
+        report = build_report(model, text, args.word) if args.json or not files else None
+        if files:
+            lines = _write_files(args, text, model, files)
     finally:
         torch.set_num_threads(threads)
-    if args.json:
+    if files and not args.json:
+        print("\n".join(lines))
+    elif args.json:
         print(json.dumps(report))
     else:
         width = shutil.get_terminal_size((100, 24)).columns
         print(render_text(report, color=color_enabled(sys.stdout, args.no_color), width=width))
     return 0
+
+
+def _check_files(args: argparse.Namespace) -> dict[str, str]:
+    """{"png": path, "html": path} for the files asked for, each checked to be writable."""
+    from .viz.png import check_path
+
+    files = {kind: path for kind in ("png", "html") if (path := getattr(args, kind)) is not None}
+    if args.all_heads and "png" not in files:
+        raise UsageError("--all-heads applies to --png (the HTML explorer always has every head)")
+    if args.all_heads and args.head is not None:
+        raise UsageError("--head draws one head and --all-heads every head of the layer; give one of them")
+    if files and args.word is not None and not args.json:
+        raise UsageError("--word picks the walk-through's word, but with --png/--html no walk-through is "
+                         "printed; drop --word, or add --json for the walk-through's numbers")
+    if len(files) == 2 and os.path.abspath(files["png"]) == os.path.abspath(files["html"]):
+        raise UsageError(f"--png and --html are the same file {files['png']}; give two names")
+    for kind, path in files.items():
+        try:
+            check_path(path)
+        except OSError as err:
+            raise UsageError(f"--{kind}: {err}") from None
+    return files
+
+
+def _write_files(args: argparse.Namespace, text: str, model, files: dict[str, str]) -> list[str]:
+    """Collect every layer's weights for ``text`` and write the files; one line per file written."""
+    from .explain import MAX_TOKENS
+    from .models.heads import DEFAULT_LAYER, choose_head
+    from .models.pretrained import TruncationWarning
+    from .viz.data import collect
+
+    if not text.strip():
+        raise UsageError('the text is empty; give a sentence, e.g. "I am enjoying this lecture"')
+    try:
+        tokens = model.tokenize(text)  # explain's checks and messages (and its truncation warning)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    unit = getattr(model, "unit", "words")
+    if not tokens:
+        raise UsageError(f"no words found in {text!r}")
+    if len(tokens) > MAX_TOKENS:
+        raise UsageError(f"the text has {len(tokens)} {unit}; explain handles at most {MAX_TOKENS}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)  # said once already, by tokenize
+        data = collect(args.model, text, dim=args.dim, seed=args.seed, truncate=not args.no_truncate)
+    toy = args.model == "toy"
+    name = f"the toy model (D = {model.dim}, seed {model.seed})" if toy else data.title
+    layer = args.layer or DEFAULT_LAYER
+    head, why = args.head, ""
+    if head is None:
+        head = 1 if toy else choose_head(data.weights[layer - 1].astype("float64")) + 1
+        why = "" if toy else " (default: the head mixing the most word pieces)"
+    size = f"{len(data.tokens)} {unit}"
+    lines = []
+    if "png" in files:
+        from .viz.png import save_png
+
+        _write("png", files["png"],
+               lambda: save_png(data, files["png"], layer=layer, head=head, all_heads=args.all_heads))
+        which = _count(data.num_heads, "head", "all") if args.all_heads else f"head {head}{why}"
+        lines.append(f"wrote {files['png']}: layer {layer}, {which} of {name}, {size}")
+    if "html" in files:
+        try:
+            from .viz.html import write_html
+        except ImportError as err:
+            raise UsageError(f"--html is not available in this installation ({err})") from None
+        _write("html", files["html"], lambda: write_html(data, files["html"]))
+        lines.append(f"wrote {files['html']}: {_count(data.num_layers, 'layer', 'all')} × "
+                     f"{_count(data.num_heads, 'head')} of {name}, {size}")
+    return lines
+
+
+def _count(n: int, noun: str, every: str = "") -> str:
+    """'all 12 heads', '1 head'."""
+    return f"{every} {n} {noun}s".lstrip() if n != 1 else f"1 {noun}"
+
+
+def _write(kind: str, path: str, write: Callable[[], object]) -> None:
+    """Run ``write``; a file that cannot be written is a usage error (exit 2), not a crash."""
+    try:
+        write()
+    except OSError as err:
+        raise UsageError(f"--{kind} {path}: cannot write it ({err.strerror or err})") from None
 
 
 def _encoder(name: str):  # -> PretrainedModel

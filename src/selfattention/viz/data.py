@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 
 @dataclass
@@ -36,15 +35,21 @@ class AttentionData:
     def num_heads(self) -> int:
         return self.weights[0].shape[0]
 
-    def to_bertviz(self) -> list[torch.Tensor]:
-        """bertviz's ``attention`` argument: one (1, H, T, T) tensor per layer."""
+    def to_bertviz(self) -> list:
+        """bertviz's ``attention`` argument: one (1, H, T, T) torch tensor per layer."""
+        import torch
+
         return [torch.from_numpy(np.ascontiguousarray(w))[None] for w in self.weights]
 
 
 def _as_array(x: object) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to("cpu", torch.float32).numpy()
+    if hasattr(x, "detach"):  # a torch tensor (torch is not imported just to check)
+        x = x.detach().cpu().float().numpy()
     return np.asarray(x, dtype=np.float32)
+
+
+def _is_array(x: object) -> bool:
+    return isinstance(x, np.ndarray) or hasattr(x, "detach")
 
 
 def from_weights(
@@ -66,9 +71,13 @@ def from_weights(
     """
     tokens = [str(t) for t in tokens]
     T = len(tokens)
+    if T == 0:
+        raise ValueError("no tokens: attention needs at least one word")
 
     def layers(name: str, x: object, last: int | None) -> list[np.ndarray]:
-        items = list(x) if isinstance(x, (list, tuple)) else [x]
+        # A list of arrays is a list of layers; a nested list of numbers is one array.
+        is_layers = isinstance(x, (list, tuple)) and (len(x) == 0 or _is_array(x[0]))
+        items = list(x) if is_layers else [x]
         out = []
         for i, item in enumerate(items):
             a = _as_array(item)
@@ -132,20 +141,28 @@ def _collect_toy(text: str, *, dim: int | None, seed: int | None) -> AttentionDa
                         title=title)
 
 
-@torch.inference_mode()
 def _collect_pretrained(m, text: str, *, truncate: bool, name: str) -> AttentionData:
+    import torch
+
     batch = m.encode([text], truncate=truncate)
-    out = m.encoder(batch.input_ids, batch.lengths, backend="matrix", need_weights=True,
-                    output_hidden_states=True)
-    H = m.config.num_attention_heads
-    qs, ks, vs = [], [], []
-    for layer, h in zip(m.encoder.layers, out.hidden_states, strict=False):  # h enters the layer
-        qkv = layer.attention.in_proj(h[0])  # (T, 3D)
-        for lst, part in zip((qs, ks, vs), qkv.chunk(3, dim=-1), strict=True):
-            lst.append(part.unflatten(-1, (H, -1)).transpose(0, 1))  # (H, T, d)
-    d = m.config.hidden_size // H
+    with torch.inference_mode():
+        out = m.encoder(batch.input_ids, batch.lengths, backend="matrix", need_weights=True,
+                        output_hidden_states=True)
+        qs, ks, vs = _project(m, out.hidden_states)
+    d = m.config.hidden_size // m.config.num_attention_heads
     title = f"{m.path.name if name != 'minilm' else 'all-MiniLM-L6-v2'}"
     data = from_weights([a[0] for a in out.attentions], batch.tokens[0], q=qs, k=ks, v=vs,
                         scale=1.0 / math.sqrt(d), title=title)
     data.meta["dropped"] = batch.dropped[0]
     return data
+
+
+def _project(m, hidden_states) -> tuple[list, list, list]:
+    """Each layer's q, k, v per head, (H, T, d), from the hidden states entering it."""
+    H = m.config.num_attention_heads
+    qs, ks, vs = [], [], []
+    for layer, h in zip(m.encoder.layers, hidden_states, strict=False):  # h enters the layer
+        qkv = layer.attention.in_proj(h[0])  # (T, 3D)
+        for lst, part in zip((qs, ks, vs), qkv.chunk(3, dim=-1), strict=True):
+            lst.append(part.unflatten(-1, (H, -1)).transpose(0, 1))  # (H, T, d)
+    return qs, ks, vs

@@ -1,9 +1,9 @@
 """Attention in the terminal: a shaded (or coloured) heatmap and labelled number tables.
 
-The colour palette is data (``PALETTE``) so that PNG and HTML views can use the very same one:
-viridis, a perceptually uniform sequential map readable in greyscale and by most colour-blind
-readers, sampled at 9 stops. Colour is used only where ``color_enabled`` says so (a TTY and no
-``NO_COLOR``); otherwise the heatmap draws with the shade ramp ``SHADES``.
+The colour palette is data (``PALETTE``) so that the terminal, PNG and HTML views use the very same
+one, on the same value range (``value_range``); see ``PALETTE``. Colour is used only where
+``color_enabled`` says so (a TTY and no ``NO_COLOR``); otherwise the heatmap draws with the shade
+ramp ``SHADES``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,16 @@ PALETTE: list[str] = [
     "#440154", "#472D7B", "#3B528B", "#2C728E", "#21908C",
     "#27AD81", "#5DC863", "#AADC32", "#FDE725",
 ]
+"""The one palette of every view (terminal, PNG via ``viz.png.palette_cmap``, HTML): viridis, a
+perceptually uniform sequential map readable in greyscale and by most colour-blind readers, sampled
+at 9 evenly spaced stops, interpolated linearly between them.
+
+Value range, the same in every view: a weight w is coloured at t = (w - lo) / (hi - lo) with
+lo = 0 and hi = the largest weight shown (one head's matrix; for a grid of heads, the largest of all
+of them, so heads compare directly): PALETTE[0] is weight 0, PALETTE[-1] the largest weight, and
+every legend or colour bar states that maximum. (lo is below 0 only for data with negative values;
+hi = 1 when everything is 0.) ``value_range`` computes it.
+"""
 SHADES = "·░▒▓█"  # low → high, one character per level; "·" keeps the grid visible
 _RESET = "\x1b[0m"
 _CUBE = (0, 95, 135, 175, 215, 255)  # the 6 levels of xterm's 6×6×6 colour cube
@@ -76,9 +86,20 @@ def truncate(label: str, width: int) -> str:
     return label if len(label) <= width else label[: max(width - 1, 0)] + "…"
 
 
+def value_range(M: np.ndarray) -> tuple[float, float]:
+    """(lo, hi) that the palette spans for the weights M (any shape), the convention of every view:
+    lo = 0 (or M's minimum if that is negative), hi = M's maximum (lo + 1 if that is not above lo)."""
+    M = np.asarray(M, dtype=np.float64)
+    finite = M[np.isfinite(M)]
+    lo = min(0.0, float(finite.min())) if finite.size else 0.0
+    hi = float(finite.max()) if finite.size else 1.0
+    return lo, hi if hi > lo else lo + 1.0
+
+
 def _norm(M: np.ndarray, vmin: float | None, vmax: float | None) -> tuple[np.ndarray, float, float]:
-    lo = float(np.min(M)) if vmin is None else vmin
-    hi = float(np.max(M)) if vmax is None else vmax
+    auto_lo, auto_hi = value_range(M)
+    lo = auto_lo if vmin is None else vmin
+    hi = auto_hi if vmax is None else vmax
     span = hi - lo if hi > lo else 1.0
     return np.clip((M - lo) / span, 0.0, 1.0), lo, hi
 
@@ -102,8 +123,9 @@ def heatmap(
     """A (R, C) matrix as a heatmap: one line per row, column labels written vertically.
 
     Cells are 1–3 characters wide, whatever fits ``width``; columns that do not fit even at one
-    character are left off, with a note. Values map linearly from [vmin, vmax] (default: the
-    matrix's min and max) onto the shade ramp, or the palette when ``color``.
+    character are left off, with a note. Values map linearly from [vmin, vmax] (default:
+    ``value_range(M)``, 0 to the largest value, as in every view) onto the shade ramp, or the
+    palette when ``color``.
     """
     M = np.asarray(M, dtype=np.float64)
     R, C = M.shape
@@ -127,20 +149,21 @@ def heatmap(
                 ch = shade(t[r, c])
                 cells.append(ch * cw if cw == 1 else ch * (cw - 1) + " ")
         lines.append(truncate(row_labels[r], lw).ljust(lw) + " " + "".join(cells).rstrip())
-    lines.append(_legend(lo, hi, color))
+    lines.append(_legend(lo, hi, color, vmax is None))
     if shown < C:
         lines.append(f"(first {shown} of {C} columns shown; widen the terminal or use --json)")
     return "\n".join(lines)
 
 
-def _legend(lo: float, hi: float, color: bool) -> str:
+def _legend(lo: float, hi: float, color: bool, hi_is_max: bool) -> str:
+    note = " (the max)" if hi_is_max else ""
     if color:
         bar = "".join(
             f"\x1b[48;5;{rgb_to_ansi256(palette_rgb(i / 15))}m {_RESET}" for i in range(16)
         )
-        return f"scale: {lo:.3g} {bar} {hi:.3g}"
+        return f"scale: {lo:.3g} {bar} {hi:.3g}{note}"
     steps = " ".join(f"'{s}'" for s in SHADES)
-    return f"scale: {steps}  from {lo:.3g} to {hi:.3g} in {len(SHADES)} equal steps"
+    return f"scale: {steps}  {lo:.3g} to {hi:.3g}{note}, {len(SHADES)} equal steps"
 
 
 def format_table(

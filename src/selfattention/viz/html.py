@@ -1,0 +1,117 @@
+"""An offline, interactive HTML explorer of attention: one self-contained file, no network at all.
+
+``render_html(data)`` fills the page template ``explorer.html`` (next to this module) with the
+numbers of an ``AttentionData``; ``write_html(data, path)`` writes it atomically. The page shows a
+layer/head selector, a model view of every layer × head, the selected head's weight matrix, the
+selected word's row as lines, and — when q, k, v are given — the lecture's steps for that word
+(q·k, scaled, softmax, z = Σ α v) computed in the page in float64, checked against the model's
+weights.
+
+How the data is embedded: one JSON object in a ``<script type="application/json">`` element.
+Float arrays travel as base64 of little-endian float32 (decoded to ``Float32Array`` in the page):
+weights (L, H, T, T) and, when present, q, k (L, H, T, d_k) and v (L, H, T, d_v). Everything the
+user typed (tokens, title) reaches the page only through this JSON and ``textContent`` (or, for
+``<title>``, ``html.escape``); ``embed_json`` escapes ``<``, ``>``, ``&``, U+2028 and U+2029 so the
+JSON can never close its script element. A Content-Security-Policy in the page forbids every
+fetch, so the file cannot reach the network even if it tried.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import re
+import secrets
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .data import AttentionData
+from .terminal import PALETTE
+
+TEMPLATE = "explorer.html"  # package data of selfattention.viz
+_MARKER = re.compile(r"\{\{(TITLE|DATA)\}\}")
+_JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def embed_json(obj: object) -> str:
+    """``obj`` as JSON that is safe inside a ``<script>`` element: ``<``, ``>``, ``&``, U+2028 and
+    U+2029 become ``\\uXXXX`` escapes (these characters occur only inside JSON strings, where the
+    escape means the same character), so ``</script>`` or ``<!--`` in the data cannot end the
+    element, and ``JSON.parse`` gives back exactly ``obj``."""
+    text = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return re.sub("[<>&\u2028\u2029]", lambda m: _JSON_ESCAPES[m.group()], text)
+
+
+def _b64_float32(layers: list[np.ndarray]) -> str:
+    """Base64 of the layers stacked into one little-endian float32 array, C order."""
+    stacked = np.ascontiguousarray(np.stack(layers), dtype="<f4")
+    return base64.b64encode(stacked.tobytes()).decode("ascii")
+
+
+def _width(name: str, layers: list[np.ndarray], H: int, T: int) -> int:
+    """The common last dimension of per-layer (H, T, d) arrays; ValueError when they differ."""
+    shapes = {tuple(a.shape) for a in layers}
+    if len(shapes) != 1 or next(iter(shapes))[:2] != (H, T):
+        raise ValueError(f"{name} has per-layer shapes {sorted(shapes)}, expected one shape ({H}, {T}, d)")
+    return next(iter(shapes))[2]
+
+
+def payload(data: AttentionData) -> dict[str, object]:
+    """What the page receives: sizes, tokens, title, scale, palette and the base64 float arrays."""
+    T, L, H = len(data.tokens), data.num_layers, data.num_heads
+    if T == 0:
+        raise ValueError("no tokens: the explorer needs at least one word")
+    _width("weights", data.weights, H, T)
+    out: dict[str, object] = {
+        "version": 1, "title": data.title, "tokens": list(data.tokens), "T": T, "layers": L, "heads": H,
+        "palette": PALETTE, "weights": _b64_float32(data.weights),
+        "q": None, "k": None, "v": None, "dk": None, "dv": None, "scale": None,
+    }
+    dropped = data.meta.get("dropped")
+    out["dropped"] = int(dropped) if isinstance(dropped, (int, np.integer)) else 0
+    if data.q is not None and data.k is not None and data.v is not None:
+        dk, dk2, dv = (_width(n, x, H, T) for n, x in (("q", data.q), ("k", data.k), ("v", data.v)))
+        if dk != dk2:
+            raise ValueError(f"q has d = {dk} but k has d = {dk2}; q·k needs the same width")
+        if not (len(data.q) == len(data.k) == len(data.v) == L):
+            raise ValueError(f"q, k, v need one array per layer ({L} layers)")
+        scale = data.scale if data.scale is not None else 1.0 / np.sqrt(dk)
+        out.update(q=_b64_float32(data.q), k=_b64_float32(data.k), v=_b64_float32(data.v),
+                   dk=dk, dv=dv, scale=float(scale))
+    return out
+
+
+def _template() -> str:
+    return resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
+
+
+def render_html(data: AttentionData) -> str:
+    """The explorer page for ``data`` as one self-contained HTML document (str).
+
+    Raises ValueError when the arrays' shapes do not fit together (see ``payload``).
+    """
+    title = "Attention explorer" + (f" — {data.title}" if data.title else "")
+    fills = {"TITLE": html.escape(title), "DATA": embed_json(payload(data))}
+    # one pass over the template, so nothing inserted is ever scanned for markers again
+    return _MARKER.sub(lambda m: fills[m.group(1)], _template())
+
+
+def write_html(data: AttentionData, path: str | os.PathLike[str]) -> Path:
+    """Write ``render_html(data)`` to ``path`` atomically: a temporary file in the same folder,
+    renamed over ``path`` once complete, so a reader never sees a partial page. Returns the path."""
+    path = Path(path)
+    text = render_html(data)  # fails before anything touches the disk
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

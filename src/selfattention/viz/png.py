@@ -1,0 +1,251 @@
+"""Attention as a picture: one head's (T, T) weights, or every head of a layer, as a PNG.
+
+Words label both axes (row i: the word attending, query i; column j: the word attended to, key j),
+drawn as plain text (a word such as "$x$" is not read as TeX).
+Colours come from the shared palette (``terminal.PALETTE``, via ``palette_cmap``) on the shared
+value range (``terminal.value_range``: 0 to the largest weight shown), so the terminal, PNG and HTML
+views read the same way.
+
+Thread-safe and headless: figures are built as ``matplotlib.figure.Figure`` with the Agg canvas,
+never through pyplot's global state. matplotlib is imported only when a function here is called,
+so importing ``selfattention.viz`` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .data import AttentionData
+from .terminal import PALETTE, truncate, value_range
+
+if TYPE_CHECKING:  # matplotlib is imported lazily at run time
+    from matplotlib.axes import Axes
+    from matplotlib.colors import LinearSegmentedColormap
+    from matplotlib.figure import Figure
+
+DEFAULT_DPI = 150
+LABEL_CHARS = 14  # longer word pieces are cut, with '…'
+MIN_FONT, MAX_FONT = 6.0, 11.0  # label font sizes (points)
+
+
+@lru_cache(maxsize=1)
+def palette_cmap() -> LinearSegmentedColormap:
+    """The shared palette (``terminal.PALETTE``, low → high) as a 256-step matplotlib colormap."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    cmap = LinearSegmentedColormap.from_list("selfattention", PALETTE, N=256)
+    cmap(0.0)  # builds the lookup table now, once, rather than lazily inside concurrent draws
+    return cmap
+
+
+def _check(data: AttentionData, layer: int, head: int | None = None) -> None:
+    """ValueError unless ``layer`` (and ``head``) are 1-based indices into ``data``, which has words."""
+    if not data.tokens:
+        raise ValueError("no tokens: there is nothing to draw (give at least one word)")
+    if not isinstance(layer, (int, np.integer)) or not 1 <= layer <= data.num_layers:
+        raise ValueError(f"layer {layer} is out of range: the data has layers 1 to {data.num_layers}")
+    if head is not None and (not isinstance(head, (int, np.integer)) or not 1 <= head <= data.num_heads):
+        raise ValueError(f"head {head} is out of range: the data has heads 1 to {data.num_heads}")
+
+
+def _labels(tokens: list[str]) -> list[str]:
+    return [truncate(t, LABEL_CHARS) for t in tokens]
+
+
+def _font_and_step(T: int, side_in: float, max_font: float = MAX_FONT) -> tuple[float, int]:
+    """Label font size (points) and label step k (every k-th word is labelled) for T words drawn
+    over ``side_in`` inches: the font fills ~75 % of a cell, clipped to [MIN_FONT, MAX_FONT];
+    where even MIN_FONT does not fit, only every k-th label is shown."""
+    cell_pt = side_in * 72.0 / max(T, 1)
+    font = min(max_font, max(MIN_FONT, 0.75 * cell_pt))
+    step = max(1, math.ceil(1.2 * font / cell_pt))
+    return font, step
+
+
+def _label_axes(ax: Axes, labels: list[str], font: float, step: int, *, x: bool, y: bool) -> None:
+    """Words as tick labels on the x (rotated) and/or y axis, every ``step``-th one."""
+    T = len(labels)
+    ticks = list(range(0, T, step))
+    shown = [labels[i] for i in ticks]
+    ax.tick_params(length=2, pad=2)
+    if x:
+        steep = T > 12 or max((len(s) for s in shown), default=0) > 8
+        ax.set_xticks(ticks, shown, fontsize=font, rotation=90 if steep else 45, parse_math=False,
+                      ha="center" if steep else "right", rotation_mode="default" if steep else "anchor")
+    else:
+        ax.set_xticks(ticks, [""] * len(ticks))
+    if y:
+        ax.set_yticks(ticks, shown, fontsize=font, parse_math=False)
+    else:
+        ax.set_yticks(ticks, [""] * len(ticks))
+
+
+def _every(step: int, T: int) -> str:
+    nth = {2: "2nd", 3: "3rd"}.get(step, f"{step}th")
+    return f"every {nth} word labelled, {T} in all"
+
+
+def _side(T: int, lo: float, per_word: float, hi: float) -> float:
+    return min(hi, max(lo, per_word * T))
+
+
+def _margin(labels: list[str], font: float) -> float:
+    """Inches the longest label needs (about 0.6 em per character)."""
+    return max((len(s) for s in labels), default=1) * font * 0.6 / 72.0 + 0.15
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)  # attaches itself: savefig and draw work without pyplot
+    return fig
+
+
+def plot_head(data: AttentionData, layer: int = 1, head: int = 1, ax: Axes | None = None) -> Axes:
+    """Draw head ``head`` of layer ``layer`` (1-based) as a heatmap; returns the Axes.
+
+    The (T, T) weights ``data.weights[layer - 1][head - 1]``: row i = query word i, column j =
+    key word j, words on both axes, a colour bar from 0 to the largest weight. Without ``ax`` a new
+    ``Figure`` is made, sized for T (``ax.figure`` is it); with ``ax`` it draws there.
+    """
+    _check(data, layer, head)
+    from matplotlib.colors import Normalize
+
+    A = data.weights[layer - 1][head - 1]  # (T, T)
+    T = A.shape[0]
+    labels = _labels(data.tokens)
+    side = _side(T, 3.6, 0.2, 9.0)
+    font, step = _font_and_step(T, side)
+    if ax is None:
+        margin = _margin(labels[::step], font)
+        fig = _new_figure(side + margin + 1.5, side + margin + 0.7)
+        ax = fig.add_subplot()
+    lo, hi = value_range(A)
+    im = ax.imshow(A, cmap=palette_cmap(), norm=Normalize(lo, hi), interpolation="nearest")
+    _label_axes(ax, labels, font, step, x=True, y=True)
+    ax.set_xlabel("attended to (key j)", fontsize=MAX_FONT - 1)
+    ax.set_ylabel("attending (query i)", fontsize=MAX_FONT - 1)
+    name = f" — {data.title}" if data.title else ""
+    ax.set_title(f"Layer {layer}, head {head}{name}", fontsize=MAX_FONT + 1, parse_math=False)
+    bar = ax.figure.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
+    bar.set_label(r"attention weight $\alpha_{ij}$", fontsize=MAX_FONT - 1)
+    bar.ax.tick_params(labelsize=MAX_FONT - 2)
+    if step > 1:
+        ax.annotate(_every(step, T), (0.0, 1.0), xycoords="axes fraction",
+                    xytext=(0, 3), textcoords="offset points", fontsize=MIN_FONT + 1, color="0.35",
+                    va="bottom")
+    return ax
+
+
+def _grid_shape(H: int) -> tuple[int, int]:
+    cols = min(H, 4) if H <= 16 else math.ceil(math.sqrt(H))
+    return math.ceil(H / cols), cols
+
+
+def plot_heads(data: AttentionData, layer: int = 1) -> Figure:
+    """Every head of layer ``layer`` (1-based) as a grid of heatmaps sharing one colour scale.
+
+    Each head's weights (T, T) as in ``plot_head``; words label the outer axes (left column, bottom
+    row); one colour bar, 0 to the largest weight of the layer, so heads compare directly.
+    """
+    _check(data, layer)
+    from matplotlib.colors import Normalize
+
+    W = data.weights[layer - 1]  # (H, T, T)
+    H, T, _ = W.shape
+    rows, cols = _grid_shape(H)
+    labels = _labels(data.tokens)
+    side = _side(T, 1.8, 0.09, 4.5)
+    font, step = _font_and_step(T, side, max_font=MAX_FONT - 2)
+    margin = _margin(labels[::step], font)
+    fig = _new_figure(cols * (side + 0.15) + margin + 1.0, rows * (side + 0.35) + margin + 0.7)
+    axes = fig.subplots(rows, cols, squeeze=False)  # not shared: each axis keeps its own labels
+    norm = Normalize(*value_range(W))
+    im = None
+    for n, ax in enumerate(axes.flat):
+        if n >= H:
+            ax.set_axis_off()
+            continue
+        r, c = divmod(n, cols)
+        im = ax.imshow(W[n], cmap=palette_cmap(), norm=norm, interpolation="nearest")
+        ax.set_title(f"head {n + 1}", fontsize=MAX_FONT - 1, pad=3)
+        last_row = r == rows - 1 or n + cols >= H  # nothing drawn below this one
+        _label_axes(ax, labels, font, step, x=last_row, y=c == 0)
+    name = f" of {data.title}" if data.title else ""
+    note = f"; {_every(step, T)}" if step > 1 else ""
+    heads = f"all {H} heads" if H > 1 else "its one head"
+    fig.suptitle(f"Layer {layer}{name}: {heads}\n(row i: the word attending, column j: the word "
+                 f"attended to{note})", fontsize=MAX_FONT, parse_math=False)
+    bar = fig.colorbar(im, ax=axes, shrink=0.6, pad=0.01, aspect=30)
+    bar.set_label(r"attention weight $\alpha_{ij}$", fontsize=MAX_FONT - 1)
+    bar.ax.tick_params(labelsize=MAX_FONT - 2)
+    return fig
+
+
+def check_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path if a file can be written there; else OSError naming why.
+
+    Refused: an existing directory, a folder that does not exist, a folder that is not writable.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a directory; give a file name such as out.png")
+    parent = p.parent if str(p.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"cannot write {path}: the folder {parent} is not writable")
+    return p
+
+
+def write_atomic(path: str | os.PathLike[str], write) -> Path:
+    """Call ``write(f)`` on a temporary file in ``path``'s folder, then rename it over ``path``.
+
+    On any failure the temporary file is removed and ``path`` is untouched (never half-written).
+    """
+    p = check_path(path)
+    folder = p.parent if str(p.parent) else Path(".")
+    tmp = folder / f".{p.name}.{secrets.token_hex(6)}.tmp"
+    # mode 0o666 under the umask, like any new file (mkstemp would make it 0600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return p
+
+
+def save_png(data: AttentionData, path: str | os.PathLike[str], *, layer: int = 1, head: int = 1,
+             all_heads: bool = False, dpi: int = DEFAULT_DPI) -> Path:
+    """Write one head (``plot_head``) or, with ``all_heads``, every head of ``layer``
+    (``plot_heads``) as a PNG at ``path``, atomically; returns the path.
+
+    The image is the figure's size in inches × ``dpi`` pixels. Raises ValueError for a bad
+    layer/head/dpi (before anything is written), OSError for a path that cannot be written.
+    """
+    _check(data, layer, None if all_heads else head)
+    if not isinstance(dpi, (int, float)) or not 10 <= dpi <= 1200:
+        raise ValueError(f"dpi {dpi} is out of range: expected 10 to 1200")
+    check_path(path)
+    fig = plot_heads(data, layer) if all_heads else plot_head(data, layer, head).figure
+    return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi,
+                                                    metadata={"Software": "selfattention"}))

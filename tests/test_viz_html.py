@@ -1,0 +1,253 @@
+"""The HTML explorer: the embedding in Python, then the page itself in headless Chromium.
+
+Browser tests check through the DOM that the page draws with no console errors and no network
+request, that choosing a head or a word changes what is shown, that the numbers it shows are the
+model's (α from Python's weights, e = q·k, z = Σ α v), that hostile words run nothing, and that it
+stays quick for 128 words. Set SELFATTENTION_SCREENSHOT=path to keep the MiniLM screenshot.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import browser
+import numpy as np
+import pytest
+
+from selfattention.viz.data import AttentionData, collect, from_weights
+from selfattention.viz.html import embed_json, payload, render_html, write_html
+
+chrome = browser.chrome  # one headless Chromium per module (skips, or fails under CI, without one)
+
+SENTENCE = "I am enjoying this lecture"
+XSS = ["<img src=x onerror=\"document.title='XSS'\">", "</script><script>document.title='XSS'</script>"]
+
+
+def synthetic(T: int, L: int = 6, H: int = 12, d: int = 32, qkv: bool = True, seed: int = 0) -> AttentionData:
+    """Random q, k, v of MiniLM's sizes and their exact softmax weights, through ``from_weights``."""
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.standard_normal((L, H, T, d)).astype(np.float32) for _ in range(3))
+    e = q.astype(np.float64) @ k.astype(np.float64).transpose(0, 1, 3, 2) / np.sqrt(d)
+    a = np.exp(e - e.max(-1, keepdims=True))
+    a /= a.sum(-1, keepdims=True)
+    tokens = [f"word{i}" for i in range(T)]
+    if qkv:
+        return from_weights(list(a), tokens, q=list(q), k=list(k), v=list(v), title="synthetic")
+    return from_weights(list(a), tokens, title="synthetic, weights only")
+
+
+@pytest.fixture(scope="module")
+def minilm() -> AttentionData:
+    return collect("minilm", SENTENCE)
+
+
+# --------------------------------------------------------------------------- plain Python
+
+
+def test_embed_json_cannot_close_the_script_element():
+    obj = {"tokens": ["</script><script>alert(1)</script>", "<!--", "a & b > c", "\u2028\u2029"]}
+    text = embed_json(obj)
+    assert not set("<>&\u2028\u2029") & set(text)
+    assert "\\u003c/script\\u003e" in text and "\\u2028\\u2029" in text
+    assert json.loads(text) == obj
+
+
+def test_page_is_self_contained_and_carries_the_weights_exactly():
+    data = collect("toy", SENTENCE)
+    page = render_html(data)
+    csp = re.search(r'http-equiv="Content-Security-Policy"\s+content="([^"]+)"', page)
+    assert csp and "default-src 'none'" in csp.group(1)
+    assert not re.search(r"https?://|\ssrc=|@import|url\(", page), "the page must not reference anything"
+    assert page.count("<script") == 2 and page.count("</script>") == 2
+    embedded = json.loads(re.search(r'id="attention-data">(.*?)</script>', page, re.S).group(1))
+    assert embedded["tokens"] == data.tokens and (embedded["layers"], embedded["heads"]) == (1, 1)
+    weights = np.frombuffer(base64.b64decode(embedded["weights"]), dtype="<f4")
+    np.testing.assert_array_equal(weights, data.weights[0].ravel())
+    assert embedded["scale"] == pytest.approx(data.scale) and embedded["dk"] == data.q[0].shape[-1]
+
+
+def test_write_html_is_atomic(tmp_path: Path):
+    path = tmp_path / "explorer.html"
+    path.write_text("old page")
+    bad = AttentionData(["a", "b"], [np.full((1, 2, 2), 0.5, np.float32)],
+                        q=[np.zeros((1, 2, 4), np.float32)], k=[np.zeros((1, 2, 3), np.float32)],
+                        v=[np.zeros((1, 2, 4), np.float32)])
+    with pytest.raises(ValueError, match="q has d = 4 but k has d = 3"):
+        write_html(bad, path)
+    assert path.read_text() == "old page"
+    assert write_html(collect("toy", SENTENCE), path) == path
+    assert path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["explorer.html"], "no temporary file is left"
+
+
+def test_payload_without_qkv_has_no_steps():
+    out = payload(synthetic(5, L=2, H=3, qkv=False))
+    assert (out["layers"], out["heads"], out["T"]) == (2, 3, 5)
+    assert out["q"] is None and out["scale"] is None
+
+
+# --------------------------------------------------------------------------- in the browser
+
+
+def open_page(driver: Any, data: AttentionData, path: Path) -> float:
+    """Write the page, load it from disk, check it drew cleanly and offline; returns load seconds."""
+    write_html(data, path)
+    driver.get("about:blank")
+    browser.console_errors(driver)  # reading a log empties it
+    browser.requested_urls(driver)
+    start = time.perf_counter()
+    driver.get(path.as_uri())
+    driver.find_element("css selector", "#explorer[data-ready='1']")
+    seconds = time.perf_counter() - start
+    assert browser.console_errors(driver) == []
+    urls = browser.requested_urls(driver)
+    assert urls and all(u == path.as_uri() or u.startswith("data:") for u in urls), urls
+    assert driver.execute_script("return performance.getEntriesByType('resource').length") == 0
+    return seconds
+
+
+def shown(driver: Any) -> dict[str, Any]:
+    """What the page shows now: the selection, and the steps table's numbers."""
+    return driver.execute_script("""
+        const root = document.getElementById('explorer'), cells = s => [...document.querySelectorAll(s)];
+        return {layer: +root.dataset.layer, head: +root.dataset.head, word: +root.dataset.word,
+                caption: document.getElementById('selection').textContent,
+                label: document.getElementById('word-label').textContent,
+                alpha: cells('#steps td.alpha').map(td => +td.dataset.value),
+                alphaText: cells('#steps td.alpha').map(td => +td.textContent),
+                scores: cells('#steps td.score').map(td => +td.textContent),
+                z: cells('#z .z').map(s => +s.dataset.value),
+                note: document.getElementById('steps-note').textContent,
+                check: document.getElementById('check').textContent};""")
+
+
+def assert_row(view: dict[str, Any], data: AttentionData) -> None:
+    """The α's shown are the model's row for the selected layer, head and word."""
+    row = data.weights[view["layer"]][view["head"]][view["word"]]
+    assert len(view["alpha"]) == len(data.tokens)
+    assert abs(sum(view["alpha"]) - 1) < 1e-3
+    np.testing.assert_allclose(view["alpha"], row, atol=1e-4)
+    np.testing.assert_allclose(view["alphaText"], row, atol=1e-4)
+
+
+def test_toy_page_renders(chrome, tmp_path: Path):
+    data = collect("toy", SENTENCE)
+    open_page(chrome, data, tmp_path / "toy.html")
+    assert len(chrome.find_elements("css selector", "canvas.thumb")) == 1
+    for selector in ("#layer", "#head", "#matrix", "#lines", "#legend", "#steps tbody tr"):
+        assert chrome.find_elements("css selector", selector), selector
+    view = shown(chrome)
+    assert (view["layer"], view["head"], view["word"]) == (0, 0, 0) and "“I”" in view["label"]
+    assert_row(view, data)
+    assert "✓" in view["check"]
+    chrome.find_element("css selector", "body").send_keys("\ue014")  # → : the next word
+    assert shown(chrome)["word"] == 1
+
+
+def test_choosing_a_head_changes_the_view(chrome, tmp_path: Path, minilm: AttentionData):
+    from selenium.webdriver.support.ui import Select
+
+    open_page(chrome, minilm, tmp_path / "minilm.html")
+    before = shown(chrome)
+    Select(chrome.find_element("css selector", "#head")).select_by_value("3")
+    after = shown(chrome)
+    assert (after["layer"], after["head"]) == (0, 3) and "head 4" in after["caption"]
+    assert after["alpha"] != before["alpha"]
+    assert_row(after, minilm)
+    chrome.find_element("css selector", 'canvas.thumb[data-layer="4"][data-head="9"]').click()
+    clicked = shown(chrome)
+    assert (clicked["layer"], clicked["head"]) == (4, 9) and "layer 5 · head 10" in clicked["caption"]
+    assert Select(chrome.find_element("css selector", "#layer")).first_selected_option.text == "5"
+    assert chrome.find_element("css selector", "canvas.thumb.selected").get_attribute("data-head") == "9"
+    assert_row(clicked, minilm)
+
+
+def test_hovering_a_word_shows_its_row_and_steps(chrome, tmp_path: Path, minilm: AttentionData):
+    from selenium.webdriver import ActionChains
+
+    open_page(chrome, minilm, tmp_path / "minilm.html")
+    chrome.find_element("css selector", 'canvas.thumb[data-layer="0"][data-head="3"]').click()
+    ActionChains(chrome).move_to_element(chrome.find_elements("css selector", "#tokens button")[3]).perform()
+    view = shown(chrome)
+    assert view["word"] == 3 and "enjoying" in view["label"] and "enjoying" in view["caption"]
+    assert_row(view, minilm)
+    q, k, v = (x[0][3].astype(np.float64) for x in (minilm.q, minilm.k, minilm.v))  # layer 1, head 4
+    np.testing.assert_allclose(view["scores"], k @ q[3], atol=1e-4)
+    np.testing.assert_allclose(view["z"], (minilm.weights[0][3][3] @ v)[: len(view["z"])], atol=1e-4)
+    assert len(view["z"]) == 8 and "✓" in view["check"]
+    lines = chrome.find_element("css selector", "#lines")  # the lines view: hover its 6th row
+    top, height = (float(lines.get_attribute(a)) for a in ("data-row-top", "data-row-height"))
+    y = top + 5.5 * height - lines.size["height"] / 2
+    ActionChains(chrome).move_to_element_with_offset(lines, 0, round(y)).perform()
+    assert shown(chrome)["word"] == 5 and "lecture" in shown(chrome)["label"]
+    assert_row(shown(chrome), minilm)
+
+
+def test_screenshot_is_not_blank(chrome, tmp_path: Path, minilm: AttentionData):
+    import matplotlib.image
+
+    open_page(chrome, minilm, tmp_path / "minilm.html")
+    chrome.find_element("css selector", 'canvas.thumb[data-layer="0"][data-head="3"]').click()
+    chrome.find_elements("css selector", "#tokens button")[3].click()
+    height, frame = chrome.execute_script(
+        "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]")
+    chrome.set_window_size(1440, height + frame)  # the whole page, no scroll bar
+    png = chrome.get_screenshot_as_png()
+    if os.environ.get("SELFATTENTION_SCREENSHOT"):
+        Path(os.environ["SELFATTENTION_SCREENSHOT"]).write_bytes(png)
+    pixels = matplotlib.image.imread(io.BytesIO(png), format="png")[..., :3]
+    assert pixels.shape[1] >= 1000 and pixels.std() > 0.05
+    colours = np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)
+    assert len(colours) > 500, f"only {len(colours)} distinct colours"
+
+
+def test_hostile_words_run_nothing(chrome, tmp_path: Path):
+    tokens = ["hello", *XSS, "world"]
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((1, 4, 8)).astype(np.float32) for _ in range(3))
+    data = from_weights(np.full((1, 4, 4), 0.25, np.float32), tokens, q=q, k=k, v=v, title=XSS[1])
+    open_page(chrome, data, tmp_path / "xss.html")
+    for button in chrome.find_elements("css selector", "#tokens button"):
+        button.click()  # every word's steps drawn once
+    time.sleep(0.3)  # an injected <img> would fail to load and fire onerror by now
+    assert chrome.title == f"Attention explorer — {XSS[1]}"
+    assert chrome.find_elements("css selector", "img") == []
+    assert len(chrome.find_elements("css selector", "script")) == 2
+    text = chrome.find_element("css selector", "body").text
+    assert XSS[0] in text and XSS[1] in text
+    assert browser.console_errors(chrome) == []
+
+
+def test_128_words_stay_responsive(chrome, tmp_path: Path):
+    data = synthetic(128)
+    seconds = open_page(chrome, data, tmp_path / "big.html")
+    render_ms = float(chrome.find_element("css selector", "#explorer").get_attribute("data-render-ms"))
+    assert seconds < 10 and render_ms < 5000, (seconds, render_ms)
+    ms = chrome.execute_script("""
+        const time = f => { const t = performance.now(); f(); return performance.now() - t; };
+        const head = document.getElementById('head'), thumb = document.querySelectorAll('canvas.thumb')[70];
+        const word = document.querySelectorAll('#tokens button')[100];
+        return [time(() => { head.value = '7'; head.dispatchEvent(new Event('change')); }),
+                time(() => thumb.dispatchEvent(new MouseEvent('click'))),
+                time(() => word.dispatchEvent(new MouseEvent('mouseenter')))];""")
+    assert max(ms) < 500, ms
+    view = shown(chrome)
+    assert (view["layer"], view["head"], view["word"]) == (5, 10, 100)
+    assert_row(view, data)
+
+
+def test_weights_only_page_says_the_steps_need_qkv(chrome, tmp_path: Path):
+    data = synthetic(128, L=2, H=3, qkv=False)
+    open_page(chrome, data, tmp_path / "weights.html")
+    chrome.find_elements("css selector", "#tokens button")[17].click()
+    view = shown(chrome)
+    assert "need q, k and v" in view["note"] and view["scores"] == [] and view["z"] == []
+    assert view["word"] == 17 and len(chrome.find_elements("css selector", "canvas.thumb")) == 6
+    assert_row(view, data)
