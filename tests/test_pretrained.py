@@ -300,3 +300,14 @@ def test_similarity_is_sensible(model):
     assert a @ b > 0.5 and c @ d > 0.5
     assert a @ c < 0.2 and b @ d < 0.2
     assert a @ b > a @ c + 0.4
+
+
+def test_loading_does_not_import_dynamo():
+    """Cold start: building the encoder on the meta device once pulled in torch._dynamo (~1 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from selfattention.models.pretrained import PretrainedModel; PretrainedModel(); "
+            "print(sorted(m for m in ('torch._dynamo', 'sympy', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -76,8 +76,9 @@ class PretrainedModel:
             raise ModelError(
                 f"{self.path / 'model.safetensors'} is not a readable safetensors file: {first}"
             ) from None
-        with torch.device("meta"):  # no random init of 22M parameters that are replaced anyway
-            self.encoder = BertEncoder(self.config)
+        # Built on the CPU: the meta device would skip the random init (~0.1 s) but its init
+        # functions import torch._dynamo, a full second of cold start.
+        self.encoder = BertEncoder(self.config)
         expected = {name: tuple(t.shape) for name, t in self.encoder.state_dict().items()}
         state = state_from_hf(tensors, self.config, str(self.path / "model.safetensors"), expected)
         state = {k: v.float() for k, v in state.items()}  # float16/bfloat16 files run in float32
