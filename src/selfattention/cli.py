@@ -213,22 +213,13 @@ def _check_files(args: argparse.Namespace) -> dict[str, str]:
 
 def _write_files(args: argparse.Namespace, text: str, model, files: dict[str, str]) -> list[str]:
     """Collect every layer's weights for ``text`` and write the files; one line per file written."""
-    from .explain import MAX_TOKENS
+    from .explain import tokens_of
     from .models.heads import DEFAULT_LAYER, choose_head
     from .models.pretrained import TruncationWarning
     from .viz.data import collect
 
-    if not text.strip():
-        raise UsageError('the text is empty; give a sentence, e.g. "I am enjoying this lecture"')
-    try:
-        tokens = model.tokenize(text)  # explain's checks and messages (and its truncation warning)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    tokens_of(model, text)  # explain's checks and messages (and its truncation warning)
     unit = getattr(model, "unit", "words")
-    if not tokens:
-        raise UsageError(f"no words found in {text!r}")
-    if len(tokens) > MAX_TOKENS:
-        raise UsageError(f"the text has {len(tokens)} {unit}; explain handles at most {MAX_TOKENS}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TruncationWarning)  # said once already, by tokenize
         data = collect(args.model, text, dim=args.dim, seed=args.seed, truncate=not args.no_truncate)

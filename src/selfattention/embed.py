@@ -11,14 +11,14 @@ argument, "line 7 of notes.txt" for ``--file``. ``save_npy`` writes all rows or 
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from ._io import check_path, write_atomic
 
 if TYPE_CHECKING:
     from .models.pretrained import PretrainedModel
@@ -109,35 +109,16 @@ def embed_texts(model: PretrainedModel, texts: list[str], labels: list[str], *, 
 
 
 def check_out(path: str) -> Path:
-    """``path`` if an .npy file can be written there (its folder exists); checked before computing."""
-    p = Path(path)
-    if p.is_dir():
-        raise InputError(f"--out {path} is a directory; give a file name such as embeddings.npy")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"--out {path}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"--out {path}: the folder {parent} is not writable")
-    return p
+    """``path`` if an .npy file can be written there; checked before computing anything."""
+    try:
+        return check_path(path)
+    except OSError as err:
+        raise InputError(f"--out: {err}") from None
 
 
 def save_npy(path: str | Path, X: np.ndarray) -> None:
-    """Write X with ``numpy.save`` (no pickle) all at once: to a temporary file in the same folder,
-    then renamed over ``path``; on any failure nothing is left behind."""
-    p = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent if str(p.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, X, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write X with ``numpy.save`` (no pickle), all rows or nothing (see ``_io.write_atomic``)."""
+    write_atomic(path, lambda f: np.save(f, X, allow_pickle=False))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

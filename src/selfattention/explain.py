@@ -102,6 +102,23 @@ def verify_layer(steps: reference.SelfAttentionSteps, cap: LayerCapture) -> dict
     }
 
 
+def tokens_of(model: AttentionModel, text: str) -> list[str]:
+    """The model's tokens of ``text`` (it may warn that it truncated); UsageError for empty text,
+    text with no tokens, or more tokens than explain handles."""
+    if not text.strip():
+        raise UsageError('the text is empty; give a sentence, e.g. "I am enjoying this lecture"')
+    try:
+        tokens = model.tokenize(text)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if not tokens:
+        raise UsageError(f"no words found in {text!r}")
+    if len(tokens) > MAX_TOKENS:
+        unit = getattr(model, "unit", "words")
+        raise UsageError(f"the text has {len(tokens)} {unit}; explain handles at most {MAX_TOKENS}")
+    return tokens
+
+
 def build_report(model: AttentionModel, text: str, word: str | None = None) -> dict[str, object]:
     """Every number of one self-attention layer over ``text``, as a JSON-serializable dict.
 
@@ -110,17 +127,8 @@ def build_report(model: AttentionModel, text: str, word: str | None = None) -> d
     model cannot take, too many words, or a ``word`` that is not in the sentence. A ``RealLayer``
     adds "biases", "heads" (every head of the layer) and "layer_Z" (the layer's own Z, auto backend).
     """
-    if not text.strip():
-        raise UsageError('the text is empty; give a sentence, e.g. "I am enjoying this lecture"')
-    try:
-        tokens = model.tokenize(text)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    tokens = tokens_of(model, text)
     unit = getattr(model, "unit", "words")
-    if not tokens:
-        raise UsageError(f"no words found in {text!r}")
-    if len(tokens) > MAX_TOKENS:
-        raise UsageError(f"the text has {len(tokens)} {unit}; explain handles at most {MAX_TOKENS}")
     default = getattr(model, "default_word", lambda toks: 0)(tokens)
     i = resolve_word(word, tokens, default=default, unit=unit)
     H = model.embed(tokens)  # (D, T)

@@ -23,12 +23,12 @@ import html
 import json
 import os
 import re
-import secrets
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from .._io import write_atomic
 from .data import AttentionData
 from .terminal import PALETTE
 
@@ -101,17 +101,7 @@ def render_html(data: AttentionData) -> str:
 
 
 def write_html(data: AttentionData, path: str | os.PathLike[str]) -> Path:
-    """Write ``render_html(data)`` to ``path`` atomically: a temporary file in the same folder,
-    renamed over ``path`` once complete, so a reader never sees a partial page. Returns the path."""
-    path = Path(path)
-    text = render_html(data)  # fails before anything touches the disk
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``render_html(data)`` to ``path`` atomically (``_io.write_atomic``), so a reader
+    never sees a partial page. Returns the path."""
+    text = render_html(data).encode("utf-8")  # fails before anything touches the disk
+    return write_atomic(path, lambda f: f.write(text))
