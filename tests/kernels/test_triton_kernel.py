@@ -160,3 +160,18 @@ def test_bad_shapes_and_dtypes():
         attention(q, k, v, mask=torch.zeros(4, 4, device=DEVICE), backend="triton")
     with pytest.raises(ValueError, match="cannot return weights"):
         attention(q, k, v, need_weights=True, backend="triton")
+
+
+def test_descriptor_and_pointer_paths_agree(monkeypatch):
+    """The forward reads K/V through tensor descriptors when strides allow (d = 32 here) and
+    through pointer tiles otherwise (d = 59: rows of 236 bytes are not 16-byte aligned)."""
+    from selfattention.kernels.launch import _descriptors_ok
+
+    q, k, v = _inputs(1, 2, 1, 30, 41, 32, seed=7)
+    assert _descriptors_ok(k, v)
+    assert not _descriptors_ok(*_inputs(1, 1, 1, 3, 3, 59)[1:])
+    with_desc = flash_attention(q, k, v, causal=True, causal_alignment="bottom_right")
+    monkeypatch.setenv("SELFATTENTION_TRITON_DESCRIPTORS", "0")
+    assert not _descriptors_ok(k, v)
+    with_ptrs = flash_attention(q, k, v, causal=True, causal_alignment="bottom_right")
+    torch.testing.assert_close(with_desc, with_ptrs, atol=1e-6, rtol=0)

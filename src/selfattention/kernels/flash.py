@@ -51,6 +51,7 @@ def _fwd_kernel(
     H, G, Tq, Tk, D, offset, qk_scale,
     CAUSAL: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LENS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D_PAD: tl.constexpr, PRECISION: tl.constexpr,
+    USE_DESC: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -65,7 +66,7 @@ def _fwd_kernel(
                 mask=(offs_m[:, None] < Tq) & d_ok[None, :], other=0.0)  # (BLOCK_M, D_PAD)
     kv_len = Tk
     if HAS_LENS:
-        kv_len = tl.minimum(tl.load(Lens + b), Tk)
+        kv_len = tl.minimum(tl.load(Lens + b).to(tl.int32), Tk)
     hi = kv_len
     if CAUSAL:  # no key after the last query row's diagonal is visible to this block
         hi = tl.maximum(tl.minimum(hi, (pid_m + 1) * BLOCK_M + offset), 0)
@@ -74,11 +75,19 @@ def _fwd_kernel(
     acc = tl.zeros((BLOCK_M, D_PAD), tl.float32)
     K_bh = K + b * skb + hk * skh
     V_bh = V + b * svb + hk * svh
+    if USE_DESC:  # tensor descriptors (TMA on Hopper): no per-element pointer tiles to hold
+        k_desc = tl.make_tensor_descriptor(K_bh, shape=[Tk, D], strides=[skn, 1],
+                                           block_shape=[BLOCK_N, D_PAD])
+        v_desc = tl.make_tensor_descriptor(V_bh, shape=[Tk, D], strides=[svn, 1],
+                                           block_shape=[BLOCK_N, D_PAD])
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + offs_n0
         n_ok = offs_n < kv_len
-        kt = tl.load(K_bh + offs_n[None, :] * skn + offs_d[:, None] * skd,
-                     mask=n_ok[None, :] & d_ok[:, None], other=0.0)  # (D_PAD, BLOCK_N)
+        if USE_DESC:
+            kt = tl.trans(k_desc.load([start_n, 0]))  # (D_PAD, BLOCK_N), zeros past Tk and D
+        else:
+            kt = tl.load(K_bh + offs_n[None, :] * skn + offs_d[:, None] * skd,
+                         mask=n_ok[None, :] & d_ok[:, None], other=0.0)  # (D_PAD, BLOCK_N)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), base 2
         ok = _visible(offs_m, offs_n, kv_len, offset, b, h, Mask, smb, smh, smm, smn, Tq,
                       CAUSAL, HAS_MASK)
@@ -88,8 +97,11 @@ def _fwd_kernel(
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)  # rescales what was accumulated under the old max
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V_bh + offs_n[:, None] * svn + offs_d[None, :] * svd,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_N, D_PAD)
+        if USE_DESC:
+            v = v_desc.load([start_n, 0])  # (BLOCK_N, D_PAD)
+        else:
+            v = tl.load(V_bh + offs_n[:, None] * svn + offs_d[None, :] * svd,
+                        mask=n_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_N, D_PAD)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     empty = l_i == 0.0
@@ -122,7 +134,7 @@ def _bwd_dkdv_kernel(
     d_ok = offs_d < D
     kv_len = Tk
     if HAS_LENS:
-        kv_len = tl.minimum(tl.load(Lens + b), Tk)
+        kv_len = tl.minimum(tl.load(Lens + b).to(tl.int32), Tk)
     n_ok = offs_n < kv_len
     k = tl.load(K + b * skb + hk * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
                 mask=n_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_N, D_PAD)
@@ -133,9 +145,9 @@ def _bwd_dkdv_kernel(
     lo = 0
     if CAUSAL:  # queries above this block's diagonal see none of its keys
         lo = tl.maximum(pid_n * BLOCK_N - offset, 0) // BLOCK_M * BLOCK_M
-    hi = Tq
-    if pid_n * BLOCK_N >= kv_len:
-        hi = 0  # keys past the length: nothing attends to them, dk = dv = 0
+    # keys past the length: nothing attends to them, dk = dv = 0 (a where, not a runtime if:
+    # both branches of a compiled if must give hi one type)
+    hi = tl.where(pid_n * BLOCK_N >= kv_len, 0, Tq)
     for g in range(0, G):
         h = hk * G + g
         Q_bh = Q + b * sqb + h * sqh
@@ -195,7 +207,7 @@ def _bwd_dq_kernel(
     delta = tl.load(Delta + pid_bh * Tq + offs_m, mask=m_ok, other=0.0)
     kv_len = Tk
     if HAS_LENS:
-        kv_len = tl.minimum(tl.load(Lens + b), Tk)
+        kv_len = tl.minimum(tl.load(Lens + b).to(tl.int32), Tk)
     hi = kv_len
     if CAUSAL:
         hi = tl.maximum(tl.minimum(hi, (pid_m + 1) * BLOCK_M + offset), 0)
