@@ -31,7 +31,6 @@ def available_backends() -> list[str]:
     return ["matrix", "blockwise", "torch"] + (["triton"] if kernels.available() else [])
 
 
-
 def _allowed(p: Problem) -> torch.Tensor | None:
     """The boolean mask (True = may attend) from causal and a boolean user mask, or None."""
     allowed = masks.causal(p.Tq, p.Tk, p.causal, p.q.device) if p.causal else None
@@ -65,7 +64,8 @@ def matrix(p: Problem, dropout_p: float = 0.0) -> tuple[torch.Tensor, torch.Tens
 
 
 def _fold(x: torch.Tensor, batch: tuple[int, ...], group: bool) -> torch.Tensor:
-    """(..., A, B) → (N, H, A, B) for the kernel; with ``group`` the head dim stays 1 (GQA)."""
+    """(..., A, B) → (N, H, A, B), the 4 dims SDPA and the kernel take; with ``group`` the head dim
+    stays 1 (GQA: the callee pairs G query heads with each K/V head)."""
     lead, last = (batch[:-1], batch[-1]) if batch else ((), 1)
     x = x.expand(*lead, 1 if group else last, *x.shape[-2:])
     return x.reshape(-1, 1 if group else last, *x.shape[-2:])
