@@ -30,8 +30,8 @@ POINTERS = ("Q", "K", "V", "Out", "DO", "DQ", "DK", "DV", *PTR)
 FLOATS = ("qk_scale", "scale")
 KERNELS = {
     "fwd": (flash._fwd_kernel, "fwd"),
-    "dkdv": (flash._bwd_dkdv_kernel, "bwd"),
-    "dq": (flash._bwd_dq_kernel, "bwd"),
+    "dkdv": (flash._bwd_dkdv_kernel, "dkdv"),
+    "dq": (flash._bwd_dq_kernel, "dq"),
 }
 TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 

@@ -26,7 +26,11 @@ def _configs(d_pad: int, kind: str) -> list[tuple[int, int, int, int]]:
         if d_pad <= 128:
             return [(128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)]
         return [(64, 64, 4, 2), (128, 32, 8, 2), (64, 32, 4, 2)]
-    if d_pad <= 128:  # backward kernels hold more tiles: smaller blocks
+    if kind == "dq":  # BLOCK_M >= 64: with 32 the dQ product compiles to no warpgroup MMA at all
+        if d_pad <= 128:
+            return [(64, 64, 4, 2), (64, 128, 8, 2), (128, 64, 8, 2)]
+        return [(64, 32, 4, 1), (64, 64, 4, 1)]
+    if d_pad <= 128:  # dK/dV holds more tiles: smaller blocks
         return [(32, 64, 4, 2), (64, 64, 4, 2), (32, 128, 8, 2), (64, 128, 8, 2)]
     return [(32, 32, 4, 1), (32, 64, 4, 1), (16, 64, 4, 1)]
 
@@ -37,7 +41,7 @@ _TUNED: dict[tuple[str, int], object] = {}
 def _kernel(name: str, d_pad: int):
     """The jit kernel, wrapped in an autotuner over ``_configs`` on a GPU."""
     base = getattr(flash, name)
-    kind = "fwd" if name == "_fwd_kernel" else "bwd"
+    kind = {"_fwd_kernel": "fwd", "_bwd_dkdv_kernel": "dkdv", "_bwd_dq_kernel": "dq"}[name]
     if interpreting() or os.environ.get("SELFATTENTION_TRITON_CONFIG") == "first":
         # The interpreter, or tests on a GPU that should not spend minutes tuning: the first config.
         m, n, w, st = _configs(d_pad, kind)[0]
