@@ -358,3 +358,16 @@ def test_console_script_and_lazy_imports():
              "print(sorted(m for m in ('transformers', 'tokenizers', 'safetensors') if m in sys.modules))")
     lazy = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert lazy.stdout.strip() == "[]", lazy.stdout + lazy.stderr
+
+
+def test_non_ascii_digit_word_is_a_usage_error():
+    rc, _, err = run("explain", "I am here", "--word", "²")  # "²".isdigit() is True; int("²") fails
+    assert rc == 2 and err.count("\n") == 1 and "is not in the sentence" in err
+
+
+def test_single_word_gets_head_1_and_says_why(tmp_path):
+    rc, out, _ = run("explain", "a")
+    assert rc == 0
+    assert "head 1: the default when there are fewer than two real word pieces to mix" in out
+    rc, out, _ = run("explain", "hi", "--model", "toy", "--png", str(tmp_path / "one.png"))
+    assert rc == 0 and out.rstrip().endswith("1 word")

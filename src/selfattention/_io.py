@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def check_path(path: str | os.PathLike[str]) -> Path:
+def check_path(path: str | os.PathLike[str], example: str = "out.png") -> Path:
     """``path`` as a Path if a file can be written there; else OSError naming why.
 
     Refused: an existing directory, a folder that does not exist, a folder that is not writable.
     """
     p = Path(path)
     if p.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a directory; give a file name such as out.png")
+        raise IsADirectoryError(f"cannot write {path}: it is a directory; give a file name such as {example}")
     parent = p.parent if str(p.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder")

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the head of that layer, 1-based (default: the head that mixes the most real "
                         "word pieces of this sentence — for each word, its weight on real words times "
                         "their effective number, averaged — so z is a real mix of several words, not a "
-                        "glance at [CLS]; the output names it; for MiniLM's layer 1 it is head 4)")
+                        "glance at [CLS]; the output names it; for MiniLM's layer 1 and a typical "
+                        "sentence it is head 4; head 1 when fewer than two real word pieces)")
     e.add_argument("--word", help="the word (piece) whose z is derived: itself (first occurrence) "
                                   "or a 1-based position ([CLS] is 1); default: the first word "
                                   "piece after [CLS] (toy: the first word)")
@@ -205,7 +206,7 @@ def _check_files(args: argparse.Namespace) -> dict[str, str]:
         raise UsageError(f"--png and --html are the same file {files['png']}; give two names")
     for kind, path in files.items():
         try:
-            check_path(path)
+            check_path(path, example=f"attention.{kind}")
         except OSError as err:
             raise UsageError(f"--{kind}: {err}") from None
     return files
@@ -230,7 +231,7 @@ def _write_files(args: argparse.Namespace, text: str, model, files: dict[str, st
     if head is None:
         head = 1 if toy else choose_head(data.weights[layer - 1].astype("float64")) + 1
         why = "" if toy else " (default: the head mixing the most word pieces)"
-    size = f"{len(data.tokens)} {unit}"
+    size = f"{len(data.tokens)} {unit}" if len(data.tokens) != 1 else f"1 {unit[:-1]}"  # 1 word (piece)
     lines = []
     if "png" in files:
         from .viz.png import save_png
@@ -273,7 +274,9 @@ def _encoder(name: str):  # -> PretrainedModel
 
 
 def _model_name(name: str) -> str:
-    return "all-MiniLM-L6-v2" if name == "minilm" else os.path.basename(os.path.abspath(name))
+    from .models.heads import DEFAULT_NAME
+
+    return DEFAULT_NAME if name == "minilm" else os.path.basename(os.path.abspath(name))
 
 
 def _embed(args: argparse.Namespace) -> int:

@@ -111,7 +111,7 @@ def embed_texts(model: PretrainedModel, texts: list[str], labels: list[str], *, 
 def check_out(path: str) -> Path:
     """``path`` if an .npy file can be written there; checked before computing anything."""
     try:
-        return check_path(path)
+        return check_path(path, example="embeddings.npy")
     except OSError as err:
         raise InputError(f"--out: {err}") from None
 

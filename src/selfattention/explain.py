@@ -37,7 +37,7 @@ def resolve_word(word: str | None, tokens: list[str], *, default: int = 0, unit:
     if word is None:
         return default
     w = word.strip()
-    if w.isdigit():
+    if w.isascii() and w.isdigit():  # "²".isdigit() is True, but int("²") fails
         n = int(w)
         if not 1 <= n <= len(tokens):
             raise UsageError(f"--word {n} is out of range: the sentence has {len(tokens)} {unit} "

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -72,7 +72,6 @@ class LayerCapture:
     auto_backend: str  # what backend="auto" ran for the layer
     head_choice: str  # why this head: "--head" or the rule that chose it
     dropped: int = 0  # word pieces cut from the end of the text (truncation)
-    notes: list[str] = field(default_factory=list)  # anything else a reader should know
 
 
 @runtime_checkable

@@ -16,7 +16,8 @@ columns r. The forward pass stops once layer l's attention has run (later layers
 Default layer: 1, because its H is the embeddings themselves, as in the lecture. Default head: the
 one of that layer that mixes the most real word pieces for this sentence (``choose_head``), so
 that z is a real weighted mix of several words rather than a copy of one or a glance at [CLS];
-in all-MiniLM-L6-v2's layer 1 that is head 4 for every sentence we tried. ``--head`` picks any.
+in all-MiniLM-L6-v2's layer 1 that is head 4 for typical multi-word sentences. With fewer than two
+real word pieces nothing is mixed, and head 1 is taken. ``--head`` picks any.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ _CACHE: dict[tuple[object, ...], PretrainedModel] = {}
 
 def load_pretrained(path: str | Path | None = None) -> PretrainedModel:
     """``PretrainedModel(path)``, loaded once per process for an unchanged directory."""
-    model_dir = None
     if path is not None:
         model_dir = Path(path).resolve()
     else:
@@ -225,7 +225,8 @@ class PretrainedHead:
         self._auto = resolve_backend(probe, probe, probe, mask=from_lengths(lengths, T))
         if self.head_option is None:
             self.head = choose_head(runs["matrix"]["w"][0].double().numpy()) + 1
-            self.head_choice = "the one of this layer mixing the most real word pieces (default)"
+            self.head_choice = ("the one of this layer mixing the most real word pieces (default)" if T >= 4
+                                else "the default when there are fewer than two real word pieces to mix")
 
 
 def choose_head(weights: np.ndarray) -> int:
@@ -237,7 +238,9 @@ def choose_head(weights: np.ndarray) -> int:
     m_i · n_i — high when most weight goes to several real words at once, low for a head that
     parks its weight on [CLS]/[SEP] or copies one word.
     """
-    rows = weights[:, 1:-1, 1:-1] if weights.shape[1] > 2 else weights  # (H, T', T')
+    if weights.shape[1] < 4:  # fewer than two real word pieces besides [CLS] and [SEP]: no mixing
+        return 0
+    rows = weights[:, 1:-1, 1:-1]  # (H, T', T'), the real word pieces
     mass = rows.sum(-1)  # (H, T')
     p = rows / np.clip(mass[..., None], 1e-30, None)
     entropy = -(p * np.log(np.clip(p, 1e-30, None))).sum(-1)  # (H, T')

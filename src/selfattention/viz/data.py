@@ -150,7 +150,9 @@ def _collect_pretrained(m, text: str, *, truncate: bool, name: str) -> Attention
                         output_hidden_states=True)
         qs, ks, vs = _project(m, out.hidden_states)
     d = m.config.hidden_size // m.config.num_attention_heads
-    title = f"{m.path.name if name != 'minilm' else 'all-MiniLM-L6-v2'}"
+    from ..models.heads import DEFAULT_NAME
+
+    title = DEFAULT_NAME if name == "minilm" else m.path.name
     data = from_weights([a[0] for a in out.attentions], batch.tokens[0], q=qs, k=ks, v=vs,
                         scale=1.0 / math.sqrt(d), title=title)
     data.meta["dropped"] = batch.dropped[0]
