@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -174,3 +175,20 @@ def call_kwargs(p: dict) -> dict:
         causal_alignment=p["causal"] or "top_left",
         scale=p["scale"],
     )
+
+
+# --- model directories for error tests ---------------------------------------------------------
+
+def model_dir_copy(tmp_path: Path, *, without: tuple[str, ...] = (), replace: dict | None = None) -> Path:
+    """tmp_path/model: the default model's files symlinked, less ``without``, with ``replace``d ones."""
+    from selfattention.models.pretrained import default_model_path
+
+    src, dst = default_model_path(), tmp_path / "model"
+    dst.mkdir()
+    replace = replace or {}
+    for entry in src.iterdir():
+        if entry.name not in without and entry.name not in replace:
+            os.symlink(entry, dst / entry.name)
+    for name, content in replace.items():
+        (dst / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return dst

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import model_dir_copy
 
 from selfattention.cli import main
 from selfattention.embed import PROGRESS_MIN
@@ -237,17 +238,6 @@ def test_range_errors_name_the_valid_range():
     assert "heads 1 to 12" in one_error_line(*run("explain", SENTENCE, "--head", "13"))
 
 
-def _model_dir(tmp_path: Path, *, without: tuple[str, ...] = (), replace: dict | None = None) -> Path:
-    """tmp_path/model: the default model's files symlinked, less ``without``, with ``replace``d ones."""
-    src, dst = default_model_path(), tmp_path / "model"
-    dst.mkdir()
-    replace = replace or {}
-    for entry in src.iterdir():
-        if entry.name not in without and entry.name not in replace:
-            os.symlink(entry, dst / entry.name)
-    for name, content in replace.items():
-        (dst / name).write_bytes(content)
-    return dst
 
 
 @pytest.mark.parametrize("broken", ["no tokenizer", "corrupt weights", "gpt2 config"])
@@ -255,9 +245,9 @@ def _model_dir(tmp_path: Path, *, without: tuple[str, ...] = (), replace: dict |
 def test_broken_model_directory(tmp_path, broken, command):
     weights = (default_model_path() / "model.safetensors").read_bytes()[:4096]
     config = json.loads((default_model_path() / "config.json").read_text())
-    model = {"no tokenizer": lambda: _model_dir(tmp_path, without=("tokenizer.json",)),
-             "corrupt weights": lambda: _model_dir(tmp_path, replace={"model.safetensors": weights}),
-             "gpt2 config": lambda: _model_dir(
+    model = {"no tokenizer": lambda: model_dir_copy(tmp_path, without=("tokenizer.json",)),
+             "corrupt weights": lambda: model_dir_copy(tmp_path, replace={"model.safetensors": weights}),
+             "gpt2 config": lambda: model_dir_copy(
                  tmp_path, replace={"config.json": json.dumps({**config, "model_type": "gpt2"}).encode()}),
              }[broken]()
     err = one_error_line(*run(*command, "--model", str(model)))
@@ -266,7 +256,7 @@ def test_broken_model_directory(tmp_path, broken, command):
 
 
 def test_model_path_works(tmp_path):
-    r = explain_json(SENTENCE, "--model", str(_model_dir(tmp_path)))
+    r = explain_json(SENTENCE, "--model", str(model_dir_copy(tmp_path)))
     assert r["model"]["name"] == "model" and r["tokens"] == PIECES and r["verification"]["ok"]
 
 

@@ -7,7 +7,6 @@ symlinked (the weights are 87 MiB), files to break are written fresh.
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import model_dir_copy
 from safetensors.torch import load_file, save_file
 
 from selfattention.models.bert import ModelError
@@ -28,17 +28,6 @@ def model() -> PretrainedModel:
     return PretrainedModel()
 
 
-def _model_dir(tmp_path: Path, *, without: tuple[str, ...] = (), replace: dict | None = None) -> Path:
-    """tmp_path/model: the default model's files symlinked, less ``without``, with ``replace``d ones."""
-    src, dst = default_model_path(), tmp_path / "model"
-    dst.mkdir()
-    replace = replace or {}
-    for entry in src.iterdir():
-        if entry.name not in without and entry.name not in replace:
-            os.symlink(entry, dst / entry.name)
-    for name, content in replace.items():
-        (dst / name).write_bytes(content if isinstance(content, bytes) else content.encode())
-    return dst
 
 
 def _one_line_error(path: Path, match: str) -> str:
@@ -68,7 +57,7 @@ def test_a_file_is_not_a_directory(tmp_path):
 
 @pytest.mark.parametrize("name", ["config.json", WEIGHTS, "tokenizer.json"])
 def test_missing_file(tmp_path, name):
-    _one_line_error(_model_dir(tmp_path, without=(name,)), rf"model directory .* has no {name}")
+    _one_line_error(model_dir_copy(tmp_path, without=(name,)), rf"model directory .* has no {name}")
 
 
 UNREADABLE = rf"{WEIGHTS} is not a readable safetensors file"
@@ -76,7 +65,7 @@ UNREADABLE = rf"{WEIGHTS} is not a readable safetensors file"
 
 def test_truncated_header(tmp_path):
     head = (default_model_path() / WEIGHTS).read_bytes()[:1000]
-    _one_line_error(_model_dir(tmp_path, replace={WEIGHTS: head}), UNREADABLE)
+    _one_line_error(model_dir_copy(tmp_path, replace={WEIGHTS: head}), UNREADABLE)
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.999999])
@@ -89,25 +78,25 @@ def test_truncated_data(tmp_path, keep):
     data = (default_model_path() / WEIGHTS).read_bytes()
     cut = data[: int(len(data) * keep)]
     assert len(cut) < len(data)
-    _one_line_error(_model_dir(tmp_path, replace={WEIGHTS: cut}), UNREADABLE)
+    _one_line_error(model_dir_copy(tmp_path, replace={WEIGHTS: cut}), UNREADABLE)
 
 
 def test_trailing_bytes(tmp_path):
     data = (default_model_path() / WEIGHTS).read_bytes() + b"\0" * 8
-    _one_line_error(_model_dir(tmp_path, replace={WEIGHTS: data}), UNREADABLE)
+    _one_line_error(model_dir_copy(tmp_path, replace={WEIGHTS: data}), UNREADABLE)
 
 
 @pytest.mark.parametrize("size", [0, 7, 5000])
 def test_random_bytes(tmp_path, size):
     junk = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
-    _one_line_error(_model_dir(tmp_path, replace={WEIGHTS: junk}), UNREADABLE)
+    _one_line_error(model_dir_copy(tmp_path, replace={WEIGHTS: junk}), UNREADABLE)
 
 
 def _edited_weights(tmp_path: Path, name: str, shape: tuple[int, ...]) -> Path:
     tensors = load_file(default_model_path() / WEIGHTS)
     assert name in tensors
     tensors[name] = torch.zeros(shape)
-    d = _model_dir(tmp_path, without=(WEIGHTS,))
+    d = model_dir_copy(tmp_path, without=(WEIGHTS,))
     save_file(tensors, d / WEIGHTS)
     return d
 
@@ -135,14 +124,14 @@ def test_tensor_of_wrong_shape(tmp_path, name, shape):
 def test_missing_tensor(tmp_path):
     tensors = load_file(default_model_path() / WEIGHTS)
     del tensors["encoder.layer.5.output.LayerNorm.bias"]
-    d = _model_dir(tmp_path, without=(WEIGHTS,))
+    d = model_dir_copy(tmp_path, without=(WEIGHTS,))
     save_file(tensors, d / WEIGHTS)
     _one_line_error(d, r"lacks 1 tensors this config needs, e\.g\. encoder\.layer\.5\.output\.LayerNorm")
 
 
 @pytest.mark.parametrize("text", ["not json", "{}", '{"model": {"type": "Nope"}}'])
 def test_bad_tokenizer(tmp_path, text):
-    d = _model_dir(tmp_path, replace={"tokenizer.json": text})
+    d = model_dir_copy(tmp_path, replace={"tokenizer.json": text})
     _one_line_error(d, r"tokenizer\.json cannot be loaded")
 
 
@@ -151,7 +140,7 @@ def test_tokenizer_larger_than_the_vocabulary(tmp_path):
     config["vocab_size"] = 1000
     tensors = load_file(default_model_path() / WEIGHTS)
     tensors["embeddings.word_embeddings.weight"] = tensors["embeddings.word_embeddings.weight"][:1000].clone()
-    d = _model_dir(tmp_path, without=(WEIGHTS,), replace={"config.json": json.dumps(config)})
+    d = model_dir_copy(tmp_path, without=(WEIGHTS,), replace={"config.json": json.dumps(config)})
     save_file(tensors, d / WEIGHTS)
     # a word piece past the table (e.g. "world", id 2088) would be an IndexError deep in the encoder
     _one_line_error(d, r"tokenizer\.json has 30522 word pieces, more than config\.json's vocab_size 1000")
@@ -159,7 +148,8 @@ def test_tokenizer_larger_than_the_vocabulary(tmp_path):
 
 def test_config_the_encoder_cannot_run(tmp_path):
     config = (default_model_path() / "config.json").read_text().replace('"bert"', '"gpt2"')
-    _one_line_error(_model_dir(tmp_path, replace={"config.json": config}), r"config\.json: model_type 'gpt2'")
+    bad = model_dir_copy(tmp_path, replace={"config.json": config})
+    _one_line_error(bad, r"config\.json: model_type 'gpt2'")
 
 
 # --- encode -------------------------------------------------------------------------------------

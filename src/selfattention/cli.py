@@ -20,13 +20,10 @@ from typing import NoReturn
 
 from . import __version__
 from .embed import PROGRESS_MIN
+from .explain import UsageError  # one kind of user mistake: explain's and the CLI's own
 
 MAX_DIM = 2048  # W's are D × D float64: 3 · 2048² · 8 B ≈ 100 MB
 MAX_T = 8192  # bench: the matrix tier materializes B · T² weights
-
-
-class UsageError(Exception):
-    """Raised for a user mistake found after parsing; reported like argparse's own errors."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -356,7 +353,6 @@ def main(argv: list[str] | None = None) -> int:
     SELFATTENTION_TRACEBACK=1 to see the traceback); 130 interrupted.
     """
     from .embed import InputError
-    from .explain import UsageError as ExplainUsage
     from .models import OptionError
     from .models.bert import ModelError
 
@@ -370,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _show_warning
         try:
             return COMMANDS[args.command](args)
-        except (UsageError, ExplainUsage, InputError, OptionError, ModelError) as err:
+        except (UsageError, InputError, OptionError, ModelError) as err:
             print(f"selfattention: error: {_one_line(err)}", file=sys.stderr)
             return 2
         except BrokenPipeError:  # e.g. `selfattention explain … | head`: stop quietly
