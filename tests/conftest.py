@@ -71,12 +71,12 @@ def ref_attention(q, k, v, mask=None, causal=None, scale=None):
     if mask is not None:
         lead.append(mask.shape[:-2])
     batch = np.broadcast_shapes(*lead)
-    qb = np.broadcast_to(q, (*batch, Tq, d)).reshape(-1, Tq, d)
-    kb = np.broadcast_to(k, (*batch, Tk, d)).reshape(-1, Tk, d)
-    vb = np.broadcast_to(v, (*batch, Tk, dv)).reshape(-1, Tk, dv)
-    mb = None if mask is None else np.broadcast_to(mask, (*batch, Tq, Tk)).reshape(-1, Tq, Tk)
+    n = math.prod(batch)  # (not -1: a size-0 array cannot infer it)
+    qb = np.broadcast_to(q, (*batch, Tq, d)).reshape(n, Tq, d)
+    kb = np.broadcast_to(k, (*batch, Tk, d)).reshape(n, Tk, d)
+    vb = np.broadcast_to(v, (*batch, Tk, dv)).reshape(n, Tk, dv)
+    mb = None if mask is None else np.broadcast_to(mask, (*batch, Tq, Tk)).reshape(n, Tq, Tk)
     allowed = None if causal is None else causal_np(Tq, Tk, causal)
-    n = qb.shape[0]
     out, weights = np.zeros((n, Tq, dv)), np.zeros((n, Tq, Tk))
     for b in range(n):
         for i in range(Tq):

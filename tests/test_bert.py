@@ -16,7 +16,8 @@ import shutil
 import pytest
 import torch
 
-from selfattention.models.bert import BertConfig, BertEncoder, ModelError, state_from_hf
+from selfattention.errors import ModelError
+from selfattention.models.bert import BertConfig, BertEncoder, state_from_hf
 from selfattention.models.pretrained import PretrainedModel, default_model_path
 
 TINY = {

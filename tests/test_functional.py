@@ -367,3 +367,41 @@ def test_dropout_accepts_numpy_floats():
     torch.manual_seed(0)
     b = attention(x, x, x, dropout_p=0.5, backend="matrix")
     assert torch.equal(a, b)
+
+
+# --- dispatcher guarantees ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("d, dv", [(0, 3), (3, 0), (0, 0)])
+def test_empty_vectors_work_in_every_tier(backend, d, dv):
+    """d = 0: every score is 0, so the weights are uniform; d_v = 0: an empty output."""
+    q, k = torch.randn(2, 4, d, dtype=F64), torch.randn(2, 5, d, dtype=F64)
+    v = torch.randn(2, 5, dv, dtype=F64)
+    out = attention(q, k, v, backend=backend)
+    assert_close(out, ref_attention(q, k, v)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_scale_that_overflows_the_compute_dtype_is_refused(dtype):
+    """float16/bfloat16 compute in float32, so 1e39 overflows all three; float64 takes it."""
+    q = torch.randn(1, 3, 4, dtype=dtype)
+    with pytest.raises(ValueError, match=r"scale 1e\+39 overflows torch.float32"):
+        attention(q, q, q, scale=1e39)
+    q64 = q.double()
+    assert torch.isfinite(attention(q64, q64, q64, scale=1e39)).all()
+
+
+def test_auto_never_drops_dropout(monkeypatch):
+    """Whatever ``auto`` prefers, a tier without dropout is skipped when dropout_p > 0."""
+    from selfattention import functional
+
+    q = torch.randn(1, 2, 3, 4)
+    monkeypatch.setitem(functional.PREFERENCE, "cpu", ("blockwise", "triton", "torch", "matrix"))
+    assert functional.resolve_backend(q, q, q) == "blockwise"
+    assert functional.resolve_backend(q, q, q, dropout_p=0.5) == "torch"
+    monkeypatch.setitem(functional.PREFERENCE, "cpu", ("blockwise", "matrix"))
+    assert functional.resolve_backend(q, q, q, dropout_p=0.5) == "matrix"
+    for backend in ("blockwise",):
+        with pytest.raises(ValueError, match=f"backend '{backend}' does not support dropout_p > 0"):
+            functional.resolve_backend(q, q, q, backend=backend, dropout_p=0.1)

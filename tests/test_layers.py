@@ -10,6 +10,7 @@ from conftest import F64, assert_close, causal_np, randn, ref_attention
 from torch.func import functional_call
 
 from selfattention import MultiHeadAttention, SelfAttention, available_backends, masks, reference
+from selfattention.layers import KVCache
 
 BACKENDS = ["auto", *available_backends()]
 
@@ -303,3 +304,71 @@ def test_module_masks_may_not_add_batch_dims():
     keys[0] = True
     xc, ctx = torch.randn(2, 5, 12, dtype=F64), torch.randn(2, 7, 12, dtype=F64)
     assert_close(gqa(xc, ctx, mask=keys), gqa(xc, ctx, mask=keys.expand(2, 6, 5, 7)))
+
+
+# --- the packed projection: project, head_projections, pack_in_proj, KVCache ----------------------
+
+
+@pytest.mark.parametrize("H, Hkv", [(4, 4), (4, 2), (4, 1)])
+def test_project_matches_separate_linear_maps(H, Hkv):
+    torch.manual_seed(0)
+    D, d = 8, 2
+    m = MultiHeadAttention(D, H, num_kv_heads=Hkv).double()
+    x, c = torch.randn(2, 5, D, dtype=F64), torch.randn(2, 3, D, dtype=F64)
+    for context in (None, c):
+        q, k, v = m.project(x, context)
+        src = x if context is None else c
+        assert q.shape == (2, H, 5, d) and k.shape == v.shape == (2, Hkv, src.shape[1], d)
+        for h in range(H):
+            w = m.head_projections(h)
+            g = h // (H // Hkv)
+            torch.testing.assert_close(q[:, h], x @ w["W_Q"].T + w["b_Q"], rtol=0, atol=1e-12)
+            torch.testing.assert_close(k[:, g], src @ w["W_K"].T + w["b_K"], rtol=0, atol=1e-12)
+            torch.testing.assert_close(v[:, g], src @ w["W_V"].T + w["b_V"], rtol=0, atol=1e-12)
+
+
+def test_pack_in_proj_is_what_project_reads():
+    D, H, Hkv = 6, 3, 1
+    m = MultiHeadAttention(D, H, num_kv_heads=Hkv, bias=False).double()
+    W_Q, W_K, W_V = torch.randn(D, D, dtype=F64), torch.randn(2, D, dtype=F64), torch.randn(2, D, dtype=F64)
+    with torch.no_grad():
+        m.in_proj.weight.copy_(MultiHeadAttention.pack_in_proj(W_Q, W_K, W_V))
+    w = m.head_projections(2)
+    assert w["b_Q"] is None
+    torch.testing.assert_close(w["W_Q"], W_Q[4:6], rtol=0, atol=0)
+    torch.testing.assert_close(w["W_K"], W_K, rtol=0, atol=0)
+    torch.testing.assert_close(w["W_V"], W_V, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"head must be an int in \[0, 3\), got 3"):
+        m.head_projections(3)
+
+
+@pytest.mark.parametrize("Hkv", [4, 2])
+def test_kv_cache_decoding_equals_the_whole_prefix(Hkv):
+    torch.manual_seed(1)
+    m = MultiHeadAttention(8, 4, num_kv_heads=Hkv).double().eval()
+    x = torch.randn(2, 9, 8, dtype=F64)
+    whole = m(x, causal=True)
+    cache = KVCache()
+    first = m(x[:, :4], causal=True, cache=cache)  # a prompt of 4, then one token at a time
+    steps = [first] + [m(x[:, t:t + 1], causal=True, cache=cache) for t in range(4, 9)]
+    assert len(cache) == 9
+    torch.testing.assert_close(torch.cat(steps, dim=1), whole, rtol=0, atol=1e-12)
+
+
+def test_kv_cache_errors():
+    m = MultiHeadAttention(8, 4)
+    with pytest.raises(TypeError, match="cache must be a KVCache or None, got dict"):
+        m(torch.randn(1, 2, 8), cache={})
+    with pytest.raises(ValueError, match="a KVCache is for self-attention"):
+        m(torch.randn(1, 2, 8), torch.randn(1, 3, 8), cache=KVCache())
+    cache = KVCache()
+    m(torch.randn(1, 2, 8), cache=cache)
+    with pytest.raises(ValueError, match="must match it in all but dim 2"):
+        m(torch.randn(2, 1, 8), cache=cache)  # another batch size
+
+
+def test_module_dropout_accepts_numpy_floats():
+    m = MultiHeadAttention(4, 2, dropout=np.float32(0.25))
+    assert m.dropout == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="dropout must be a number in"):
+        MultiHeadAttention(4, 2, dropout=np.float64(1.0))

@@ -17,7 +17,7 @@ import torch
 from conftest import model_dir_copy
 from safetensors.torch import load_file, save_file
 
-from selfattention.models.bert import ModelError
+from selfattention.errors import ModelError
 from selfattention.models.pretrained import PretrainedModel, TruncationWarning, default_model_path
 
 WEIGHTS = "model.safetensors"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .masks import ALIGNMENTS
+from .reference import default_scale
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,26 @@ def _shape(x: torch.Tensor) -> tuple[int, ...]:
 
 
 def check_inputs(q, k, v, mask, causal, causal_alignment, scale) -> Problem:
+    """Validate one ``attention`` call; every message names the argument and what was expected."""
+    batch = _check_qkv(q, k, v)
+    mask, batch = _check_mask(mask, q, k, batch)
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be a bool, got {causal!r}")
+    if causal_alignment not in ALIGNMENTS:
+        raise ValueError(f"causal_alignment must be one of {ALIGNMENTS}, got {causal_alignment!r}")
+    return Problem(
+        q, k, v, mask, causal_alignment if causal else None, _check_scale(scale, q), tuple(batch)
+    )
+
+
+def check_device(name: str, x: torch.Tensor, q: torch.Tensor) -> None:
+    """ValueError unless ``x`` is on q's device: one message (and one type) for every tensor."""
+    if x.device != q.device:
+        raise ValueError(f"{name} is on {x.device} but q is on {q.device}; expected one device")
+
+
+def _check_qkv(q, k, v) -> tuple[int, ...]:
+    """Types, dtypes, devices and shapes of q, k, v; returns their broadcast leading dims."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -71,8 +92,7 @@ def check_inputs(q, k, v, mask, causal, causal_alignment, scale) -> Problem:
     for name, x in (("k", k), ("v", v)):
         if x.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {x.dtype} but q has {q.dtype}; expected one dtype")
-        if x.device != q.device:
-            raise ValueError(f"{name} is on {x.device} but q is on {q.device}; expected one device")
+        check_device(name, x, q)
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(
             f"q has shape {_shape(q)} and k has shape {_shape(k)}: their last dims (d) must match"
@@ -83,49 +103,52 @@ def check_inputs(q, k, v, mask, causal, causal_alignment, scale) -> Problem:
             f"keys and values (dim -2)"
         )
     try:
-        batch = broadcast(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        return broadcast(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     except ValueError:
         raise ValueError(
             f"leading dims of q {_shape(q)}, k {_shape(k)} and v {_shape(v)} do not broadcast"
         ) from None
+
+
+def _check_mask(mask, q: torch.Tensor, k: torch.Tensor, batch: tuple[int, ...]):
+    """(mask ready for the tiers, leading dims widened by the mask); mask may be None."""
+    if mask is None:
+        return None, batch
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(
+            f"mask has dtype {mask.dtype}, expected bool (True = may attend) or floating "
+            f"point (additive bias)"
+        )
+    check_device("mask", mask, q)
     Tq, Tk = q.shape[-2], k.shape[-2]
+    full = (*batch, Tq, Tk)
+    try:
+        both = broadcast(mask.shape, full)
+    except ValueError:
+        both = None
+    if mask.dim() == 0 or both is None or both[-2:] != (Tq, Tk):
+        raise ValueError(f"mask has shape {_shape(mask)}, expected broadcastable to {full}")
+    if mask.dim() == 1:
+        mask = mask.unsqueeze(0)  # (Tk,) → (1, Tk): the tiers index the last two dims
+    if mask.is_floating_point():
+        # A bias lives in the compute dtype: a float16 q must not turn a bias of 1e5 into inf.
+        mask = mask.to(compute_dtype(q.dtype))
+    return mask, both[:-2]
 
-    if mask is not None:
-        if not isinstance(mask, torch.Tensor):
-            raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
-        if mask.dtype != torch.bool and not mask.is_floating_point():
-            raise TypeError(
-                f"mask has dtype {mask.dtype}, expected bool (True = may attend) or floating "
-                f"point (additive bias)"
-            )
-        if mask.device != q.device:
-            raise ValueError(f"mask is on {mask.device} but q is on {q.device}; expected one device")
-        full = (*batch, Tq, Tk)
-        try:
-            both = broadcast(mask.shape, full)
-        except ValueError:
-            both = None
-        if mask.dim() == 0 or both is None or both[-2:] != (Tq, Tk):
-            raise ValueError(f"mask has shape {_shape(mask)}, expected broadcastable to {full}")
-        batch = both[:-2]
-        if mask.dim() == 1:
-            mask = mask.unsqueeze(0)  # (Tk,) → (1, Tk): the tiers index the last two dims
-        if mask.is_floating_point():
-            # A bias lives in the compute dtype: a float16 q must not turn a bias of 1e5 into inf.
-            mask = mask.to(compute_dtype(q.dtype))
 
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be a bool, got {causal!r}")
-    if causal_alignment not in ALIGNMENTS:
-        raise ValueError(f"causal_alignment must be one of {ALIGNMENTS}, got {causal_alignment!r}")
-
+def _check_scale(scale, q: torch.Tensor) -> float:
+    """The scale as a float: default 1/√d; finite, > 0 and representable in the compute dtype."""
     if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] > 0 else 1.0
-    elif isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        return default_scale(q.shape[-1])
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a positive float or None, got {scale!r}")
-    elif not math.isfinite(scale) or scale <= 0:
+    if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
-
-    return Problem(
-        q, k, v, mask, causal_alignment if causal else None, float(scale), tuple(batch)
-    )
+    cd = compute_dtype(q.dtype)
+    if float(scale) > torch.finfo(cd).max:
+        # It would become inf in the compute dtype, and every score inf - inf = NaN.
+        raise ValueError(f"scale {scale!r} overflows {cd} (largest {torch.finfo(cd).max:.3g}), the "
+                         f"dtype the scores are computed in")
+    return float(scale)

@@ -19,17 +19,15 @@ import numbers
 
 import torch
 
+from . import masks
 from ._checks import Problem, broadcast, check_inputs, compute_dtype
 
 DEFAULT_BLOCK = 512
 
 
-
 def _causal_offset(causal: str | None, Tq: int, Tk: int) -> int | None:
     """Query i may see keys j <= i + offset; None when not causal."""
-    if causal is None:
-        return None
-    return Tk - Tq if causal == "bottom_right" else 0
+    return None if causal is None else masks.causal_offset(causal, Tq, Tk)
 
 
 def _tile(qs, k, mask, offset, j0, j1, batch):

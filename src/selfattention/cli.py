@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from . import __version__
 from .embed import PROGRESS_MIN
-from .explain import UsageError  # one kind of user mistake: explain's and the CLI's own
+from .errors import UsageError, UserError
 
 MAX_DIM = 2048  # W's are D × D float64: 3 · 2048² · 8 B ≈ 100 MB
 MAX_T = 8192  # bench: the matrix tier materializes B · T² weights
@@ -352,10 +352,6 @@ def main(argv: list[str] | None = None) -> int:
     stderr, ``selfattention: error: …``); 1 an unexpected failure (one line too; set
     SELFATTENTION_TRACEBACK=1 to see the traceback); 130 interrupted.
     """
-    from .embed import InputError
-    from .models import OptionError
-    from .models.bert import ModelError
-
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -366,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _show_warning
         try:
             return COMMANDS[args.command](args)
-        except (UsageError, InputError, OptionError, ModelError) as err:
+        except UserError as err:
             print(f"selfattention: error: {_one_line(err)}", file=sys.stderr)
             return 2
         except BrokenPipeError:  # e.g. `selfattention explain … | head`: stop quietly

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ._io import check_path, write_atomic
+from .errors import InputError
 
 if TYPE_CHECKING:
     from .models.pretrained import PretrainedModel
@@ -26,10 +27,6 @@ if TYPE_CHECKING:
 PROGRESS_MIN = 257  # a progress bar from this many sentences on (on a terminal)
 PREVIEW = 6  # components shown per sentence in text output (--json and --out have them all)
 MAX_WARNINGS = 5  # truncation warnings said one by one; the rest are summed up in one line
-
-
-class InputError(ValueError):
-    """Sentences that cannot be embedded, or an output that cannot be written; one line."""
 
 
 def read_sentences(sentences: list[str], file: str | None) -> tuple[list[str], list[str]]:

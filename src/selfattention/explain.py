@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import reference
+from .errors import UsageError
 from .functional import attention, available_backends, resolve_backend
 from .models import AttentionModel, LayerCapture, RealLayer
 from .viz.terminal import format_matrix, format_table, heatmap, truncate
@@ -25,10 +26,6 @@ SHOW = 4  # vector components shown in text (--json has them all)
 TOLERANCE = 1e-10  # float64 tiers agree to rounding; anything larger is a bug
 HEADS_A_MAX_T = 64  # --json holds every head's (T, T) weights up to this T (12 · 512² would be 3M numbers)
 LAYER_TOLERANCE = 1e-4  # float64 loops vs a real layer run in float32 (expect ~1e-6)
-
-
-class UsageError(ValueError):
-    """A mistake in what the user asked for; the CLI prints it as one line and exits 2."""
 
 
 def resolve_word(word: str | None, tokens: list[str], *, default: int = 0, unit: str = "words") -> int:

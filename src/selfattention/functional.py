@@ -20,6 +20,7 @@ from ._checks import Problem, check_inputs, compute_dtype
 
 BACKENDS = ("auto", "matrix", "blockwise", "torch", "triton")
 _NO_WEIGHTS = ("blockwise", "torch", "triton")
+_DROPOUT = ("matrix", "torch")  # the tiers that apply dropout to the weights
 
 
 def available_backends() -> list[str]:
@@ -145,15 +146,27 @@ def triton_kernel(p: Problem) -> torch.Tensor:
     return out.reshape(*p.batch, p.Tq, p.v.shape[-1])
 
 
-def _choose(p: Problem, need_weights: bool) -> str:
-    """What ``backend="auto"`` runs: the fastest tier that is correct for these inputs."""
-    if need_weights:
-        return "matrix"  # the only tier that can return the weights
-    if p.mask is not None and p.mask.requires_grad:
-        return "matrix"  # the only tier that differentiates with respect to a float mask
-    # SDPA: fastest on the CPU, O(T) memory with its fused kernels. On a GPU the Triton kernel
-    # becomes the choice once a measurement on the card shows it faster (benchmarks/gpu_attention.py).
-    return "torch"
+# What ``backend="auto"`` prefers, fastest first, per device type. SDPA is the fastest on the CPU,
+# with O(T) memory in its fused kernels. On a GPU the Triton kernel goes first where a measurement on
+# the card shows it faster (benchmarks/gpu_attention.py); until then SDPA leads there too.
+PREFERENCE: dict[str, tuple[str, ...]] = {"cpu": ("torch", "matrix"), "cuda": ("torch", "matrix")}
+
+
+def _can(tier: str, p: Problem, need_weights: bool, dropout_p: float) -> bool:
+    """Can ``tier`` do what this call asks (weights, dropout, a float mask's gradient)?"""
+    if need_weights and tier in _NO_WEIGHTS:
+        return False
+    if dropout_p > 0 and tier not in _DROPOUT:
+        return False  # a tier without dropout must never drop it silently
+    if p.mask is not None and p.mask.requires_grad and tier != "matrix":
+        return False  # only matrix differentiates with respect to a float mask
+    return tier != "triton" or kernels.available(p.q.device)
+
+
+def _choose(p: Problem, need_weights: bool, dropout_p: float) -> str:
+    """What ``backend="auto"`` runs: the first tier of ``PREFERENCE`` that can do what is asked."""
+    order = PREFERENCE.get(p.q.device.type, ("torch", "matrix"))
+    return next((t for t in order if _can(t, p, need_weights, dropout_p)), "matrix")
 
 
 def resolve_backend(
@@ -167,12 +180,23 @@ def resolve_backend(
     scale: float | None = None,
     need_weights: bool = False,
     backend: str = "auto",
+    dropout_p: float = 0.0,
 ) -> str:
     """The tier ``attention`` would run for these arguments (``"auto"`` resolved)."""
-    return _resolve(check_inputs(q, k, v, mask, causal, causal_alignment, scale), need_weights, backend)
+    p = check_inputs(q, k, v, mask, causal, causal_alignment, scale)
+    return _resolve(p, need_weights, backend, _check_dropout(dropout_p))
 
 
-def _resolve(p: Problem, need_weights: bool, backend: str) -> str:
+def _check_dropout(dropout_p: object) -> float:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
+        raise TypeError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+    if not 0 <= dropout_p < 1:
+        raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+    return float(dropout_p)
+
+
+def _resolve(p: Problem, need_weights: bool, backend: str, dropout_p: float = 0.0) -> str:
+    """The tier to run: ``backend`` checked against the inputs, or ``"auto"`` resolved."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if need_weights and backend in _NO_WEIGHTS:
@@ -184,9 +208,13 @@ def _resolve(p: Problem, need_weights: bool, backend: str) -> str:
             f"backend 'triton' is not available for {p.q.device} tensors: it needs Triton and a CUDA "
             f"device, or TRITON_INTERPRET=1 for CPU tensors"
         )
-    if p.Tq == 0 or p.Tk == 0:
-        return "matrix"  # empty sequences: matrix gives correctly shaped (zero) results
-    return _choose(p, need_weights) if backend == "auto" else backend
+    if dropout_p > 0 and backend not in ("auto", *_DROPOUT):
+        raise ValueError(f"backend {backend!r} does not support dropout_p > 0; use 'matrix' or 'torch'")
+    if p.Tq == 0 or p.Tk == 0 or p.q.shape[-1] == 0 or p.v.shape[-1] == 0:
+        # Empty sequences or empty vectors (d = 0 or d_v = 0): the matrix form gives correctly
+        # shaped results (zeros, or uniform weights when d = 0); SDPA and the kernel refuse them.
+        return "matrix"
+    return _choose(p, need_weights, dropout_p) if backend == "auto" else backend
 
 
 def attention(
@@ -223,14 +251,8 @@ def attention(
     p = check_inputs(q, k, v, mask, causal, causal_alignment, scale)
     if not isinstance(need_weights, bool):
         raise TypeError(f"need_weights must be a bool, got {need_weights!r}")
-    chosen = _resolve(p, need_weights, backend)
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
-        raise TypeError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
-    if not 0 <= dropout_p < 1:
-        raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
-    dropout_p = float(dropout_p)
-    if dropout_p > 0 and backend in ("blockwise", "triton"):
-        raise ValueError(f"backend {backend!r} does not support dropout_p > 0; use 'matrix' or 'torch'")
+    dropout_p = _check_dropout(dropout_p)
+    chosen = _resolve(p, need_weights, backend, dropout_p)
     if chosen == "matrix":
         out, w = matrix(p, dropout_p)
         return (out, w) if need_weights else out

@@ -6,6 +6,9 @@ they never call a tier directly.
 
 from __future__ import annotations
 
+import numbers
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -88,6 +91,34 @@ class SelfAttention(nn.Module):
         )
 
 
+@dataclass
+class KVCache:
+    """Keys and values of the positions seen so far, for decoding one token at a time.
+
+    ``MultiHeadAttention.forward(x, cache=c)`` projects only the new positions x, appends their
+    k and v here, and lets the new queries attend to everything stored: generating T tokens then
+    costs O(T) projections instead of O(T²). Empty until the first call.
+    """
+
+    k: torch.Tensor | None = None  # (B, Hkv, T_seen, d)
+    v: torch.Tensor | None = None  # (B, Hkv, T_seen, d)
+
+    def __len__(self) -> int:
+        return 0 if self.k is None else self.k.shape[2]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, Hkv, T_new, d) after what is there; returns all of them (B, Hkv, T_seen, d)."""
+        if self.k is None or self.v is None:
+            self.k, self.v = k, v
+        else:
+            if k.shape[:2] != self.k.shape[:2] or k.shape[3] != self.k.shape[3]:
+                raise ValueError(f"cache holds keys of shape {tuple(self.k.shape)}; new keys "
+                                 f"{tuple(k.shape)} must match it in all but dim 2 (positions)")
+            self.k = torch.cat([self.k, k], dim=2)  # (B, Hkv, T_seen + T_new, d)
+            self.v = torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention, batch-first, with an output projection.
 
@@ -95,6 +126,10 @@ class MultiHeadAttention(nn.Module):
     heads (grouped-query attention; default: one each, ordinary multi-head attention). Query head h
     reads key/value head h // (num_heads / num_kv_heads). ``forward(x, context=c)`` is
     cross-attention: queries from x, keys and values from c.
+
+    The one packed projection ``in_proj`` holds, row-wise, W_Q (D rows), then W_K and W_V
+    (num_kv_heads · d rows each); only this class reads that layout: ask ``project`` for q, k, v,
+    ``head_projections`` for one head's W's, and build the packed weight with ``pack_in_proj``.
     """
 
     def __init__(
@@ -114,23 +149,72 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
         if num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads={num_heads} must be divisible by num_kv_heads={self.num_kv_heads}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.head_dim = d_model // num_heads
         self.dropout = float(dropout)
-        d_kv = self.num_kv_heads * self.head_dim
         # One matrix for q, k and v: a single matmul when x is also the context.
-        self.in_proj = nn.Linear(d_model, d_model + 2 * d_kv, bias=bias)
+        self.in_proj = nn.Linear(d_model, d_model + 2 * self._d_kv, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    @property
+    def _d_kv(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def _sizes(self) -> list[int]:
+        """Rows of in_proj for Q, K, V."""
+        return [self.d_model, self._d_kv, self._d_kv]
 
     def _heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
         B, T, _ = t.shape
         return t.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, d)
 
-    def forward(
+    def project(
+        self, x: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, H, Tq, d) from x (B, Tq, D); k, v (B, Hkv, Tk, d) from context (B, Tk, D), or x."""
+        _check_x("x", x, self.d_model)
+        if context is None:
+            q, k, v = self.in_proj(x).split(self._sizes, dim=-1)  # (B, T, D), (B, T, Dkv) ×2
+        else:
+            _check_x("context", context, self.d_model)
+            if context.shape[0] != x.shape[0]:
+                raise ValueError(f"context has batch {context.shape[0]}, x has {x.shape[0]}")
+            w, b = self.in_proj.weight, self.in_proj.bias
+            D = self.d_model
+            q = nn.functional.linear(x, w[:D], None if b is None else b[:D])  # (B, Tq, D)
+            kv = nn.functional.linear(context, w[D:], None if b is None else b[D:])  # (B, Tk, 2 Dkv)
+            k, v = kv.split(self._sizes[1:], dim=-1)  # (B, Tk, Dkv) each
+        H, Hkv = self.num_heads, self.num_kv_heads
+        return self._heads(q, H), self._heads(k, Hkv), self._heads(v, Hkv)
+
+    def head_projections(self, head: int) -> dict[str, torch.Tensor | None]:
+        """The lecture's W's of query head ``head`` (0-based): {"W_Q", "W_K", "W_V": (d, D) each,
+        "b_Q", "b_K", "b_V": (d,) or None}. Under grouped-query attention W_K and W_V are those
+        of the key/value head it reads, head // (num_heads / num_kv_heads)."""
+        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < self.num_heads:
+            raise ValueError(f"head must be an int in [0, {self.num_heads}), got {head!r}")
+        d, D = self.head_dim, self.d_model
+        kv = head // (self.num_heads // self.num_kv_heads)
+        rows = {"Q": head * d, "K": D + kv * d, "V": D + self._d_kv + kv * d}
+        w, b = self.in_proj.weight, self.in_proj.bias
+        out: dict[str, torch.Tensor | None] = {}
+        for part, r in rows.items():
+            out[f"W_{part}"] = w[r:r + d]
+            out[f"b_{part}"] = None if b is None else b[r:r + d]
+        return out
+
+    @staticmethod
+    def pack_in_proj(w_q: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor) -> torch.Tensor:
+        """``in_proj``'s weight (or bias) from separate Q, K, V ones: rows stacked, Q first."""
+        return torch.cat([w_q, w_k, w_v], dim=0)  # (D + 2 Dkv, D) or (D + 2 Dkv,)
+
+    def attend(
         self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
         *,
         mask: torch.Tensor | None = None,
         causal: bool = False,
@@ -138,30 +222,11 @@ class MultiHeadAttention(nn.Module):
         need_weights: bool = False,
         backend: str = "auto",
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """x (B, Tq, D), context (B, Tk, D) or None (self-attention) → (B, Tq, D).
-
-        ``mask``: bool (True = may attend) or additive, broadcastable to (B, H, Tq, Tk).
-        ``causal_alignment`` matters for cross-attention with Tq ≠ Tk (see ``attention``).
-        With ``need_weights`` also returns the weights, (B, H, Tq, Tk).
-        """
-        _check_x("x", x, self.d_model)
-        Dq = self.d_model
-        Dkv = self.num_kv_heads * self.head_dim
-        if context is None:
-            q, k, v = self.in_proj(x).split([Dq, Dkv, Dkv], dim=-1)  # (B, T, Dq), (B, T, Dkv) ×2
-        else:
-            _check_x("context", context, self.d_model)
-            if context.shape[0] != x.shape[0]:
-                raise ValueError(f"context has batch {context.shape[0]}, x has {x.shape[0]}")
-            w, b = self.in_proj.weight, self.in_proj.bias
-            q = nn.functional.linear(x, w[:Dq], None if b is None else b[:Dq])  # (B, Tq, Dq)
-            k, v = nn.functional.linear(context, w[Dq:], None if b is None else b[Dq:]).split(
-                [Dkv, Dkv], dim=-1
-            )  # (B, Tk, Dkv) each
-        B, Tq, Tk = x.shape[0], x.shape[1], k.shape[1]
-        H, Hkv = self.num_heads, self.num_kv_heads
+        """q (B, H, Tq, d), k and v (B, Hkv, Tk, d) from ``project`` → (B, Tq, D) after the output
+        projection; with ``need_weights`` also the weights (B, H, Tq, Tk)."""
+        B, H, Tq, _ = q.shape
+        Hkv, Tk = self.num_kv_heads, k.shape[2]
         _check_mask(mask, (B, H, Tq, Tk))
-        q, k, v = self._heads(q, H), self._heads(k, Hkv), self._heads(v, Hkv)  # (B, heads, T, d)
         if Hkv != H:
             # Grouped-query attention by broadcasting, no copies: (B, Hkv, G, T, d) vs (B, Hkv, 1, T, d).
             q = q.unflatten(1, (Hkv, H // Hkv))
@@ -177,9 +242,43 @@ class MultiHeadAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
         )
         out, w = result if need_weights else (result, None)
-        out = out.reshape(B, H, Tq, self.head_dim).transpose(1, 2).reshape(B, Tq, Dq)  # (B, Tq, D)
+        out = out.reshape(B, H, Tq, self.head_dim).transpose(1, 2).reshape(B, Tq, self.d_model)  # (B, Tq, D)
         out = self.out_proj(out)
         return (out, w.reshape(B, H, Tq, Tk)) if need_weights else out
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        *,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        causal_alignment: str | None = None,
+        need_weights: bool = False,
+        backend: str = "auto",
+        cache: KVCache | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x (B, Tq, D), context (B, Tk, D) or None (self-attention) → (B, Tq, D).
+
+        ``mask``: bool (True = may attend) or additive, broadcastable to (B, H, Tq, Tk).
+        ``causal_alignment`` (see ``attention``) matters when Tq ≠ Tk; default "top_left", or
+        "bottom_right" with a ``cache``: the new positions are the last ones, so the query at
+        position t sees keys 0 … t. With ``cache`` (self-attention only), x holds only the new
+        positions; their keys and values are appended to the cache, and the mask (if any) covers
+        every cached key: (B, H, Tq, len(cache) after appending). With ``need_weights`` also
+        returns the weights, (B, H, Tq, Tk).
+        """
+        if cache is not None and not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be a KVCache or None, got {type(cache).__name__}")
+        if cache is not None and context is not None:
+            raise ValueError("a KVCache is for self-attention: give x only, not a context")
+        q, k, v = self.project(x, context)  # (B, H, Tq, d), (B, Hkv, Tk, d) ×2
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, Hkv, T_seen, d)
+        if causal_alignment is None:
+            causal_alignment = "bottom_right" if cache is not None else "top_left"
+        return self.attend(q, k, v, mask=mask, causal=causal, causal_alignment=causal_alignment,
+                           need_weights=need_weights, backend=backend)
 
     def _group_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
         """Reshape a mask broadcastable to (B, H, Tq, Tk) to broadcast against (B, Hkv, G, Tq, Tk)."""

@@ -13,6 +13,16 @@ import torch
 ALIGNMENTS = ("top_left", "bottom_right")
 
 
+def causal_offset(alignment: str, Tq: int, Tk: int) -> int:
+    """Query i may see keys j <= i + offset: 0 for ``top_left``, Tk - Tq for ``bottom_right``.
+
+    The one place the alignment becomes a number; ``causal``, the blockwise tier and the kernel use it.
+    """
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    return Tk - Tq if alignment == "bottom_right" else 0
+
+
 def causal(
     Tq: int, Tk: int, alignment: str = "top_left", device: torch.device | str | None = None
 ) -> torch.Tensor:
@@ -26,9 +36,7 @@ def causal(
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
             raise ValueError(f"{name} must be a non-negative int, got {n!r}")
     Tq, Tk = int(Tq), int(Tk)
-    if alignment not in ALIGNMENTS:
-        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
-    offset = Tk - Tq if alignment == "bottom_right" else 0
+    offset = causal_offset(alignment, Tq, Tk)
     i = torch.arange(Tq, device=device).unsqueeze(-1)  # (Tq, 1)
     j = torch.arange(Tk, device=device)  # (Tk,)
     return j <= i + offset  # (Tq, Tk)

@@ -39,6 +39,14 @@ class SelfAttentionSteps:
     scale: float  # the factor applied to E before the softmax
 
 
+def default_scale(d_k: int) -> float:
+    """The lecture's scale 1/√d_k (scaled dot product); 1 for d_k = 0, where there is nothing to scale.
+
+    The one place the default is computed: every tier, the kernel and the views ask here.
+    """
+    return 1.0 / math.sqrt(d_k) if d_k > 0 else 1.0
+
+
 def _matrix(name: str, x: object) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 2:
@@ -101,7 +109,7 @@ def self_attention(
         biases.append(b)
     b_Q, b_K, b_V = biases
     if scale is None:
-        scale = 1.0 / math.sqrt(d_k) if d_k else 1.0
+        scale = default_scale(d_k)
     real = isinstance(scale, numbers.Real) and not isinstance(scale, bool)
     if not (real and math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a finite number > 0, got {scale!r}")

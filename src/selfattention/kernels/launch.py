@@ -9,7 +9,8 @@ import torch
 import triton
 
 from .._checks import broadcast
-from ..masks import ALIGNMENTS
+from ..masks import ALIGNMENTS, causal_offset
+from ..reference import default_scale
 from . import flash, interpreting
 
 MAX_HEAD_DIM = 256
@@ -286,11 +287,11 @@ def flash_attention(
     """
     d = q.shape[-1] if isinstance(q, torch.Tensor) and q.dim() else 0
     if scale is None:
-        scale = 1.0 / math.sqrt(d) if d else 1.0
+        scale = default_scale(d)
     scale = float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else scale
     _check(q, k, v, scale, causal_alignment, lengths, mask)
     Tq, Tk = q.shape[2], k.shape[2]
-    offset = Tk - Tq if causal_alignment == "bottom_right" else 0
+    offset = causal_offset(causal_alignment, Tq, Tk)
     if mask is not None:
         mask = mask.expand(q.shape[0], q.shape[1], Tq, Tk).view(torch.uint8)  # stride 0 where broadcast
     out, lse = FlashAttention.apply(q, k, v, scale, bool(causal), offset, lengths, mask)

@@ -25,11 +25,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import ModelError, OptionError
 from .toy import ToyModel
-
-
-class OptionError(ValueError):
-    """An option the model cannot take (a layer or head out of its range); the message is one line."""
 
 
 @runtime_checkable
@@ -108,8 +105,6 @@ def pretrained_path(name: str) -> str | None:
     if name in PRETRAINED_NAMES:
         return None
     if not os.path.isdir(name):
-        from .bert import ModelError
-
         raise ModelError(f"unknown model {name!r}: expected minilm, toy, or a directory holding "
                          "config.json, model.safetensors and tokenizer.json")
     return name

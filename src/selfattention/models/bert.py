@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import ModelError
 from ..layers import MultiHeadAttention
 from ..masks import from_lengths
 
@@ -27,10 +28,6 @@ ACTIVATIONS = {
     "gelu_new": lambda x: nn.functional.gelu(x, approximate="tanh"),
     "relu": nn.functional.relu,
 }
-
-
-class ModelError(ValueError):
-    """A model directory or config this encoder cannot run; the message is one line."""
 
 
 @dataclass(frozen=True)

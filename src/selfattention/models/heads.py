@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import OptionError
 from ..functional import available_backends, resolve_backend
 from ..masks import from_lengths
-from . import LayerCapture, OptionError
+from . import LayerCapture
 from .pretrained import REQUIRED, PretrainedModel, TruncationWarning
 
 DEFAULT_LAYER = 1

