@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="selfattention",
                 description="The lecture's self-attention layer, explained and measured.")
     p.add_argument("--version", action="version", version=f"selfattention {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{explain,embed,similarity,bench}")
+    sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("explain", help="walk a sentence through one self-attention head",
                        description="Walk a sentence through one self-attention head, the lecture's "
@@ -149,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--loop-max-t", type=_int_in(0, MAX_T), default=256,
                    help="skip the per-word Python loop above this T (default 256)")
     b.add_argument("--json", action="store_true", help="print the results as JSON")
+    from .train.cli import add_parsers as add_train_parsers
+
+    COMMANDS.update(add_train_parsers(sub))
+    sub.metavar = "{" + ",".join(sub.choices) + "}"
     return p
 
 

@@ -1,0 +1,1 @@
+"""Learning attention: tasks, the training loop, checkpoints, torch.distributed set-up."""
