@@ -275,7 +275,7 @@ def test_embed_warning_names_the_callers_text(model):
 
 def test_embed_empty_list_and_bad_batch_size(model):
     assert model.embed([]).shape == (0, 384)
-    with pytest.raises(ValueError, match=r"batch_size must be positive, got 0"):
+    with pytest.raises(ValueError, match=r"batch_size must be a positive int, got 0"):
         model.embed(["x"], batch_size=0)
 
 

@@ -1,52 +1,145 @@
-"""Writing files safely: a path is checked before any work, and written all at once or not at all."""
+"""Writing files safely: a path is checked before any work, then written all at once or not at all.
+
+What a path names decides how it is written:
+
+- a regular file, or nothing yet: a temporary file in the same folder is written, flushed to disk,
+  given the old file's permissions (and owner, where we may), then renamed over the path — a
+  reader sees the old file or the new one, never half of one, and a failure (disk full, Ctrl-C)
+  leaves the old file as it was;
+- a symlink: the same, at the file it points to (the link stays a link);
+- a FIFO or a character device (``/dev/null``, ``/dev/stdout``, a pipe): written through, in place —
+  replacing it would destroy it;
+- a directory, a block device, a socket, a read-only file, an empty name, or a name ending in "/":
+  refused before anything is computed.
+"""
 
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 
-def check_path(path: str | os.PathLike[str], example: str = "out.png") -> Path:
-    """``path`` as a Path if a file can be written there; else OSError naming why.
+@dataclass(frozen=True)
+class Target:
+    """Where and how a checked path will be written (see the module docstring)."""
 
-    Refused: an existing directory, a folder that does not exist, a folder that is not writable.
+    path: Path  # what the caller gave
+    real: Path  # the file written: ``path`` with every symlink resolved
+    through: bool  # write into the existing FIFO/character device instead of replacing it
+    mode: int | None  # permission bits of the file replaced, None for a new file
+    owner: tuple[int, int] | None  # (uid, gid) of the file replaced
+
+
+def check_path(path: str | os.PathLike[str], example: str = "out.png") -> Target:
+    """How ``path`` would be written; OSError naming why it cannot be.
+
+    Refused: an empty name, a name ending in "/" (a folder), an existing directory, a block device
+    or socket, a read-only file, a folder that does not exist or is not writable.
     """
-    p = Path(path)
-    if p.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a directory; give a file name such as {example}")
-    parent = p.parent if str(p.parent) else Path(".")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    s = os.fspath(path)
+    if not isinstance(s, str) or s == "":
+        raise FileNotFoundError(f"cannot write {s!r}: empty file name; give one such as {example}")
+    if "\0" in s:
+        raise FileNotFoundError(f"cannot write {s!r}: the name holds a NUL character")
+    if s.endswith(("/", os.sep, "/.", "/..")) or s in (".", ".."):
+        raise IsADirectoryError(f"cannot write {s}: it names a folder; give a file name such as {example}")
+    try:
+        st = os.stat(s)  # follows symlinks: what is there to be written
+    except FileNotFoundError:
+        st = None
+    except OSError as e:  # a loop of symlinks, a name too long, a component that is a file, …
+        raise type(e)(e.errno, f"cannot write {s}: {e.strerror}") from None
+    if st is None:
+        return _new_file(s, example)
+    kind = st.st_mode
+    if stat.S_ISDIR(kind):
+        raise IsADirectoryError(f"cannot write {s}: it is a directory; give a file name such as {example}")
+    if stat.S_ISFIFO(kind) or stat.S_ISCHR(kind):
+        if not os.access(s, os.W_OK):
+            raise PermissionError(f"cannot write {s}: permission denied")
+        return Target(Path(s), Path(s), True, None, None)
+    if not stat.S_ISREG(kind):
+        what = "a block device" if stat.S_ISBLK(kind) else "a socket" if stat.S_ISSOCK(kind) else "not a file"
+        raise PermissionError(f"cannot write {s}: it is {what}; give a file name such as {example}")
+    # A file nobody may write is read-only, for root too (who passes every os.access check).
+    if not stat.S_IMODE(kind) & 0o222 or not os.access(s, os.W_OK):
+        raise PermissionError(f"cannot write {s}: the file is read-only")
+    real = Path(os.path.realpath(s))
+    _check_folder(s, real.parent)
+    return Target(Path(s), real, False, stat.S_IMODE(kind), (st.st_uid, st.st_gid))
+
+
+def _new_file(s: str, example: str) -> Target:
+    real = Path(os.path.realpath(s))  # a dangling symlink: the file it will point to
+    parent = real.parent
     if parent.exists() and not parent.is_dir():
-        raise NotADirectoryError(f"cannot write {path}: {parent} is a file, not a folder")
+        raise NotADirectoryError(f"cannot write {s}: {parent} is a file, not a folder")
     if not parent.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"cannot write {path}: the folder {parent} is not writable")
-    return p
+        raise FileNotFoundError(f"cannot write {s}: the folder {parent} does not exist")
+    _check_folder(s, parent)
+    try:
+        too_long = len(os.fsencode(real.name)) > os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        too_long = False
+    if too_long:
+        raise OSError(36, f"cannot write {s}: the file name is longer than this file system allows")
+    return Target(Path(s), real, False, None, None)
 
 
-def write_atomic(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
-    """Call ``write(f)`` on a temporary file in ``path``'s folder, then rename it over ``path``.
+def _check_folder(s: str, folder: Path) -> None:
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {s}: the folder {folder} is not writable")
 
-    On any failure the temporary file is removed and ``path`` is untouched (never half-written).
+
+def write_atomic(path: str | os.PathLike[str] | Target, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(f)`` on what ``path`` names, all at once or not at all (see the module docstring).
+
+    ``path`` may be a ``Target`` from ``check_path`` (checked before a long computation). On any
+    failure, including KeyboardInterrupt, nothing is left behind and a replaced file is untouched.
+    Returns the path as given.
     """
-    p = check_path(path)
-    folder = p.parent if str(p.parent) else Path(".")
-    tmp = folder / f".{p.name}.{secrets.token_hex(6)}.tmp"
+    t = path if isinstance(path, Target) else check_path(path)
+    if t.through:
+        with open(t.path, "wb") as f:  # a FIFO or device: in place (no fsync: pipes have none)
+            write(f)
+        return t.path
+    folder = t.real.parent
+    # A short name, so that a long but legal file name never makes an illegal temporary one.
+    tmp = folder / f".sa-{secrets.token_hex(6)}.tmp"
     # mode 0o666 under the umask, like any new file (mkstemp would make it 0600)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            if t.mode is not None:
+                os.fchmod(f.fileno(), t.mode)  # the replaced file's permissions (0600 stays 0600)
+                _keep_owner(f.fileno(), t.owner)
             os.fsync(f.fileno())
-        os.replace(tmp, p)
+        os.replace(tmp, t.real)
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
-    return p
+    return t.path
+
+
+def _keep_owner(fd: int, owner: tuple[int, int] | None) -> None:
+    """Give the new file the old one's owner when that differs and we may (as root)."""
+    if owner is None or not hasattr(os, "fchown"):
+        return
+    st = os.fstat(fd)
+    if (st.st_uid, st.st_gid) != owner:
+        try:
+            os.fchown(fd, *owner)
+        except OSError:
+            pass  # not permitted: the file becomes ours, as with any editor's save

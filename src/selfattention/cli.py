@@ -281,25 +281,54 @@ def _model_name(name: str) -> str:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from .embed import check_out, embed_texts, read_sentences, render_rows, save_npy
+    from .embed import (
+        Source,
+        check_all,
+        check_out,
+        embed_stream,
+        json_stream,
+        render_header,
+        render_row,
+        save_npy_stream,
+    )
 
-    texts, labels = read_sentences(args.sentences, args.file)
+    source = Source(args.sentences, args.file)
     out = check_out(args.out) if args.out else None  # refuse before computing anything
     model = _encoder(args.model)
-    X = embed_texts(model, texts, labels, batch_size=args.batch_size, truncate=not args.no_truncate,
-                    progress=False if args.no_progress else None)
-    if out is not None:
-        save_npy(out, X)
-    if args.json:
-        print(json.dumps({"model": _model_name(args.model), "dim": int(X.shape[1]), "count": len(texts),
-                          "embeddings": [{"text": t, "vector": x.tolist()}
-                                         for t, x in zip(texts, X, strict=True)]}))
-    elif out is not None:
-        print(f"wrote {X.shape[0]} × {X.shape[1]} float32 embeddings to {out}")
-    else:
-        width = shutil.get_terminal_size((100, 24)).columns
-        print(render_rows(_model_name(args.model), texts, X, width=width))
+    try:
+        N = check_all(model, source, truncate=not args.no_truncate)  # every sentence, before any output
+        show = not args.no_progress and N >= PROGRESS_MIN and sys.stderr.isatty()
+        bar = _bar(N) if show else None
+        chunks = embed_stream(model, source, batch_size=args.batch_size, truncate=not args.no_truncate,
+                              on_batch=bar.update if bar else None)
+        name, D = _model_name(args.model), model.config.hidden_size
+        if args.json and out is not None:  # both: each chunk is printed, then written to the file
+            save_npy_stream(out, json_stream(sys.stdout, name, N, D, chunks), (N, D))
+        elif args.json:
+            for _ in json_stream(sys.stdout, name, N, D, chunks):
+                pass
+        elif out is not None:
+            save_npy_stream(out, (X for _, X in chunks), (N, D))
+            print(f"wrote {N} × {D} float32 embeddings to {out.path}")
+        else:
+            width = shutil.get_terminal_size((100, 24)).columns
+            print(render_header(name, N, D))
+            n = 0
+            for texts, X in chunks:
+                for t, x in zip(texts, X, strict=True):
+                    n += 1
+                    print(render_row(n, N, t, x, width=width))
+        if bar:
+            bar.close()
+    finally:
+        source.close()
     return 0
+
+
+def _bar(total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="text", desc=f"embedding {total} texts", leave=False)
 
 
 def _similarity(args: argparse.Namespace) -> int:
@@ -307,7 +336,7 @@ def _similarity(args: argparse.Namespace) -> int:
 
     model = _encoder(args.model)
     X = embed_texts(model, [args.a, args.b], ["the first sentence", "the second sentence"],
-                    truncate=not args.no_truncate, progress=False)
+                    truncate=not args.no_truncate)
     c = cosine(X[0], X[1])
     if args.json:
         print(json.dumps({"model": _model_name(args.model), "a": args.a, "b": args.b, "cosine": c}))

