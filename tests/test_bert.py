@@ -66,7 +66,15 @@ def _transformers():
         ({"num_hidden_layers": "6"}, r"num_hidden_layers = '6' is not valid"),
         ({"num_hidden_layers": True}, r"num_hidden_layers = True is not valid"),
         ({"layer_norm_eps": -1.0}, r"layer_norm_eps = -1.0 is not valid"),
-        ({"num_attention_heads": 0}, r"sizes must be positive"),
+        ({"num_attention_heads": 0}, r"num_attention_heads = 0 is not valid \(expected an integer ≥ 1\)"),
+        # sizes of 0 would build empty tables, then fail deep in the encoder (issue 8)
+        ({"type_vocab_size": 0}, r"type_vocab_size = 0 is not valid \(expected an integer ≥ 1\)"),
+        ({"intermediate_size": 0}, r"intermediate_size = 0 is not valid"),
+        ({"max_position_embeddings": 2}, r"max_position_embeddings 2 leaves no room"),
+        ({"pad_token_id": 50}, r"pad_token_id 50 is not a word piece of the vocabulary \(vocab_size 50\)"),
+        ({"pad_token_id": -1}, r"pad_token_id = -1 is not valid \(expected an integer ≥ 0\)"),
+        ({"layer_norm_eps": float("inf")}, r"layer_norm_eps = inf is not valid"),
+        ({"layer_norm_eps": float("nan")}, r"layer_norm_eps = nan is not valid"),
         ({"is_decoder": True}, r"decoder configs are not supported"),
     ],
 )

@@ -301,3 +301,31 @@ def test_loading_does_not_import_dynamo():
             "print(sorted(m for m in ('torch._dynamo', 'sympy', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- damaged or overflowing weights (issue 8) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("value, what", [(float("nan"), "NaN"), (float("inf"), "inf"), (-float("inf"), "inf")])
+def test_weights_that_are_not_finite_are_refused_by_name(tmp_path, value, what):
+    name = "encoder.layer.3.attention.self.key.weight"
+    tensors = load_file(default_model_path() / WEIGHTS)
+    tensors[name][7, 11] = value
+    d = model_dir_copy(tmp_path, without=(WEIGHTS,))
+    save_file(tensors, d / WEIGHTS)
+    _one_line_error(d, rf"{WEIGHTS}: {re.escape(name)} holds {what} \(1 of 147456 values are not finite\)")
+
+
+def _overflowing(tmp_path) -> Path:
+    """Finite weights whose products overflow float32: layer 2's feed-forward output."""
+    tensors = load_file(default_model_path() / WEIGHTS)
+    tensors["encoder.layer.1.output.dense.weight"].fill_(1e38)
+    d = model_dir_copy(tmp_path, without=(WEIGHTS,))
+    save_file(tensors, d / WEIGHTS)
+    return d
+
+
+def test_weights_that_overflow_are_named_when_run(tmp_path):
+    model = PretrainedModel(_overflowing(tmp_path))  # finite: it loads
+    with pytest.raises(ModelError, match=r"layer 2 of this model gives inf or NaN in float32"):
+        model.embed(["a sentence"])

@@ -1,5 +1,5 @@
 """``python -m selfattention`` is the ``selfattention`` command."""
 
-from selfattention.cli import main
+from selfattention._entry import run
 
-raise SystemExit(main())
+raise SystemExit(run())

@@ -52,10 +52,10 @@ def check_path(path: str | os.PathLike[str], example: str = "out.png") -> Target
         raise IsADirectoryError(f"cannot write {s}: it names a folder; give a file name such as {example}")
     try:
         st = os.stat(s)  # follows symlinks: what is there to be written
-    except FileNotFoundError:
-        st = None
-    except OSError as e:  # a loop of symlinks, a name too long, a component that is a file, …
-        raise type(e)(e.errno, f"cannot write {s}: {e.strerror}") from None
+    except (FileNotFoundError, NotADirectoryError):
+        st = None  # nothing there yet (or a folder on the way is a file: said below)
+    except OSError as e:  # a loop of symlinks, a name too long, …
+        raise type(e)(f"cannot write {s}: {e.strerror}") from None
     if st is None:
         return _new_file(s, example)
     kind = st.st_mode
@@ -89,7 +89,7 @@ def _new_file(s: str, example: str) -> Target:
     except (OSError, ValueError):
         too_long = False
     if too_long:
-        raise OSError(36, f"cannot write {s}: the file name is longer than this file system allows")
+        raise OSError(f"cannot write {s}: the file name is longer than this file system allows")
     return Target(Path(s), real, False, None, None)
 
 

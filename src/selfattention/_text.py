@@ -16,7 +16,7 @@ def check_unicode(text: str, what: str) -> None:
     except UnicodeEncodeError as e:
         bad = text[e.start]
         raw = f"byte 0x{ord(bad) - 0xDC00:02x}" if 0xDC80 <= ord(bad) <= 0xDCFF else f"U+{ord(bad):04X}"
-        raise ValueError(f"{what} is not valid UTF-8 text ({raw} at character {e.start + 1})") from None
+        raise ValueError(f"{what} is not valid UTF-8 ({raw} at character {e.start + 1})") from None
 
 
 def printable(text: str) -> str:

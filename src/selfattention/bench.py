@@ -106,6 +106,46 @@ def measure_size(
     return res
 
 
+def memory_needed(T: int, *, dim: int = 64, batch: int = 1, loop_max_t: int = LOOP_MAX_T) -> int:
+    """Bytes the largest measurement at length T holds at once (an estimate, on the high side).
+
+    The matrix tier's forward+backward keeps about six (B, T, T) float32 arrays alive (scores,
+    weights, their gradients, temporaries); the per-word loops keep E and A, (T, T) float64; the
+    rest (inputs, outputs, an RNN's states) is O(B · T · D).
+    """
+    weights = 6 * batch * T * T * 4
+    loop = 3 * T * T * 8 if T <= loop_max_t else 0
+    vectors = 16 * batch * T * dim * 4
+    return max(weights, loop) + vectors
+
+
+def available_memory() -> int | None:
+    """Bytes this machine can still give (MemAvailable of /proc/meminfo), or None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(sizes: list[int], *, dim: int, batch: int, loop_max_t: int) -> None:
+    """ValueError, with the estimate, when the largest size would not fit in the memory available."""
+    T = max(sizes)
+    need = memory_needed(T, dim=dim, batch=batch, loop_max_t=loop_max_t)
+    have = available_memory()
+    if have is not None and need > have:
+        raise ValueError(
+            f"T = {T} with batch {batch} needs about {need / 2**30:.1f} GiB (the matrix tier holds "
+            f"B·T² = {batch * T * T / 1e9:.3g} G weights several times in float32) but "
+            f"{have / 2**30:.1f} GiB are available; lower --batch or the largest of --sizes")
+
+
 def machine() -> dict[str, object]:
     """What the numbers were measured on."""
     return {
@@ -127,6 +167,7 @@ def run_bench(
     "ratio": {"gru_fwd", "gru_fwd+bwd", "lstm_fwd", "lstm_fwd+bwd"}} where a ratio is the RNN's
     time over the fastest attention backend's (> 1: attention is faster).
     """
+    check_memory(sizes, dim=dim, batch=batch, loop_max_t=loop_max_t)
     rows = []
     for k, T in enumerate(sizes, 1):
         def on_step(name: str, T: int = T, k: int = k) -> None:

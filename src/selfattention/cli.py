@@ -19,7 +19,6 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from . import __version__
-from .embed import PROGRESS_MIN
 from .errors import UsageError, UserError
 
 MAX_DIM = 2048  # W's are D × D float64: 3 · 2048² · 8 B ≈ 100 MB
@@ -124,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the (N, D) float32 array with numpy.save (all rows or nothing)")
     m.add_argument("--batch-size", type=_int_in(1, 4096), default=32,
                    help="sentences per forward pass (default 32)")
+    from .embed import PROGRESS_MIN
+
     m.add_argument("--no-progress", action="store_true",
                    help=f"no progress bar (one is shown on a terminal for more than {PROGRESS_MIN - 1} "
                         "sentences)")
@@ -184,7 +185,11 @@ def _explain(args: argparse.Namespace) -> int:
     if files and not args.json:
         print("\n".join(lines))
     elif args.json:
-        print(json.dumps(report))
+        try:
+            print(json.dumps(report, allow_nan=False))  # always valid JSON
+        except ValueError:
+            raise UsageError("the model's numbers for this text are not finite (inf or NaN); "
+                             "its weights cannot be run in float32") from None
     else:
         width = shutil.get_terminal_size((100, 24)).columns
         print(render_text(report, color=color_enabled(sys.stdout, args.no_color), width=width))
@@ -297,6 +302,8 @@ def _embed(args: argparse.Namespace) -> int:
     model = _encoder(args.model)
     try:
         N = check_all(model, source, truncate=not args.no_truncate)  # every sentence, before any output
+        from .embed import PROGRESS_MIN
+
         show = not args.no_progress and N >= PROGRESS_MIN and sys.stderr.isatty()
         bar = _bar(N) if show else None
         chunks = embed_stream(model, source, batch_size=args.batch_size, truncate=not args.no_truncate,
@@ -356,6 +363,12 @@ def _bench(args: argparse.Namespace) -> int:
         sys.stderr.write(f"\r\x1b[K{msg}" if tty else msg + "\n")
         sys.stderr.flush()
 
+    from .bench import check_memory
+
+    try:
+        check_memory(args.sizes, dim=args.dim, batch=args.batch, loop_max_t=args.loop_max_t)
+    except ValueError as e:
+        raise UsageError(f"bench: {e}") from None
     result = run_bench(args.sizes, dim=args.dim, batch=args.batch, repeats=args.repeats,
                        loop_max_t=args.loop_max_t, progress=progress)
     if tty:
@@ -370,7 +383,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
+    """A message as one line, with anything that could steer the terminal escaped."""
+    from ._text import printable
+
+    return printable(" ".join(str(text).split()))
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
@@ -383,8 +399,17 @@ def main(argv: list[str] | None = None) -> int:
 
     Exit status: 0 done; 2 a usage error, bad input or a model that cannot be loaded (one line on
     stderr, ``selfattention: error: …``); 1 an unexpected failure (one line too; set
-    SELFATTENTION_TRACEBACK=1 to see the traceback); 130 interrupted.
+    SELFATTENTION_TRACEBACK=1 to see the traceback); 130 interrupted (Ctrl-C, at any moment).
     """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("selfattention: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
+    _tolerant_streams()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -394,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("default")
         warnings.showwarning = _show_warning
         try:
+            _check_texts(args)
             return COMMANDS[args.command](args)
         except UserError as err:
             print(f"selfattention: error: {_one_line(err)}", file=sys.stderr)
@@ -401,15 +427,39 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # e.g. `selfattention explain … | head`: stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        except KeyboardInterrupt:
-            print("selfattention: interrupted", file=sys.stderr)
-            return 130
         except Exception as err:
             if os.environ.get("SELFATTENTION_TRACEBACK"):
                 raise
             print(f"selfattention: error: unexpected {type(err).__name__}: {_one_line(err)} "
                   "(set SELFATTENTION_TRACEBACK=1 for the traceback)", file=sys.stderr)
             return 1
+
+
+def _tolerant_streams() -> None:
+    """A terminal that cannot show a character (LANG=…ISO-8859-1 and an α) gets an escape, not a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and getattr(stream, "errors", "") == "strict":
+            stream.reconfigure(errors="backslashreplace")
+
+
+TEXT_ARGS = {"text": "the text", "sentences": "sentence", "a": "the first sentence",
+             "b": "the second sentence", "word": "--word", "prompt": "--prompt"}
+
+
+def _check_texts(args: argparse.Namespace) -> None:
+    """Texts given on the command line must be UTF-8 (bytes that are not reach Python as lone
+    surrogates, which no tokenizer takes): a usage error naming the argument, up front."""
+    from ._text import check_unicode
+
+    for key, what in TEXT_ARGS.items():
+        value = getattr(args, key, None)
+        values = value if isinstance(value, list) else [value]
+        for n, v in enumerate(values, 1):
+            if isinstance(v, str):
+                try:
+                    check_unicode(v, f"{what} {n}" if isinstance(value, list) and what == "sentence" else what)
+                except ValueError as e:
+                    raise UsageError(str(e)) from None
 
 
 if __name__ == "__main__":

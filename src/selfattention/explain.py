@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import reference
+from ._text import printable
 from .errors import UsageError
 from .functional import attention, available_backends, resolve_backend
 from .models import AttentionModel, LayerCapture, RealLayer
@@ -206,12 +207,13 @@ def _vec(x: list[float], n: int = SHOW) -> str:
 def render_text(report: dict, *, color: bool = False, width: int = 80) -> str:
     """The walk-through as terminal text (ANSI colour in the heatmap only when ``color``)."""
     r = report
-    tokens, T, D, d_k, d_v = r["tokens"], r["T"], r["D"], r["d_k"], r["d_v"]
+    tokens = [printable(t) for t in r["tokens"]]  # a word may hold ESC, BEL, …: shown, never obeyed
+    T, D, d_k, d_v = r["T"], r["D"], r["d_k"], r["d_v"]
     m, sh, unit = r["model"], r["shapes"], r.get("unit", "words")
     real = "biases" in r
     E, A, Z = np.array(r["E"]), np.array(r["A"]), np.array(r["Z"])  # (T,T), (T,T), (d_v,T)
     dv = r["derivation"]
-    i, w = dv["index"], dv["word"]
+    i, w = dv["index"], printable(dv["word"])
     labels = [truncate(t, 10) for t in tokens]
     if real:
         out = [f"Layer {r['layer']}, head {r['head']} of {m['name']}, word by word "
@@ -225,7 +227,8 @@ def render_text(report: dict, *, color: bool = False, width: int = 80) -> str:
         out = ["One self-attention layer, word by word (the lecture's notation: words are columns)",
                f"model: {m.get('name')}, D = {D}" + (f", seed {m['seed']}" if "seed" in m else "")]
         out += [f"  {m[key]}" for key in ("embedding", "weights") if key in m]
-    out += [f'sentence: "{truncate(" ".join(r["text"].split()), max(width - 40, 40))}"  (T = {T} {unit})',
+    sentence = printable(" ".join(r["text"].split()))
+    out += [f'sentence: "{truncate(sentence, max(width - 40, 40))}"  (T = {T} {unit})',
             *_wrap([f"{n}:{t}" for n, t in enumerate(tokens, 1)], max(width, 60), max_lines=4), ""]
     if r.get("dropped"):
         out[-1:] = [f"  (truncated: the last {r['dropped']} {unit} did not fit the model)", ""]
@@ -260,7 +263,7 @@ def render_text(report: dict, *, color: bool = False, width: int = 80) -> str:
     out += [f"Z: z_i for each {one} (first {min(d_v, 6)} of {d_v} components)",
             format_matrix(Z.T, labels, comps, fmt="{:.3f}", max_rows=TABLE_WORDS, max_cols=6,
                           indent="  "), ""]
-    rows = [[str(t["j"]), truncate(t["word"], 10), f"{t['e']:.3f}", f"{t['scaled']:.3f}",
+    rows = [[str(t["j"]), truncate(printable(t["word"]), 10), f"{t['e']:.3f}", f"{t['scaled']:.3f}",
              f"{t['alpha']:.4f}", _vec(t["v"])] for t in dv["terms"][:DERIVATION_ROWS]]
     out += [f'How z_{i} ("{w}") is made', f"  q_{i} = W_Q h_{i}{b[0]} = {_vec(dv['q'])}",
             format_table(["j", one, f"e_{i}j = q_{i}·k_j", "/ √d_k", f"α_{i}j",
@@ -283,7 +286,7 @@ def render_text(report: dict, *, color: bool = False, width: int = 80) -> str:
 
 def _render_heads(r: dict, width: int) -> list[str]:
     """Where every head of the layer looks: shares by kind of key, then each word's favourite."""
-    heads, tokens = r["heads"], r["tokens"]
+    heads, tokens = r["heads"], [printable(t) for t in r["tokens"]]
     kinds = list(heads[0]["share"])
     mark = {h["head"]: (" ◀" if h["head"] == r["head"] else "") for h in heads}
     rows = [[f"{h['head']}{mark[h['head']]}", *(f"{h['share'][k]:.2f}" for k in kinds), h["mostly"]]
@@ -294,7 +297,7 @@ def _render_heads(r: dict, width: int) -> list[str]:
     room = max((width - 10) // 10, 1)
     n = min(len(tokens), TABLE_WORDS, room)
     grid = [[f"{h['head']}{mark[h['head']]}",
-             *(truncate(h["argmax_words"][q], 9) for q in range(n))] for h in heads]
+             *(truncate(printable(h["argmax_words"][q]), 9) for q in range(n))] for h in heads]
     out += ["The word piece each word piece (column) attends to most, per head (row)",
             format_table(["head", *(truncate(t, 9) for t in tokens[:n])], grid, left=n + 1, indent="  ")]
     if n < len(tokens):

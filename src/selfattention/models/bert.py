@@ -13,6 +13,7 @@ Post-LayerNorm BERT (Devlin et al., 2019), one layer:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
@@ -74,23 +75,30 @@ class BertConfig:
             if n == "hidden_act":
                 ok = isinstance(v, str)
             elif n == "layer_norm_eps":
-                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-            else:
-                ok = isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            else:  # sizes must be positive; only pad_token_id may be 0
+                ok = isinstance(v, int) and not isinstance(v, bool) and v >= (0 if n == "pad_token_id" else 1)
             if not ok:
-                raise ModelError(f"{source}: {n} = {v!r} is not valid")
+                want = "a finite number > 0" if n == "layer_norm_eps" else (
+                    "a string" if n == "hidden_act" else
+                    "an integer ≥ 0" if n == "pad_token_id" else "an integer ≥ 1")
+                raise ModelError(f"{source}: {n} = {v!r} is not valid (expected {want})")
         cfg = cls(**values)
         if cfg.hidden_act not in ACTIVATIONS:
             raise ModelError(
                 f"{source}: hidden_act {cfg.hidden_act!r} is not supported, one of {sorted(ACTIVATIONS)}"
             )
-        if min(cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, cfg.vocab_size) < 1:
-            raise ModelError(f"{source}: sizes must be positive")
         if cfg.hidden_size % cfg.num_attention_heads:
             raise ModelError(
                 f"{source}: hidden_size {cfg.hidden_size} is not divisible by "
                 f"num_attention_heads {cfg.num_attention_heads}"
             )
+        if cfg.pad_token_id >= cfg.vocab_size:
+            raise ModelError(f"{source}: pad_token_id {cfg.pad_token_id} is not a word piece of the "
+                             f"vocabulary (vocab_size {cfg.vocab_size})")
+        if cfg.max_position_embeddings < 3:
+            raise ModelError(f"{source}: max_position_embeddings {cfg.max_position_embeddings} leaves no "
+                             "room for a word between [CLS] and [SEP] (expected ≥ 3)")
         return cfg
 
 
@@ -184,20 +192,62 @@ def _hf_names(i: int) -> dict[str, str]:
     }
 
 
-def state_from_hf(
-    tensors: dict[str, torch.Tensor],
-    cfg: BertConfig,
-    source: str,
-    expected: dict[str, tuple[int, ...]] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Rename a Hugging Face BERT state dict (with or without a ``bert.`` prefix) to ours.
+def expected_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
+    """The Hugging Face name → shape of every tensor this config needs (q, k, v separate)."""
+    D, F, L = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    shapes = {
+        "embeddings.word_embeddings.weight": (cfg.vocab_size, D),
+        "embeddings.position_embeddings.weight": (cfg.max_position_embeddings, D),
+        "embeddings.token_type_embeddings.weight": (cfg.type_vocab_size, D),
+        "embeddings.LayerNorm.weight": (D,), "embeddings.LayerNorm.bias": (D,),
+    }
+    for i in range(L):
+        o = f"encoder.layer.{i}."
+        for part in ("query", "key", "value"):
+            shapes[o + f"attention.self.{part}.weight"] = (D, D)
+            shapes[o + f"attention.self.{part}.bias"] = (D,)
+        shapes.update({
+            o + "attention.output.dense.weight": (D, D), o + "attention.output.dense.bias": (D,),
+            o + "attention.output.LayerNorm.weight": (D,), o + "attention.output.LayerNorm.bias": (D,),
+            o + "intermediate.dense.weight": (F, D), o + "intermediate.dense.bias": (F,),
+            o + "output.dense.weight": (D, F), o + "output.dense.bias": (D,),
+            o + "output.LayerNorm.weight": (D,), o + "output.LayerNorm.bias": (D,),
+        })
+    return shapes
 
-    Query, key and value weights are stacked into each layer's one ``in_proj`` (3D, D). With
-    ``expected`` (our parameter name → shape) every tensor's shape is checked first, so a file
-    that does not match its config.json gets a ModelError naming the tensor.
-    """
+
+def check_tensors(tensors: dict[str, torch.Tensor], cfg: BertConfig, source: str) -> dict[str, torch.Tensor]:
+    """The tensors of a Hugging Face BERT file (with or without a ``bert.`` prefix), checked against
+    ``cfg``: none missing, every shape right, every value finite. ModelError names the tensor."""
     if not any(k.startswith("embeddings.") for k in tensors):
         tensors = {k[len("bert.") :]: v for k, v in tensors.items() if k.startswith("bert.")}
+    want = expected_shapes(cfg)
+    missing = [name for name in want if name not in tensors]
+    if missing:
+        raise ModelError(f"{source} lacks {len(missing)} tensors this config needs, e.g. {missing[0]}")
+    for name, shape in want.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ModelError(f"{source} does not match config.json: {name} has shape "
+                             f"{tuple(tensors[name].shape)}, expected {shape}")
+    for name in want:
+        t = tensors[name]
+        if not t.is_floating_point():
+            raise ModelError(f"{source}: {name} has dtype {t.dtype}, expected floating point weights")
+        bad = t.numel() - int(torch.isfinite(t).sum())
+        if bad:
+            what = "NaN" if torch.isnan(t).any() else "inf"
+            raise ModelError(f"{source}: {name} holds {what} ({bad} of {t.numel()} values are not finite); "
+                             "the weights are damaged")
+    return {name: tensors[name] for name in want}
+
+
+def state_from_hf(tensors: dict[str, torch.Tensor], cfg: BertConfig, source: str) -> dict[str, torch.Tensor]:
+    """Rename a Hugging Face BERT state dict to ours, after ``check_tensors``.
+
+    Query, key and value are packed into each layer's one ``in_proj`` by
+    ``MultiHeadAttention.pack_in_proj`` (the only code that knows the packing).
+    """
+    tensors = check_tensors(tensors, cfg, source)
     names = {
         "word_embeddings.weight": "embeddings.word_embeddings.weight",
         "position_embeddings.weight": "embeddings.position_embeddings.weight",
@@ -207,34 +257,10 @@ def state_from_hf(
     }
     for i in range(cfg.num_hidden_layers):
         names.update(_hf_names(i))
-    missing = [hf for hf in names.values() if hf not in tensors]
-    qkv = {
-        (i, part, kind): f"encoder.layer.{i}.attention.self.{part}.{kind}"
-        for i in range(cfg.num_hidden_layers)
-        for part in ("query", "key", "value")
-        for kind in ("weight", "bias")
-    }
-    missing += [hf for hf in qkv.values() if hf not in tensors]
-    if missing:
-        raise ModelError(f"{source} lacks {len(missing)} tensors this config needs, e.g. {missing[0]}")
-    want = dict(expected or {})
-    for i in range(cfg.num_hidden_layers):  # each of q, k, v is a third of in_proj
-        for kind in ("weight", "bias"):
-            shape = want.pop(f"layers.{i}.attention.in_proj.{kind}", None)
-            for part in ("query", "key", "value"):
-                if shape is not None:
-                    want[qkv[i, part, kind]] = (shape[0] // 3, *shape[1:])
-    hf_of = {**names, **{hf: hf for hf in qkv.values()}}
-    for ours, shape in want.items():
-        hf = hf_of.get(ours, ours)
-        if hf in tensors and tuple(tensors[hf].shape) != shape:
-            raise ModelError(
-                f"{source} does not match config.json: {hf} has shape {tuple(tensors[hf].shape)}, "
-                f"expected {shape}"
-            )
     state = {ours: tensors[hf] for ours, hf in names.items()}
     for i in range(cfg.num_hidden_layers):
         for kind in ("weight", "bias"):
-            parts = [tensors[qkv[i, part, kind]] for part in ("query", "key", "value")]
-            state[f"layers.{i}.attention.in_proj.{kind}"] = torch.cat(parts, dim=0)  # (3D, D) or (3D,)
+            q, k, v = (tensors[f"encoder.layer.{i}.attention.self.{part}.{kind}"]
+                       for part in ("query", "key", "value"))
+            state[f"layers.{i}.attention.in_proj.{kind}"] = MultiHeadAttention.pack_in_proj(q, k, v)
     return state

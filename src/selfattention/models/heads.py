@@ -220,6 +220,9 @@ class PretrainedHead:
         finally:
             for h in hooks:
                 h.remove()
+        for run in runs.values():  # weights too large for float32 give inf/NaN: say so, never show it
+            if not all(torch.isfinite(t).all() for t in run.values()):
+                raise self.model.overflow(input_ids, lengths)
         self._runs = runs
         T = input_ids.shape[1]
         probe = torch.zeros(1, self.num_heads, T, self.d)  # (B, H, T, d): shapes only

@@ -159,19 +159,12 @@ class PretrainedModel:
             raise ModelError(
                 f"{self.path / 'model.safetensors'} is not a readable safetensors file: {first}"
             ) from None
-        # Built on the CPU: the meta device would skip the random init (~0.1 s) but its init
-        # functions import torch._dynamo, a full second of cold start.
-        self.encoder = BertEncoder(self.config)
-        expected = {name: tuple(t.shape) for name, t in self.encoder.state_dict().items()}
-        state = state_from_hf(tensors, self.config, str(self.path / "model.safetensors"), expected)
+        state = state_from_hf(tensors, self.config, str(self.path / "model.safetensors"))
         state = {k: v.float() for k, v in state.items()}  # float16/bfloat16 files run in float32
-        try:
-            self.encoder.load_state_dict(state, assign=True)  # take the loaded tensors, no copy
-        except RuntimeError as e:  # anything the shape check above did not catch
-            detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e))
-            raise ModelError(
-                f"{self.path / 'model.safetensors'} does not match config.json: {detail}"
-            ) from None
+        # Built on the CPU (only now that the shapes are known to fit the config): the meta device
+        # would skip the random init (~0.1 s) but its init functions import torch._dynamo (+1 s).
+        self.encoder = BertEncoder(self.config)
+        self.encoder.load_state_dict(state, assign=True)  # take the loaded tensors, no copy
         self.encoder.eval()
         try:
             self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
@@ -310,17 +303,18 @@ class PretrainedModel:
                 batch = self.batch([found[i] for i in part])
                 h = self.encoder(batch.input_ids, batch.lengths, backend=backend).last_hidden_state
                 if not torch.isfinite(h).all():
-                    raise self.overflow(batch, backend)
+                    raise self.overflow(batch.input_ids, batch.lengths, backend)
                 out[part] = mean_pool(h, batch.lengths).numpy()
             if on_batch:
                 on_batch(len(chunk))
         return out
 
-    def overflow(self, batch: Batch, backend: str) -> ModelError:
+    @torch.inference_mode()
+    def overflow(self, input_ids: torch.Tensor, lengths: torch.Tensor, backend: str = "auto") -> ModelError:
         """The error for a forward pass whose output is not finite, naming the first layer that
-        produced inf or NaN."""
-        out = self.encoder(batch.input_ids, batch.lengths, backend=backend, output_hidden_states=True)
-        real = torch.arange(batch.input_ids.shape[1]) < batch.lengths[:, None]  # (B, T)
+        produced inf or NaN (weights finite but too large for float32, e.g. 1e38)."""
+        out = self.encoder(input_ids, lengths, backend=backend, output_hidden_states=True)
+        real = torch.arange(input_ids.shape[1]) < lengths[:, None]  # (B, T)
         for n, h in enumerate(out.hidden_states or []):
             if not torch.isfinite(h[real]).all():
                 where = "the embeddings" if n == 0 else f"layer {n}"
