@@ -1,0 +1,128 @@
+"""What ``selfattention train`` and ``selfattention generate`` do with their parsed arguments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from ..errors import UsageError
+
+# Defaults that differ by task (the rest are TrainConfig's).
+TASK_DEFAULTS: dict[str, dict[str, object]] = {
+    "recall": {"max_len": 8, "longer_len": 12},
+    "text": {"d_model": 128, "num_layers": 4, "d_ff": 512, "batch_size": 32, "lr": 1e-3,
+             "eval_every": 200, "eval_size": 64},
+}
+# argparse name → TrainConfig field
+OPTIONS = {"steps": "steps", "batch_size": "batch_size", "model": "model", "seed": "seed",
+           "checkpoint_every": "checkpoint_every", "eval_every": "eval_every", "keep": "keep",
+           "d_model": "d_model", "layers": "num_layers", "heads": "num_heads", "positions": "positions",
+           "norm": "norm", "lr": "lr", "decay_steps": "decay_steps", "min_len": "min_len",
+           "max_len": "max_len", "longer_len": "longer_len", "context": "context"}
+
+
+def _given(args: argparse.Namespace) -> dict[str, object]:
+    return {field: getattr(args, opt) for opt, field in OPTIONS.items() if getattr(args, opt) is not None}
+
+
+def _peek_config(out: Path):
+    """The config of the newest checkpoint whose state.json reads (for options not given on --resume)."""
+    from .checkpoint import listing
+    from .config import TrainConfig
+
+    for p in listing(out):
+        try:
+            return TrainConfig.from_dict(json.loads((p / "state.json").read_text(encoding="utf-8"))["config"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def make_config(args: argparse.Namespace):
+    """TrainConfig from the task's defaults (or, on --resume, the checkpoint's) and the options given."""
+    from .config import TrainConfig
+    from .text import read_text
+
+    if args.task == "text" and not args.text:
+        raise UsageError("the text task needs --text FILE (a UTF-8 text file to learn from)")
+    if args.task != "text" and args.text:
+        raise UsageError(f"--text is for the text task; {args.task} makes its own data")
+    given = _given(args)
+    base = _peek_config(Path(args.out)) if args.resume else None
+    if base is not None and base.task != args.task:
+        raise UsageError(f"--resume: {args.out} holds a run of task {base.task!r}, not {args.task!r}")
+    values = base.to_dict() if base is not None else {"task": args.task, **TASK_DEFAULTS.get(args.task, {})}
+    values.update(given)
+    text = None
+    if args.task == "text":
+        text, sha = read_text(args.text)
+        values.update(text=args.text, text_sha256=sha)
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in names}).check(), text
+
+
+def train_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from .distributed import PeerError, setup, teardown
+
+    if args.out is None:
+        args.out = str(Path("runs") / args.task)
+    config, text = make_config(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dist = setup(args.timeout)
+    try:
+        from .loop import run
+
+        trainer = run(config, args.out, resume=args.resume, dist=dist, echo=print,
+                      progress=False if args.no_progress else None, text=text)
+        if dist.main:
+            _finish(trainer, Path(args.out), pictures=not args.no_pictures)
+    except PeerError as err:
+        print(f"selfattention: error: {err}; stopping (the last checkpoint in {args.out} is intact: "
+              f"continue with --resume)", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        try:
+            teardown(dist)
+        except Exception:  # a broken group cannot always be torn down; the process is ending anyway
+            pass
+    return 0
+
+
+def _finish(trainer, out: Path, pictures: bool) -> None:
+    r = trainer.last_record or {}
+    c = trainer.config
+    if "accuracy" in r:
+        print(f"done: step {trainer.step}, held-out accuracy {r['accuracy']:.3f} "
+              f"(lengths {c.min_len}-{c.max_len})"
+              + (f", longer {r['longer_accuracy']:.3f}" if "longer_accuracy" in r else "")
+              + f", {trainer.elapsed:.1f} s")
+    else:
+        loss = r.get("eval_loss", float("nan"))
+        print(f"done: step {trainer.step}, eval_loss {loss:.4f}, {trainer.elapsed:.1f} s")
+    if pictures:
+        from .report import write_pictures
+
+        for line in write_pictures(out, title=f"{c.model} on {c.task}"):
+            print(line)
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    from .trained import continue_text, load_trained
+
+    t = load_trained(args.dir)
+    if t.task == "text":
+        max_new = 200 if args.max_new is None else args.max_new
+        temperature = 0.8 if args.temperature is None else args.temperature
+    else:
+        max_new = 2 * t.config.longer_len + 2 if args.max_new is None else args.max_new
+        temperature = 0.0 if args.temperature is None else args.temperature
+    out = continue_text(t, args.prompt, max_new, temperature=temperature, seed=args.seed,
+                        use_cache=not args.no_cache)
+    print(args.prompt + out if t.task == "text" else out)
+    return 0

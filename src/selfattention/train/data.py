@@ -1,0 +1,118 @@
+"""Batches for training and evaluation, for the synthetic tasks and for a text file.
+
+Every batch of training step s is made from a generator seeded by (seed, s): the whole global
+batch is drawn in every process and each process takes its slice, so a run on N processes sees
+exactly the sequences of a run on one, and a resumed run exactly those of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .tasks import (
+    END,
+    Batch,
+    Task,
+    Vocabulary,
+    encode_batch,
+    get_task,
+    heldout_prompts,
+    step_rng,
+    train_prompts,
+)
+from .text import read_text
+
+EVAL_SEED = 20240611  # one fixed held-out set for every run, whatever its seed
+
+
+def _slice(n: int, rank: int, world: int) -> slice:
+    per = n // world
+    return slice(rank * per, (rank + 1) * per)
+
+
+class SyntheticData:
+    """Batches of one synthetic task (see ``tasks``)."""
+
+    def __init__(self, config: TrainConfig):
+        self.config, self.task = config, get_task(config.task)
+        self.vocab: Vocabulary = self.task.vocab
+        self.stop: int | None = self.vocab.index[END]
+
+    def train_batch(self, step: int, rank: int = 0, world: int = 1) -> tuple[Batch, int]:
+        """This process's part of step ``step``'s batch, and the number of loss tokens in the whole batch."""
+        c = self.config
+        prompts = train_prompts(self.task, step_rng(c.seed, step), c.batch_size, c.min_len, c.max_len)
+        tokens = sum(len(self.task.solve(p)) + 1 for p in prompts)  # answer and "."
+        return encode_batch(self.task, prompts[_slice(len(prompts), rank, world)]), tokens
+
+    def eval_batches(self) -> dict[str, Batch]:
+        """{"heldout": sequences of the training lengths never trained on, "longer": longer ones}."""
+        c = self.config
+        out = {"heldout": self._heldout(c.min_len, c.max_len, 1)}
+        if c.longer_len > c.max_len:
+            out["longer"] = self._heldout(c.max_len + 1, c.longer_len, 2)
+        return out
+
+    def _heldout(self, lo: int, hi: int, stream: int) -> Batch:
+        rng = np.random.default_rng([EVAL_SEED, stream])
+        return encode_batch(self.task, heldout_prompts(self.task, rng, self.config.eval_size, lo, hi))
+
+    def example(self) -> str:
+        """The sequence whose attention is snapshotted: a held-out prompt of the longest training length."""
+        rng = np.random.default_rng([EVAL_SEED, 3])
+        p = heldout_prompts(self.task, rng, 1, self.config.max_len, self.config.max_len)[0]
+        return self.task.sequence(p)
+
+    @property
+    def task_object(self) -> Task:
+        return self.task
+
+
+class TextData:
+    """Windows of a text file: the first 90 % for training, the rest held out for evaluation."""
+
+    stop: int | None = None
+
+    def __init__(self, config: TrainConfig, text: str | None = None):
+        self.config = config
+        if text is None:
+            text, _ = read_text(config.text or "")
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")  # one code point per character
+        chars, ids = np.unique(codes, return_inverse=True)
+        self.vocab = Vocabulary(chr(int(c)) for c in chars)
+        ids = ids.astype(np.int64)
+        split = max(2, int(len(ids) * 0.9))
+        self.train_ids = ids[:split]
+        # A text too short to spare 2 characters is evaluated on its training part (said in metrics).
+        self.held_out = len(ids) - split >= 2
+        self.eval_ids = ids[split:] if self.held_out else self.train_ids
+        self.window = min(config.context + 1, len(self.train_ids))
+
+    def train_batch(self, step: int, rank: int = 0, world: int = 1) -> tuple[Batch, int]:
+        c, W = self.config, self.window
+        starts = step_rng(c.seed, step).integers(0, len(self.train_ids) - W + 1, c.batch_size)
+        starts = starts[_slice(len(starts), rank, world)]
+        rows = torch.from_numpy(np.stack([self.train_ids[s:s + W] for s in starts]))  # (b, W)
+        return _windows(rows), c.batch_size * (W - 1)
+
+    def eval_batches(self) -> dict[str, Batch]:
+        W = min(self.window, len(self.eval_ids))
+        n = min(self.config.eval_size, max(1, len(self.eval_ids) - W + 1))
+        starts = np.linspace(0, len(self.eval_ids) - W, n).astype(np.int64)
+        rows = torch.from_numpy(np.stack([self.eval_ids[s:s + W] for s in starts]))  # (n, W)
+        return {"heldout": _windows(rows)}
+
+    def example(self) -> str:
+        W = min(self.window, len(self.eval_ids), 48)  # short enough to read in a heatmap
+        return self.vocab.decode(self.eval_ids[:W])
+
+
+def _windows(rows: torch.Tensor) -> Batch:
+    """rows (b, W) → predict each character from those before it."""
+    return Batch(rows[:, :-1], rows[:, 1:], torch.ones(rows.shape[0], rows.shape[1] - 1, dtype=torch.bool))
+
+
+def make_data(config: TrainConfig, text: str | None = None) -> SyntheticData | TextData:
+    return TextData(config, text) if config.task == "text" else SyntheticData(config)

@@ -1,0 +1,310 @@
+"""The training loop: one optimizer step at a time, evaluation, checkpoints, resume.
+
+``Trainer`` holds the model, AdamW and the running sums, and does one step (``train_step``) or
+one evaluation (``evaluate``); ``run`` drives it for a whole run, writing ``--out``. The loss is
+the cross-entropy of the answer tokens (task) or every next character (text), averaged over the
+tokens of the whole global batch: each process's sum is divided by the global count, times the
+number of processes, and DDP's gradient average then gives exactly the one-process gradient.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UsageError
+from ..transformer import DecoderLM, parameter_count
+from . import checkpoint, metrics
+from .config import TrainConfig, build_model
+from .data import SyntheticData, TextData, make_data
+from .distributed import Dist, all_sum, broadcast_int, guard
+from .tasks import Batch
+
+EVAL_CHUNK = 256  # sequences per forward pass in evaluation
+BETAS = (0.9, 0.98)
+
+
+class Trainer:
+    """The model, its optimizer and the counters of one run, in one process."""
+
+    def __init__(self, config: TrainConfig, data: SyntheticData | TextData, dist: Dist | None = None):
+        self.config, self.data, self.dist = config, data, dist or Dist()
+        self.device = self.dist.device
+        torch.manual_seed(config.seed)
+        self.model = build_model(config, len(data.vocab)).to(self.device, getattr(torch, config.dtype))
+        self.net: torch.nn.Module = self.model  # the DDP wrapper once ``distribute`` is called
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=BETAS,
+                                     weight_decay=config.weight_decay)
+        self.step = 0
+        self.loss_sum = 0.0  # this process's summed loss since the last evaluation
+        self.loss_tokens = 0  # tokens of the global batches since the last evaluation
+        self.tokens_seen = 0  # every loss token trained on, all processes
+        self.elapsed_before = 0.0  # seconds spent by the run before it was resumed
+        self.started = time.perf_counter()
+        self.last_record: dict | None = None
+        self._eval: dict[str, Batch] | None = None
+
+    def distribute(self) -> None:
+        """Wrap the model in DistributedDataParallel (after any checkpoint is loaded)."""
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            with guard(self.dist, "starting DistributedDataParallel"):
+                # broadcast_buffers=False: the only buffers are the constant sinusoids
+                self.net = DDP(self.model, device_ids=ids, broadcast_buffers=False)
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def train_step(self) -> None:
+        """One optimizer step on step ``self.step + 1``'s batch."""
+        s = self.step + 1
+        for group in self.opt.param_groups:
+            group["lr"] = self.config.lr_at(s)
+        batch, tokens = self.data.train_batch(s, self.dist.rank, self.dist.world)
+        weight = batch.weight.to(self.device)
+        with guard(self.dist, f"training step {s}"):
+            logits = self.net(batch.inputs.to(self.device))  # (b, T, V)
+            loss_sum = F.cross_entropy(logits[weight], batch.targets.to(self.device)[weight], reduction="sum")
+            (loss_sum * (self.dist.world / tokens)).backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step = s
+        self.loss_sum += float(loss_sum.detach())
+        self.loss_tokens += tokens
+        self.tokens_seen += tokens
+
+    def train_loss(self) -> float:
+        """Mean training loss per token since the last evaluation, over all processes (collective)."""
+        total = all_sum([self.loss_sum], self.dist)[0]
+        mean = total / self.loss_tokens if self.loss_tokens else math.nan
+        self.loss_sum, self.loss_tokens = 0.0, 0
+        return mean
+
+    @torch.no_grad()
+    def evaluate(self, train_loss: float) -> dict:
+        """Held-out loss and whole-sequence accuracy (teacher-forced: every answer token and the final
+        "." predicted right; the same sequences greedy decoding would get right)."""
+        if self._eval is None:
+            self._eval = self.data.eval_batches()
+        self.model.eval()
+        record: dict = {"step": self.step, "loss": train_loss}
+        try:
+            for name, batch in self._eval.items():
+                loss, tokens, right, right_tokens = 0.0, 0, 0, 0
+                for i in range(0, len(batch), EVAL_CHUNK):
+                    x, y = batch.inputs[i:i + EVAL_CHUNK].to(self.device), batch.targets[i:i + EVAL_CHUNK]
+                    w = batch.weight[i:i + EVAL_CHUNK]
+                    logits = self.model(x).float().cpu()  # (b, T, V)
+                    loss += float(F.cross_entropy(logits[w], y[w], reduction="sum"))
+                    tokens += int(w.sum())
+                    hit = logits.argmax(-1) == y  # (b, T)
+                    right += int((hit | ~w).all(1).sum())
+                    right_tokens += int((hit & w).sum())
+                key = "eval_loss" if name == "heldout" else f"{name}_loss"
+                record[key] = loss / tokens
+                if isinstance(self.data, SyntheticData):
+                    record["accuracy" if name == "heldout" else "longer_accuracy"] = right / len(batch)
+                else:
+                    record["char_accuracy"] = right_tokens / tokens
+        finally:
+            self.model.train()
+        c = self.config
+        if isinstance(self.data, SyntheticData):
+            record["lengths"] = [c.min_len, c.max_len]
+            if c.longer_len > c.max_len:
+                record["longer_lengths"] = [c.max_len + 1, c.longer_len]
+        elif not self.data.held_out:
+            record["evaluated_on"] = "training text (too short to hold any out)"
+        record.update(lr=c.lr_at(self.step), tokens=self.tokens_seen, elapsed_s=round(self.elapsed, 3),
+                      model=c.model, processes=self.dist.world)
+        self.last_record = record
+        return record
+
+    @torch.no_grad()
+    def attention_snapshot(self) -> tuple[list[str], torch.Tensor] | None:
+        """The example's attention weights now, (L, H, T, T), with its tokens (transformer only)."""
+        if not isinstance(self.model, DecoderLM):
+            return None
+        text = self.data.example()
+        ids = torch.tensor([self.data.vocab.encode(text)], device=self.device)  # (1, T)
+        self.model.eval()
+        try:
+            _, weights = self.model(ids, need_weights=True)
+        finally:
+            self.model.train()
+        return list(text), torch.cat(weights).cpu()  # (L, H, T, T)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def save(self, out: Path, loss_sum: float) -> Path:
+        """Write a checkpoint of this step; ``loss_sum``: the running loss summed over processes."""
+        names = {p: n for n, p in self.model.named_parameters()}
+        train: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+        for p, st in self.opt.state.items():
+            for key, value in st.items():
+                train[f"adamw.{names[p]}.{key}"] = torch.as_tensor(value)
+        state = {
+            "config": self.config.to_dict(), "task": self.config.task, "vocab": self.data.vocab.tokens,
+            "model_class": type(self.model).__name__, "parameters": parameter_count(self.model),
+            "loss_sum": loss_sum, "loss_tokens": self.loss_tokens, "tokens_seen": self.tokens_seen,
+            "elapsed_s": self.elapsed, "last_record": self.last_record, "processes": self.dist.world,
+            "data": {"kind": "batches drawn from (seed, step)", "next_step": self.step + 1},
+        }
+        return checkpoint.save(out, self.step, state, self.model.state_dict(), train, self.config.keep)
+
+    def restore(self, ckpt: checkpoint.Checkpoint) -> None:
+        """Continue from ``ckpt`` exactly: weights, AdamW's moments, RNG, counters."""
+        if ckpt.state["vocab"] != self.data.vocab.tokens:
+            raise checkpoint.CheckpointError(f"checkpoint {ckpt.path / 'state.json'}: its vocabulary differs "
+                                             "from this run's data")
+        checkpoint.check_tensors(ckpt.path, ckpt.model, self.model.state_dict())
+        self.model.load_state_dict(ckpt.model)
+        assert ckpt.train is not None
+        names = dict(self.model.named_parameters())
+        state = {}
+        for i, (n, _) in enumerate(names.items()):
+            prefix = f"adamw.{n}."
+            st = {k[len(prefix):]: v for k, v in ckpt.train.items() if k.startswith(prefix)}
+            if st:
+                state[i] = st
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(range(len(names)))}
+                  for g in self.opt.param_groups]
+        self.opt.load_state_dict({"state": state, "param_groups": groups})
+        torch.set_rng_state(ckpt.train["rng.torch"])
+        s = ckpt.state
+        self.step = ckpt.step
+        # The saved sum is all processes' together: give it to rank 0 so the next all_sum is right.
+        self.loss_sum = float(s["loss_sum"]) if self.dist.main else 0.0
+        self.loss_tokens, self.tokens_seen = int(s["loss_tokens"]), int(s["tokens_seen"])
+        self.elapsed_before, self.started = float(s["elapsed_s"]), time.perf_counter()
+        self.last_record = s.get("last_record")
+
+
+def _loader(config: TrainConfig) -> Callable[[Path], checkpoint.Checkpoint]:
+    return lambda p: checkpoint.load(p, expected=config)
+
+
+def run(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False, dist: Dist | None = None,
+        echo: Callable[[str], None] | None = None, progress: bool | None = None,
+        text: str | None = None) -> Trainer:
+    """Train ``config`` into ``out`` (checkpoints, metrics.jsonl, snapshots; pictures by the caller).
+
+    ``resume``: continue from the newest usable checkpoint in ``out`` (older ones are tried when
+    the newest is broken, each skip a ``CheckpointWarning``), or start afresh if there is none.
+    Without it, an ``out`` that holds checkpoints is refused. ``echo`` receives one line per
+    evaluation (rank 0); ``progress``: a tqdm bar on stderr (default: when stderr is a terminal).
+    """
+    config = config.check()
+    dist = dist or Dist()
+    if config.batch_size % dist.world:
+        raise UsageError(f"--batch-size {config.batch_size} is the global batch and must split evenly "
+                         f"over {dist.world} processes")
+    out = Path(out)
+    data = make_data(config, text)
+    if dist.main:
+        _prepare(out)
+    ckpt = None
+    if resume:
+        step = -1
+        if dist.main:
+            checkpoint.clean_temporary(out)
+            ckpt = checkpoint.newest_valid(out, _loader(config))
+            step = ckpt.step if ckpt else -1
+        step = broadcast_int(step, dist)
+        if step >= 0 and not dist.main:
+            ckpt = checkpoint.load(checkpoint.folder(out) / checkpoint.step_name(step), expected=config)
+    elif dist.main and checkpoint.listing(out):
+        raise UsageError(f"{out} already holds checkpoints of a run: add --resume to continue it, or give "
+                         "another --out")
+    trainer = Trainer(config, data, dist)
+    if ckpt is not None:
+        trainer.restore(ckpt)
+        if dist.main:
+            metrics.rewind(out, ckpt.step, ckpt.state.get("last_record"))
+    elif dist.main:
+        metrics.reset(out)
+    trainer.distribute()
+    if echo and dist.main:
+        what = f"resumed from {ckpt.path} at step {ckpt.step}" if ckpt else "from scratch"
+        echo(f"training {config.model} on {config.task} ({parameter_count(trainer.model):,} parameters, "
+             f"{dist.world} process{'es' if dist.world > 1 else ''}, {trainer.device}) {what}")
+    _loop(trainer, out, echo if dist.main else None, progress if dist.main else False)
+    return trainer
+
+
+def _prepare(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file, expected a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out {out}: cannot create it ({err.strerror or err})") from None
+    if not os.access(out, os.W_OK):
+        raise UsageError(f"--out {out}: the folder is not writable")
+
+
+def _loop(trainer: Trainer, out: Path, echo: Callable[[str], None] | None, progress: bool | None) -> None:
+    c, main = trainer.config, trainer.dist.main
+    bar = None
+    if progress is None:
+        progress = main and sys.stderr.isatty()
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=c.steps, initial=trainer.step, unit="step", file=sys.stderr, dynamic_ncols=True,
+                   leave=False)
+    try:
+        if main and trainer.step == 0 and (snap := trainer.attention_snapshot()):
+            metrics.save_snapshot(out, 0, *snap)  # α before any learning: the starting point
+        while trainer.step < c.steps:
+            trainer.train_step()
+            s = trainer.step
+            record = None
+            if s % c.eval_every == 0 or s == c.steps:
+                loss = trainer.train_loss()  # collective: every process takes part
+                if main:
+                    record = trainer.evaluate(loss)
+                    if snap := trainer.attention_snapshot():
+                        metrics.save_snapshot(out, s, *snap)
+            if s % c.checkpoint_every == 0 or s == c.steps:
+                loss_sum = all_sum([trainer.loss_sum], trainer.dist)[0]  # collective
+                if main:
+                    trainer.save(out, loss_sum)
+            if record is not None:
+                metrics.append(out, record)
+                line = format_record(record, c.steps)
+                if bar is not None:
+                    bar.write(line, file=sys.stdout)
+                elif echo:
+                    echo(line)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def format_record(r: dict, steps: int) -> str:
+    """One evaluation as a line: step, losses, accuracies, seconds."""
+    width = len(str(steps))
+    parts = [f"step {r['step']:>{width}}/{steps}", f"loss {r['loss']:.4f}", f"eval_loss {r['eval_loss']:.4f}"]
+    if "accuracy" in r:
+        parts.append(f"accuracy {r['accuracy']:.3f}")
+    if "longer_accuracy" in r:
+        lo, hi = r["longer_lengths"]
+        parts.append(f"longer ({lo}-{hi}) {r['longer_accuracy']:.3f}")
+    if "char_accuracy" in r:
+        parts.append(f"next-char accuracy {r['char_accuracy']:.3f}")
+    parts.append(f"{r['elapsed_s']:.1f} s")
+    return "  ".join(parts)

@@ -1,0 +1,100 @@
+"""``metrics.jsonl`` (one JSON object per evaluation) and the attention snapshots of a run.
+
+Both are written by rank 0 only. When a run resumes from checkpoint step S, what was logged after S
+(by the run that crashed) is dropped, so the files describe one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+
+from .._io import write_atomic
+
+METRICS = "metrics.jsonl"
+SNAPSHOTS = "snapshots"
+_SNAP = re.compile(r"^step-(\d{8,})\.safetensors$")
+
+
+def append(out: Path, record: dict) -> None:
+    """Add one evaluation's line to ``out``/metrics.jsonl."""
+    with open(out / METRICS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, allow_nan=False) + "\n")
+        f.flush()
+
+
+def read(out: Path) -> list[dict]:
+    """The records of ``out``/metrics.jsonl; a last line cut short by a crash is ignored."""
+    p = out / METRICS
+    if not p.is_file():
+        return []
+    records = []
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            records.append(rec)
+    return records
+
+
+def rewind(out: Path, step: int, last: dict | None) -> None:
+    """Keep only what was logged up to ``step``; ``last`` (the checkpoint's copy of the evaluation
+    at ``step``, if there was one) is restored if the crash came before its line was written."""
+    kept = [r for r in read(out) if r["step"] <= step]
+    if last is not None and last.get("step") == step and not any(r["step"] == step for r in kept):
+        kept.append(last)
+    text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept).encode("utf-8")
+    write_atomic(out / METRICS, lambda f: f.write(text))
+    for s, p in snapshot_files(out):
+        if s > step:
+            p.unlink(missing_ok=True)
+
+
+def reset(out: Path) -> None:
+    """A fresh run: no metrics, no snapshots."""
+    (out / METRICS).unlink(missing_ok=True)
+    for _, p in snapshot_files(out):
+        p.unlink(missing_ok=True)
+
+
+def snapshot_files(out: Path) -> list[tuple[int, Path]]:
+    d = out / SNAPSHOTS
+    if not d.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _SNAP.match(p.name))]
+    return sorted(found)
+
+
+def save_snapshot(out: Path, step: int, tokens: list[str], weights: torch.Tensor) -> Path:
+    """Store one snapshot: weights (L, H, T, T) of the example ``tokens`` at ``step``."""
+    d = out / SNAPSHOTS
+    d.mkdir(exist_ok=True)
+    data = save_bytes({"weights": weights.detach().float().contiguous()},
+                      metadata={"step": str(step), "tokens": json.dumps(tokens)})
+    return write_atomic(d / f"step-{step:08d}.safetensors", lambda f: f.write(data))
+
+
+def load_snapshots(out: Path) -> list[tuple[int, list[str], np.ndarray]]:
+    """Every readable snapshot of the run, oldest first: (step, tokens, weights (L, H, T, T))."""
+    from safetensors import safe_open
+
+    result = []
+    for step, p in snapshot_files(out):
+        try:
+            with safe_open(os.fspath(p), framework="pt") as f:
+                tokens = json.loads((f.metadata() or {})["tokens"])
+            weights = load_bytes(p.read_bytes())["weights"].numpy()
+        except (SafetensorError, OSError, KeyError, ValueError):
+            continue  # a snapshot is a picture's input, not a reason to fail the run
+        result.append((step, tokens, weights))
+    return result

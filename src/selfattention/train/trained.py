@@ -1,0 +1,117 @@
+"""A trained model back from its checkpoint, for ``generate`` and ``explain --model CHECKPOINT``.
+
+    from selfattention.train import load_trained
+    t = load_trained("runs/reverse")          # a run's --out (its newest usable checkpoint) or one
+    t.model                                   #   checkpoint folder (…/checkpoints/step-00002000)
+    ids = t.encode("hello=")                  # (1, T) token ids; one character is one token
+    logits = t.model(ids)                     # (1, T, V); t.model is a DecoderLM (or GRULM), eval mode
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError
+from . import checkpoint
+from .baseline import GRULM
+from .config import TrainConfig, build_model
+from .tasks import END, SEP, Vocabulary, get_task
+
+
+@dataclass
+class TrainedModel:
+    """A model as trained: ``model`` (``transformer.DecoderLM`` or ``baseline.GRULM``, float32, CPU,
+    eval mode), its ``config`` (``TrainConfig``: task, sizes, …), ``vocab`` (characters ↔ ids),
+    ``step`` it was saved at and the checkpoint folder ``path``."""
+
+    model: torch.nn.Module
+    config: TrainConfig
+    vocab: Vocabulary
+    step: int
+    path: Path
+    metrics: dict | None  # the evaluation saved with the checkpoint, if one was due then
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    def encode(self, text: str) -> torch.Tensor:
+        """(1, T) int64 token ids of ``text``; InputError naming a character the model does not know."""
+        return torch.tensor([self.vocab.encode(text)], dtype=torch.long)
+
+    def prompt_for(self, text: str) -> str:
+        """What the model reads before answering: "<prompt>=" for a task, the text itself for text."""
+        if self.task == "text":
+            return text
+        from ..errors import InputError
+
+        task = get_task(self.task)
+        allowed = set(task.vocab.tokens) - {SEP, END}
+        bad = next((c for c in text if c not in allowed), None)
+        if bad is not None or not text:
+            what = f"the character {bad!r}" if bad is not None else "an empty prompt"
+            raise InputError(f"--prompt: {what} is not a {self.task} prompt ({task.description})")
+        return text + SEP
+
+
+def load_trained(path: str | os.PathLike[str]) -> TrainedModel:
+    """Load a trained model from a run folder (its newest usable checkpoint; each broken one
+    skipped is a ``CheckpointWarning``) or from one checkpoint folder.
+
+    ModelError (``checkpoint.CheckpointError``) names the file and what is wrong with it.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"{p}: no such folder (expected a training --out folder or one of its checkpoints)")
+    if (p / "state.json").is_file():
+        ckpt = checkpoint.load(p, with_train=False)
+    else:
+        ckpt = checkpoint.newest_valid(p, lambda c: checkpoint.load(c, with_train=False))
+        if ckpt is None:
+            raise ModelError(f"{p}: no checkpoints (expected a training --out folder with "
+                             "checkpoints/step-*)")
+    config = ckpt.config
+    vocab = Vocabulary(ckpt.state["vocab"])
+    model = build_model(config, len(vocab))
+    checkpoint.check_tensors(ckpt.path, ckpt.model, model.state_dict())
+    model.load_state_dict(ckpt.model)
+    model = model.float().eval()
+    return TrainedModel(model, config, vocab, ckpt.step, ckpt.path, ckpt.state.get("last_record"))
+
+
+@torch.no_grad()
+def continue_text(t: TrainedModel, prompt: str, max_new: int, *, temperature: float = 0.0,
+                  seed: int = 0, use_cache: bool = True) -> str:
+    """The model's continuation of ``prompt`` (not including it): up to ``max_new`` characters, or
+    up to the final "." of a task's answer (left out). Uses the KV cache (GRU: its hidden state)."""
+    from ..transformer import DecoderLM, generate
+
+    ids = t.encode(t.prompt_for(prompt))  # (1, T0)
+    stop = t.vocab.index[END] if t.task != "text" else None
+    gen = torch.Generator().manual_seed(seed)
+    if isinstance(t.model, DecoderLM):
+        out = generate(t.model, ids, max_new, stop=stop, temperature=temperature, generator=gen,
+                       use_cache=use_cache)[0, ids.shape[1]:]
+    else:
+        out = _generate_rnn(t.model, ids, max_new, stop, temperature, gen)
+    text = t.vocab.decode(out.tolist())
+    return text[:-1] if stop is not None and text.endswith(END) else text
+
+
+def _generate_rnn(model: GRULM, ids: torch.Tensor, max_new: int, stop: int | None, temperature: float,
+                  gen: torch.Generator) -> torch.Tensor:
+    from ..transformer import pick_next
+
+    state = model.new_state()
+    fresh, out = ids, []
+    for _ in range(max_new):
+        nxt = pick_next(model(fresh, state=state)[:, -1], temperature, gen)  # (1, 1)
+        out.append(nxt)
+        fresh = nxt
+        if stop is not None and int(nxt) == stop:
+            break
+    return torch.cat(out, dim=1)[0] if out else torch.zeros(0, dtype=torch.long)

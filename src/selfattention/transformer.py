@@ -1,0 +1,353 @@
+"""The Transformer built from this project's ``MultiHeadAttention``: positions, blocks, an encoder,
+a decoder-only language model, and incremental decoding with a KV cache.
+
+Self-attention alone is blind to word order (permute the words and every word's z is the same,
+only permuted): ``positions`` adds the order back, as the original Transformer's sinusoids
+("sinusoidal"), as learned vectors ("learned"), or not at all ("none", to see the blindness).
+
+    x (B, T) token ids → embed + positions (B, T, D) → N × Block (B, T, D) → [LayerNorm] → logits
+
+A ``Block`` is attention then a feed-forward net, each inside a residual connection, with a
+LayerNorm before each ("pre", GPT-2's) or after each residual sum ("post", the 2017 paper's and
+``nn.TransformerEncoderLayer``'s default). Builds on ``layers.py`` only: attention runs through the
+one dispatcher (``backend="auto"``: torch SDPA on the CPU; the fastest measured tier on CUDA).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .layers import KVCache, MultiHeadAttention
+
+POSITIONS = ("sinusoidal", "learned", "none")
+NORMS = ("pre", "post")
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """The sizes of an encoder or decoder; every field is checked by ``check``."""
+
+    vocab_size: int  # token ids are 0 … vocab_size - 1
+    d_model: int = 64  # D, the width of every word's vector
+    num_heads: int = 4  # H; each head has d = D / H
+    num_layers: int = 2  # N blocks
+    d_ff: int = 256  # hidden width of the feed-forward net
+    max_len: int = 128  # longest sequence the positions cover
+    positions: str = "learned"  # "sinusoidal", "learned" or "none"
+    norm: str = "pre"  # LayerNorm before ("pre") or after ("post") each residual branch
+    dropout: float = 0.0  # on attention weights, feed-forward hidden units and residual branches
+
+    def check(self) -> TransformerConfig:
+        for name in ("vocab_size", "d_model", "num_heads", "num_layers", "d_ff", "max_len"):
+            n = getattr(self, name)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"{name} must be a positive int, got {n!r}")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        return self
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+# --- positions ------------------------------------------------------------------------------------
+
+def sinusoids(T: int, d_model: int) -> torch.Tensor:
+    """The original Transformer's positional encodings, (T, D) float32: for position p and
+    i = 0 … D/2 - 1, PE[p, 2i] = sin(p / 10000^(2i/D)) and PE[p, 2i+1] = cos(p / 10000^(2i/D))."""
+    p = torch.arange(T, dtype=torch.float64).unsqueeze(1)  # (T, 1)
+    i = torch.arange(0, d_model, 2, dtype=torch.float64)  # (ceil(D/2),) the even columns 2i
+    angle = p / 10000.0 ** (i / d_model)  # (T, ceil(D/2))
+    pe = torch.zeros(T, d_model, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(angle)
+    pe[:, 1::2] = torch.cos(angle[:, : d_model // 2])  # an odd D has one sine column more
+    return pe.float()
+
+
+class Positions(nn.Module):
+    """Position vectors added to the token embeddings: ``forward(T, offset)`` → (T, D) for the
+    positions offset … offset + T - 1, or None for "none" (nothing is added)."""
+
+    def __init__(self, kind: str, max_len: int, d_model: int):
+        super().__init__()
+        self.kind, self.max_len = kind, max_len
+        if kind == "learned":
+            self.table = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
+        elif kind == "sinusoidal":
+            self.register_buffer("table", sinusoids(max_len, d_model), persistent=False)
+        else:
+            self.table = None
+
+    def forward(self, T: int, offset: int = 0) -> torch.Tensor | None:
+        if self.table is None:
+            return None
+        if offset + T > self.max_len:
+            raise ValueError(f"positions {offset}…{offset + T - 1} are beyond max_len={self.max_len} "
+                             f"of the {self.kind} positions")
+        return self.table[offset:offset + T]  # (T, D)
+
+
+# --- blocks ---------------------------------------------------------------------------------------
+
+class FeedForward(nn.Module):
+    """The position-wise net: Linear(D → d_ff), GELU, dropout, Linear(d_ff → D)."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(self.dropout(nn.functional.gelu(self.linear1(x))))  # (B, T, D)
+
+
+class Block(nn.Module):
+    """One Transformer layer: x → x + attention(x) → … + feed_forward(…), with LayerNorms.
+
+    ``norm="pre"``:  x = x + drop(attn(norm1(x)));  x = x + drop(ff(norm2(x)))
+    ``norm="post"``: x = norm1(x + drop(attn(x)));  x = norm2(x + drop(ff(x)))
+    The same function as ``nn.TransformerEncoderLayer(D, H, d_ff, activation="gelu",
+    batch_first=True, norm_first=(norm == "pre"))`` given the same weights (tested).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, d_ff: int, *, norm: str = "pre", dropout: float = 0.0):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        self.norm_first = norm == "pre"
+        self.attn = MultiHeadAttention(d_model, num_heads, dropout=dropout)
+        self.ff = FeedForward(d_model, d_ff, dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+        backend: str = "auto",
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, D) → (B, T, D); with ``need_weights`` also the weights (B, H, T, Tk).
+
+        ``mask`` as in ``MultiHeadAttention`` (True = may attend); ``cache``: x holds only the
+        new positions, attending to every cached one (see ``KVCache``)."""
+        h = self.norm1(x) if self.norm_first else x
+        a = self.attn(h, mask=mask, causal=causal, cache=cache, need_weights=need_weights, backend=backend)
+        a, w = a if need_weights else (a, None)
+        if self.norm_first:
+            x = x + self.dropout(a)
+            x = x + self.dropout(self.ff(self.norm2(x)))
+        else:
+            x = self.norm1(x + self.dropout(a))
+            x = self.norm2(x + self.dropout(self.ff(x)))
+        return (x, w) if need_weights else x
+
+
+class _Stack(nn.Module):
+    """Embedding, positions, blocks and (pre-norm) a final LayerNorm: what encoder and decoder share."""
+
+    causal = False
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.config = config.check()
+        c = config
+        self.embed = nn.Embedding(c.vocab_size, c.d_model)
+        self.positions = Positions(c.positions, c.max_len, c.d_model)
+        self.dropout = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(
+            Block(c.d_model, c.num_heads, c.d_ff, norm=c.norm, dropout=c.dropout) for _ in range(c.num_layers)
+        )
+        # Pre-norm leaves the residual stream un-normalized; post-norm already ends in a LayerNorm.
+        self.norm = nn.LayerNorm(c.d_model) if c.norm == "pre" else nn.Identity()
+
+    def _check_tokens(self, tokens: object) -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() != 2:
+            got = f"{tuple(tokens.shape)} {tokens.dtype}" if isinstance(tokens, torch.Tensor) \
+                else type(tokens).__name__
+            raise ValueError(f"tokens must be a (B, T) tensor of int64 token ids, got {got}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got "
+                             f"{int(tokens.min())} … {int(tokens.max())}")
+        return tokens
+
+    def hidden(
+        self,
+        tokens: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        caches: list[KVCache] | None = None,
+        need_weights: bool = False,
+        backend: str = "auto",
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """tokens (B, T) → (hidden states (B, T, D), per-layer weights (B, H, T, Tk) if asked, else [])."""
+        tokens = self._check_tokens(tokens)
+        if caches is not None and len(caches) != len(self.blocks):
+            raise ValueError(f"caches must hold one KVCache per layer ({len(self.blocks)}), "
+                             f"got {len(caches)}")
+        offset = len(caches[0]) if caches else 0
+        x = self.embed(tokens)  # (B, T, D)
+        pos = self.positions(tokens.shape[1], offset)
+        if pos is not None:
+            x = x + pos  # (B, T, D) + (T, D)
+        x = self.dropout(x)
+        weights = []
+        for i, block in enumerate(self.blocks):
+            out = block(x, mask=mask, causal=self.causal, cache=caches[i] if caches else None,
+                        need_weights=need_weights, backend=backend)
+            if need_weights:
+                x, w = out
+                weights.append(w)
+            else:
+                x = out
+        return self.norm(x), weights
+
+
+class Encoder(_Stack):
+    """A bidirectional Transformer encoder: every word attends to every (unmasked) word.
+
+    ``forward(tokens (B, T), mask=None)`` → hidden states z (B, T, D); ``mask`` (True = may
+    attend) broadcastable to (B, H, T, T), e.g. ``masks.from_lengths`` for padded batches.
+    With ``need_weights`` also a list of per-layer weights (B, H, T, T).
+    """
+
+    def forward(self, tokens: torch.Tensor, *, mask: torch.Tensor | None = None, need_weights: bool = False,
+                backend: str = "auto") -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        z, w = self.hidden(tokens, mask=mask, need_weights=need_weights, backend=backend)
+        return (z, w) if need_weights else z
+
+
+class DecoderLM(_Stack):
+    """A decoder-only language model: causal self-attention (word t sees words ≤ t), then a linear
+    map of each hidden state to next-token logits.
+
+    ``forward(tokens (B, T))`` → logits (B, T, V), the prediction for token t + 1 at position t.
+    With ``caches`` (``new_caches()``), ``tokens`` are only the new positions after those cached:
+    decoding one token at a time costs one position's work per layer instead of the whole prefix.
+    """
+
+    causal = True
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__(config)
+        self.head = nn.Linear(config.d_model, config.vocab_size)
+
+    def new_caches(self) -> list[KVCache]:
+        """One empty ``KVCache`` per layer."""
+        return [KVCache() for _ in self.blocks]
+
+    def forward(self, tokens: torch.Tensor, *, caches: list[KVCache] | None = None,
+                need_weights: bool = False,
+                backend: str = "auto") -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        h, w = self.hidden(tokens, caches=caches, need_weights=need_weights, backend=backend)
+        logits = self.head(h)  # (B, T, V)
+        return (logits, w) if need_weights else logits
+
+
+def trace(model: DecoderLM | Encoder, tokens: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """What each layer's attention did for ``tokens`` (1, T), to explain a trained model.
+
+    One dict per layer: ``x`` (T, D), the attention's input H (after norm1 under pre-norm);
+    ``q``, ``k``, ``v`` (H, T, d), the heads' projections; ``weights`` (H, T, T), α. The head's
+    W_Q, W_K, W_V come from ``model.blocks[layer].attn.head_projections(head)``.
+    """
+    if tokens.dim() != 2 or tokens.shape[0] != 1:
+        raise ValueError(f"trace takes one sequence, tokens of shape (1, T); got {tuple(tokens.shape)}")
+    inputs: list[torch.Tensor] = []
+    hooks = [b.attn.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for b in model.blocks]
+    try:
+        with torch.no_grad():
+            _, weights = model.hidden(tokens, need_weights=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    for block, x, w in zip(model.blocks, inputs, weights, strict=True):
+        with torch.no_grad():
+            q, k, v = block.attn.project(x)  # (1, H, T, d) each
+        out.append({"x": x[0], "q": q[0], "k": k[0], "v": v[0], "weights": w[0]})
+    return out
+
+
+# --- generation -----------------------------------------------------------------------------------
+
+def pick_next(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Next token ids (B, 1) from last-position logits (B, V): argmax at temperature 0, else sampled."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)  # (B, 1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+
+
+@torch.no_grad()
+def generate(
+    model: DecoderLM,
+    prompt: torch.Tensor,
+    max_new: int,
+    *,
+    stop: int | None = None,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Continue ``prompt`` (B, T0) by up to ``max_new`` tokens → (B, T0 + n).
+
+    With ``use_cache`` the prompt is run once and every new token attends to the cached keys and
+    values; without, the whole sequence is recomputed each step (the slow way, for comparison).
+    Stops early once every sequence has produced ``stop``. Where the positions end (max_len), the
+    cache restarts from the last max_len // 2 tokens (a sliding window).
+    """
+    if prompt.dim() != 2 or prompt.shape[1] == 0:
+        raise ValueError(f"prompt must be (B, T0) token ids with T0 ≥ 1, got shape {tuple(prompt.shape)}")
+    if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 0:
+        raise ValueError(f"max_new must be a non-negative int, got {max_new!r}")
+    if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number ≥ 0, got {temperature!r}")
+    limit = model.config.max_len if model.config.positions != "none" else None
+    seq = prompt if limit is None else prompt[:, -limit:]
+    out = [prompt]
+    done = torch.zeros(prompt.shape[0], dtype=torch.bool)
+    caches, fresh = None, seq  # fresh: the tokens not yet seen by the cache
+    for _ in range(max_new):
+        if use_cache:
+            if caches is not None and limit is not None and len(caches[0]) + fresh.shape[1] > limit:
+                caches, fresh = None, seq[:, -max(1, limit // 2):]  # restart the window
+            if caches is None:
+                caches = model.new_caches()
+            logits = model(fresh, caches=caches)[:, -1]  # (B, V)
+        else:
+            window = seq if limit is None else seq[:, -limit:]
+            logits = model(window)[:, -1]  # (B, V)
+        nxt = pick_next(logits, temperature, generator)  # (B, 1)
+        out.append(nxt)
+        seq, fresh = torch.cat([seq, nxt], dim=1), nxt  # (B, T + 1)
+        if stop is not None:
+            done |= nxt[:, 0] == stop
+            if bool(done.all()):
+                break
+    return torch.cat(out, dim=1)  # (B, T0 + n)
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Trainable parameters (a tied or shared tensor counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["Block", "DecoderLM", "Encoder", "FeedForward", "Positions", "TransformerConfig", "generate",
+           "parameter_count", "sinusoids", "trace"]
