@@ -1,12 +1,20 @@
 """The compiler's report on the Triton kernels for Hopper (sm_90), made without a GPU.
 
-Compiles every kernel for each launch configuration that ``kernels/launch.py`` may pick, with
+Compiles every kernel for each launch configuration that ``kernels/tuning.py`` may pick, with
 Triton's own toolchain (its bundled ptxas and cuobjdump), and prints registers per thread, stack
-bytes (spills to local memory), shared memory, the number of Hopper matrix instructions (HGMMA)
-and local loads/stores (LDL/STL) in the SASS. Spills and few HGMMAs predict slow kernels before
-any device time is spent.
+bytes (spills to local memory), shared memory, the number of Hopper matrix instructions (HGMMA),
+TMA loads (UTMALDG), register-count switches of warp specialisation (USETMAXREG) and local
+loads/stores (LDL/STL) in the SASS. Spills and few HGMMAs predict slow kernels before any device
+time is spent.
 
-    python benchmarks/kernel_report.py [--head-dims 64,128] [--dtype bf16]
+    python benchmarks/kernel_report.py [--head-dims 64,128] [--dtype bf16] [--causal] [--map]
+
+The GPU machine runs Triton 3.6 and the local one may run another version, whose compiler
+decides differently (v1's dQ kernel spilled under 3.6 and not under 3.9). To report for 3.6
+exactly, install it beside the project's and put it first on the path:
+
+    pip install --no-deps --target /tmp/triton36 triton==3.6.0
+    PYTHONPATH=/tmp/triton36:src python benchmarks/kernel_report.py
 """
 
 from __future__ import annotations
@@ -22,17 +30,20 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from selfattention.kernels import flash
-from selfattention.kernels.launch import _configs
+from selfattention.kernels import tuning
 
-PTR = {"Mask": "*u8", "Lens": "*i64", "Lse": "*fp32", "Delta": "*fp32"}
+PTR = {
+    "Mask": "*u8",
+    "Tiles": "*u8",
+    "Lens": "*i64",
+    "Lse": "*fp32",
+    "Delta": "*fp32",
+    "MapCount": "*i32",
+    "MapIndex": "*i32",
+    "MapTile": "*i32",
+}
 POINTERS = ("Q", "K", "V", "Out", "DO", "DQ", "DK", "DV", *PTR)
 FLOATS = ("qk_scale", "scale")
-KERNELS = {
-    "fwd": (flash._fwd_kernel, "fwd"),
-    "dkdv": (flash._bwd_dkdv_kernel, "dkdv"),
-    "dq": (flash._bwd_dq_kernel, "dq"),
-}
 TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
 
@@ -67,8 +78,40 @@ def usage(kernel) -> dict[str, int]:
         "stack": int(m.group(2)),
         "shared": kernel.metadata.shared,
         "hgmma": sass.count("HGMMA"),
+        "tma": sass.count("UTMALDG"),
+        "setmaxreg": sass.count("USETMAXREG"),
         "ldl_stl": sass.count("LDL") + sass.count("STL"),
     }
+
+
+def rows(kind: str, d_pad: int, a) -> list[tuple[str, tuning.Cfg, dict]]:
+    """(label, config, constexprs) for every candidate of ``kind`` and each load path."""
+    out = []
+    for c in tuning.candidates(kind, d_pad):
+        for desc in (False, True):
+            if c.warp_spec and not desc:
+                continue  # warp specialisation is only a candidate with descriptors
+            if a.only_desc and not desc:
+                continue
+            const = dict(
+                CAUSAL=a.causal,
+                HAS_MASK=False,
+                HAS_LENS=False,
+                HAS_MAP=a.map,
+                MAP_M=128 if a.map else 0,
+                MAP_N=128 if a.map else 0,
+                D_PAD=d_pad,
+                PRECISION="tf32",
+                BLOCK_M=c.BLOCK_M,
+                BLOCK_N=c.BLOCK_N,
+                USE_DESC=desc,
+            )
+            if kind == "fwd":
+                const["WARP_SPEC"] = c.warp_spec
+            path = "descriptors" if desc else "pointers"
+            label = f"{kind} ({path}{', warp-specialised' if c.warp_spec else ''})"
+            out.append((label, c, const))
+    return out
 
 
 def main() -> None:
@@ -76,45 +119,33 @@ def main() -> None:
     ap.add_argument("--head-dims", default="64,128,256")
     ap.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"))
     ap.add_argument("--causal", action="store_true", help="the causal variant (default: not causal)")
+    ap.add_argument("--map", action="store_true", help="the block-map variant (128 × 128 map blocks)")
+    ap.add_argument("--kernels", default="fwd,dkdv,dq")
+    ap.add_argument("--only-desc", action="store_true", help="only the tensor-descriptor load path")
     a = ap.parse_args()
     warnings.filterwarnings("ignore")
-    print(f"# Triton {triton.__version__}, sm_90, {a.dtype}, causal={a.causal}, no mask or lengths\n")
+    print(
+        f"# Triton {triton.__version__}, sm_90, {a.dtype}, causal={a.causal}, block map={a.map}, "
+        f"no mask or lengths\n"
+    )
     print(
         "| kernel | D_PAD | BLOCK_M | BLOCK_N | warps | stages | regs | stack B | shared B "
-        "| HGMMA | LDL/STL |"
+        "| HGMMA | UTMALDG | USETMAXREG | LDL/STL |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    variants = {"fwd": [False, True]}  # the forward with pointer tiles, then with tensor descriptors
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for d_pad in (int(x) for x in a.head_dims.split(",")):
-        for name, (fn, kind) in KERNELS.items():
-            for desc, (m, n, w, s) in (
-                (x, c) for x in variants.get(name, [None]) for c in _configs(d_pad, kind)
-            ):
-                const = dict(
-                    CAUSAL=a.causal,
-                    HAS_MASK=False,
-                    HAS_LENS=False,
-                    D_PAD=d_pad,
-                    PRECISION="tf32",
-                    BLOCK_M=m,
-                    BLOCK_N=n,
-                )
-                if desc is not None:
-                    const["USE_DESC"] = desc
-                    name_shown = f"{name} ({'descriptors' if desc else 'pointers'})"
-                else:
-                    name_shown = name
+        for kind in a.kernels.split(","):
+            for label, c, const in rows(kind, d_pad, a):
+                head = f"| {label} | {d_pad} | {c.BLOCK_M} | {c.BLOCK_N} | {c.warps} | {c.stages} |"
                 try:
-                    u = usage(compile_one(fn, a.dtype, const, w, s))
+                    u = usage(compile_one(tuning.KERNELS[kind], a.dtype, const, c.warps, c.stages))
                 except Exception as e:  # a config the compiler refuses (e.g. out of shared memory)
-                    print(
-                        f"| {name_shown} | {d_pad} | {m} | {n} | {w} | {s} | "
-                        f"fails: {str(e).splitlines()[0][:60]} |"
-                    )
+                    msg = " ".join(str(e).split())[:80]
+                    print(f"{head} fails: {msg} | | | | | | |", flush=True)
                     continue
                 print(
-                    f"| {name_shown} | {d_pad} | {m} | {n} | {w} | {s} | {u['regs']} | {u['stack']} | "
-                    f"{u['shared']} | {u['hgmma']} | {u['ldl_stl']} |",
+                    f"{head} {u['regs']} | {u['stack']} | {u['shared']} | {u['hgmma']} | {u['tma']} | "
+                    f"{u['setmaxreg']} | {u['ldl_stl']} |",
                     flush=True,
                 )
 

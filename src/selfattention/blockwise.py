@@ -15,12 +15,14 @@ dK += dSᵀ Q · scale.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 
 import torch
 
 from . import masks
 from ._checks import Problem, broadcast, check_inputs, compute_dtype
+from .block_mask import FULL, SKIP, BlockMask
 
 DEFAULT_BLOCK = 512
 
@@ -30,30 +32,66 @@ def _causal_offset(causal: str | None, Tq: int, Tk: int) -> int | None:
     return None if causal is None else masks.causal_offset(causal, Tq, Tk)
 
 
-def _tile(qs, k, mask, offset, j0, j1, batch):
-    """Scores of the queries that can see key block [j0, j1): returns (i0, s) with s (..., Tq-i0, j1-j0).
+def _plan(Tq: int, Tk: int, block: int, offset: int | None, bm: BlockMask | None, rank: int):
+    """The key blocks to visit, as (j0, j1, i0, i1, m): keys [j0, j1) are scored against queries
+    [i0, i1) only; ``m`` is that region of a block map's mask, or None where no mask is needed.
 
-    ``qs`` is q already multiplied by the scale. Rows before i0 see none of these keys under the
-    causal mask, so they are not computed. ``s`` is a fresh tensor with all of ``batch``'s leading
-    dims, which the caller may modify in place.
+    Without a block map: blocks of ``block`` keys, each against every query that can see it
+    under the causal mask (the rows before i0 see none of its keys). With one: the map's key
+    blocks; a block no query may see is skipped, the rows span the query blocks that see it, and
+    the mask is skipped when every block in that span is FULL for every batch row and head.
+    ``rank``: the number of leading dims of the problem (the map's (Bm, Hm) align with the last two).
     """
-    Tq = qs.shape[-2]
-    i0 = 0 if offset is None else max(0, j0 - offset)
-    if i0 >= Tq:
-        return i0, None
-    s = torch.matmul(qs[..., i0:, :], k[..., j0:j1, :].transpose(-2, -1))  # (..., Tq-i0, bk)
+    if bm is None:
+        for j0 in range(0, Tk, block):
+            i0 = 0 if offset is None else max(0, j0 - offset)
+            if i0 >= Tq:
+                break  # causal: no later block is visible to any query either
+            yield j0, min(j0 + block, Tk), i0, Tq, None
+        return
+    live = bm.kinds.amax((0, 1)) != SKIP  # (nQ, nK): computed for some batch row or head
+    full = bm.kinds.amin((0, 1)) == FULL  # (nQ, nK): unmasked for all of them
+    for j in range(bm.kinds.shape[-1]):
+        rows = torch.nonzero(live[:, j]).flatten().tolist()
+        if not rows:
+            continue  # SKIP everywhere: never computed
+        first, last = rows[0], rows[-1]
+        i0, i1 = first * bm.block_m, min((last + 1) * bm.block_m, Tq)
+        m = None if bool(full[first : last + 1, j].all()) else bm.column(j)[:, :, i0:i1, :]
+        if m is not None and rank < 2:
+            m = m.reshape(m.shape[2 - rank :])  # (Bm, Hm) are 1 here: drop the dims the problem lacks
+        yield j * bm.block_n, min((j + 1) * bm.block_n, Tk), i0, i1, m
+
+
+def _tile(qs, k, mask, offset, j0, j1, i0, i1, batch):
+    """Scores of queries [i0, i1) against key block [j0, j1): (..., i1-i0, j1-j0), masked.
+
+    ``qs`` is q already multiplied by the scale; ``mask`` a mask tensor (broadcastable to the
+    whole problem) or the plan's region of a block map (broadcastable to this tile). ``s`` is a
+    fresh tensor with all of ``batch``'s leading dims, which the caller may modify in place.
+    """
+    s = torch.matmul(qs[..., i0:i1, :], k[..., j0:j1, :].transpose(-2, -1))  # (..., i1-i0, bk)
     if mask is not None:
-        rows = slice(i0, None) if mask.shape[-2] > 1 else slice(None)
-        cols = slice(j0, j1) if mask.shape[-1] > 1 else slice(None)
-        m = mask[..., rows, cols]
-        s = s.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else s + m.to(s.dtype)
+        if mask.shape[-2:] != s.shape[-2:]:  # the problem's mask tensor: take this tile of it
+            rows = slice(i0, i1) if mask.shape[-2] > 1 else slice(None)
+            cols = slice(j0, j1) if mask.shape[-1] > 1 else slice(None)
+            mask = mask[..., rows, cols]
+        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.to(s.dtype)
     if offset is not None and j1 - 1 > i0 + offset:  # the block straddles the diagonal
-        i = torch.arange(i0, Tq, device=qs.device).unsqueeze(-1)  # (Tq-i0, 1)
+        i = torch.arange(i0, i1, device=qs.device).unsqueeze(-1)  # (i1-i0, 1)
         j = torch.arange(j0, j1, device=qs.device)  # (bk,)
         s = s.masked_fill(j > i + offset, float("-inf"))
     if s.shape[:-2] != batch:  # v (or the mask) has leading dims q and k lack: give s them too
         s = s.expand(*batch, *s.shape[-2:]).contiguous()
-    return i0, s
+    return s
+
+
+def check_block_mask(bm: BlockMask, p: Problem) -> None:
+    """ValueError unless ``bm`` fits the problem (shape, device) and no separate causal rule is asked."""
+    if p.causal is not None:
+        raise ValueError("mask is a BlockMask, which already says which keys each query may see: pass "
+                         "causal=False (build a causal one with selfattention.block_mask.causal)")
+    bm.check_batch(p.batch, p.Tq, p.Tk, p.q.device)
 
 
 class _BlockwiseAttention(torch.autograd.Function):
@@ -61,32 +99,31 @@ class _BlockwiseAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, mask, offset, scale, block):
         cd = compute_dtype(q.dtype)
         qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
-        lead = [x.shape[:-2] for x in (q, k, v, mask) if x is not None]
+        bm = mask if isinstance(mask, BlockMask) else None
+        lead = [x.shape[:-2] for x in (q, k, v, None if bm else mask) if x is not None]
         batch = broadcast(*lead)  # the mask may add leading dims too
         Tq, Tk, dv = q.shape[-2], k.shape[-2], v.shape[-1]
         m = torch.full((*batch, Tq, 1), float("-inf"), dtype=cd, device=q.device)  # running max
         l = torch.zeros((*batch, Tq, 1), dtype=cd, device=q.device)  # running sum
         acc = torch.zeros((*batch, Tq, dv), dtype=cd, device=q.device)  # running Σ p v
         qs = qc * scale  # scaling q once is cheaper than scaling every tile of scores
-        for j0 in range(0, Tk, block):
-            j1 = min(j0 + block, Tk)
-            i0, s = _tile(qs, kc, mask, offset, j0, j1, batch)
-            if s is None:
-                break  # causal: no later block is visible to any query either
-            m_old = m[..., i0:, :]
-            m_new = torch.maximum(m_old, s.amax(-1, keepdim=True))  # (..., Tq-i0, 1)
+        plan = list(_plan(Tq, Tk, block, offset, bm, len(batch)))
+        for j0, j1, i0, i1, region in plan:
+            s = _tile(qs, kc, mask if bm is None else region, offset, j0, j1, i0, i1, batch)
+            m_old = m[..., i0:i1, :]
+            m_new = torch.maximum(m_old, s.amax(-1, keepdim=True))  # (..., i1-i0, 1)
             m_safe = m_new.masked_fill(m_new.isneginf(), 0.0)  # rows that have seen nothing yet
-            p = s.sub_(m_safe).exp_()  # (..., Tq-i0, bk), in place: tiles are large
+            p = s.sub_(m_safe).exp_()  # (..., i1-i0, bk), in place: tiles are large
             corr = torch.exp(m_old - m_safe)  # rescales what was accumulated under the old max
-            l[..., i0:, :] = l[..., i0:, :] * corr + p.sum(-1, keepdim=True)
-            a = acc[..., i0:, :]  # a view: the in-place updates write into acc
+            l[..., i0:i1, :] = l[..., i0:i1, :] * corr + p.sum(-1, keepdim=True)
+            a = acc[..., i0:i1, :]  # a view: the in-place updates write into acc
             a.mul_(corr).add_(torch.matmul(p, vc[..., j0:j1, :]))
-            m[..., i0:, :] = m_new
+            m[..., i0:i1, :] = m_new
         empty = l == 0  # rows that may attend to nothing: output 0, lse -inf
         out = acc / l.masked_fill(empty, 1.0)  # (..., Tq, dv)
         lse = (m + torch.log(l)).masked_fill(empty, float("-inf")).squeeze(-1)  # (..., Tq)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.mask, ctx.offset, ctx.scale, ctx.block = mask, offset, scale, block
+        ctx.mask, ctx.offset, ctx.scale, ctx.plan = None if bm else mask, offset, scale, plan
         ctx.mark_non_differentiable(lse)
         return out.to(q.dtype), lse
 
@@ -94,11 +131,10 @@ class _BlockwiseAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        mask, offset, scale, block = ctx.mask, ctx.offset, ctx.scale, ctx.block
+        mask, offset, scale = ctx.mask, ctx.offset, ctx.scale
         cd = out.dtype
         qc, kc, vc, do = q.to(cd), k.to(cd), v.to(cd), dout.to(cd)
         batch = tuple(out.shape[:-2])
-        Tk = k.shape[-2]
         # exp(s - (+inf)) = 0: rows that attended to nothing get zero weights and zero gradients.
         lse = lse.masked_fill(lse.isneginf(), float("inf")).unsqueeze(-1)  # (..., Tq, 1)
         delta = (do * out).sum(-1, keepdim=True)  # rowsum(dO ∘ O), (..., Tq, 1)
@@ -106,18 +142,15 @@ class _BlockwiseAttention(torch.autograd.Function):
         dk = torch.zeros((*batch, *k.shape[-2:]), dtype=cd, device=q.device)
         dv = torch.zeros((*batch, *v.shape[-2:]), dtype=cd, device=q.device)
         qs = qc * scale
-        for j0 in range(0, Tk, block):
-            j1 = min(j0 + block, Tk)
-            i0, s = _tile(qs, kc, mask, offset, j0, j1, batch)
-            if s is None:
-                break
-            p = s.sub_(lse[..., i0:, :]).exp_()  # (..., Tq-i0, bk), the forward's weights
-            do_i = do[..., i0:, :]
+        for j0, j1, i0, i1, region in ctx.plan:  # the forward's tiles, in the same order
+            s = _tile(qs, kc, mask if region is None else region, offset, j0, j1, i0, i1, batch)
+            p = s.sub_(lse[..., i0:i1, :]).exp_()  # (..., i1-i0, bk), the forward's weights
+            do_i = do[..., i0:i1, :]
             dv[..., j0:j1, :] += torch.matmul(p.transpose(-2, -1), do_i)
-            dp = torch.matmul(do_i, vc[..., j0:j1, :].transpose(-2, -1))  # (..., Tq-i0, bk)
-            ds = dp.sub_(delta[..., i0:, :]).mul_(p)  # P ∘ (dP − delta), in place
-            dq[..., i0:, :] += torch.matmul(ds, kc[..., j0:j1, :]) * scale
-            dk[..., j0:j1, :] += torch.matmul(ds.transpose(-2, -1), qs[..., i0:, :])
+            dp = torch.matmul(do_i, vc[..., j0:j1, :].transpose(-2, -1))  # (..., i1-i0, bk)
+            ds = dp.sub_(delta[..., i0:i1, :]).mul_(p)  # P ∘ (dP − delta), in place
+            dq[..., i0:i1, :] += torch.matmul(ds, kc[..., j0:j1, :]) * scale
+            dk[..., j0:j1, :] += torch.matmul(ds.transpose(-2, -1), qs[..., i0:i1, :])
         # Sum over the leading dims each input was broadcast along.
         dq = dq.sum_to_size(q.shape).to(q.dtype)
         dk = dk.sum_to_size(k.shape).to(k.dtype)
@@ -126,8 +159,13 @@ class _BlockwiseAttention(torch.autograd.Function):
 
 
 def run(p: Problem, *, block_size: int = DEFAULT_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blockwise attention of a validated problem: (out (..., Tq, d_v), lse (..., Tq))."""
-    if p.mask is not None and p.mask.requires_grad:
+    """Blockwise attention of a validated problem: (out (..., Tq, d_v), lse (..., Tq)).
+
+    ``p.mask`` may be a ``BlockMask``: its blocks then replace ``block_size``.
+    """
+    if isinstance(p.mask, BlockMask):
+        check_block_mask(p.mask, p)
+    elif p.mask is not None and p.mask.requires_grad:
         raise ValueError(
             "backend 'blockwise' cannot differentiate with respect to a float mask that requires "
             "grad; use backend='matrix'"
@@ -141,7 +179,7 @@ def blockwise_attention(
     k: torch.Tensor,
     v: torch.Tensor,
     *,
-    mask: torch.Tensor | None = None,
+    mask: torch.Tensor | BlockMask | None = None,
     causal: bool = False,
     causal_alignment: str = "top_left",
     scale: float | None = None,
@@ -149,6 +187,10 @@ def blockwise_attention(
     return_lse: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Attention computed one key block at a time, with memory O(Tq · block_size).
+
+    ``mask`` may be a ``BlockMask`` (``selfattention.block_mask``): key blocks are then its
+    blocks, those it marks SKIP for every query are never computed, and no mask is applied where
+    every block of a column's span is FULL. It already holds any causal rule (causal=False).
 
     Shapes as ``selfattention.attention``: q (..., Tq, d), k (..., Tk, d), v (..., Tk, d_v) →
     out (..., Tq, d_v). With ``return_lse=True`` also returns the log-sum-exp of each row's
@@ -159,6 +201,9 @@ def blockwise_attention(
         raise TypeError(f"block_size must be a positive int, got {block_size!r}")
     if block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-    p = check_inputs(q, k, v, mask, causal, causal_alignment, scale)
+    if isinstance(mask, BlockMask):
+        p = dataclasses.replace(check_inputs(q, k, v, None, causal, causal_alignment, scale), mask=mask)
+    else:
+        p = check_inputs(q, k, v, mask, causal, causal_alignment, scale)
     out, lse = run(p, block_size=int(block_size))
     return (out, lse) if return_lse else out
