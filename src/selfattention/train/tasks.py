@@ -10,9 +10,11 @@ tasks: ``copy`` (answer = prompt), ``reverse``, ``sort`` (letters in alphabetica
 prompt (for recall: of key-value pairs), drawn uniformly from [min_len, max_len].
 
 Held out: a fixed pseudo-random 1/16 of all possible prompts (by a hash of the prompt) is never
-used for training; accuracy is measured on those only. Data for training step s comes from a
-generator seeded by (seed, s), so any step's batch can be regenerated: that is the whole "data
-position" a checkpoint needs.
+used for training; accuracy is measured on those only. A length with few prompts (length 1 has
+26) holds out the 1/16 of them with the smallest hashes, at least one, so every length is tested.
+
+Data for training step s comes from a generator seeded by (seed, s), so any step's batch can be
+regenerated: that is the whole "data position" a checkpoint needs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import string
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -81,10 +84,27 @@ class Task:
         """The whole training string: prompt "=" answer "."."""
         return f"{prompt}{SEP}{self.solve(prompt)}{END}"
 
+    def length(self, prompt: str) -> int:
+        """Letters of a prompt (recall: key-value pairs)."""
+        return len(prompt.partition(QUERY)[0]) // 2 if self.name == "recall" else len(prompt)
+
     def held_out(self, prompt: str) -> bool:
-        """Is ``prompt`` in the held-out set (never trained on)? A hash, so it is fixed forever."""
-        digest = hashlib.blake2b(f"{self.name}:{prompt}".encode(), digest_size=8).digest()
-        return int.from_bytes(digest, "little") % HELDOUT == 0
+        """Is ``prompt`` in the held-out set (never trained on)? Fixed forever by a hash."""
+        n = self.length(prompt)
+        if self.count(n) <= ENUMERATE_MAX:
+            return prompt in _held_out_of(self, n)
+        return _hash(self.name, prompt) % HELDOUT == 0
+
+
+def _hash(name: str, prompt: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{name}:{prompt}".encode(), digest_size=8).digest(), "little")
+
+
+@lru_cache(maxsize=64)
+def _held_out_of(task: Task, n: int) -> frozenset[str]:
+    """Held-out prompts of a length with few: the 1/16 with the smallest hashes (at least one)."""
+    everything = sorted(task.enumerate_all(n), key=lambda p: _hash(task.name, p))
+    return frozenset(everything[:max(1, len(everything) // HELDOUT)])
 
 
 def _letters(rng: np.random.Generator, n: int) -> str:
@@ -162,19 +182,11 @@ def train_prompts(task: Task, rng: np.random.Generator, n: int, min_len: int, ma
 
 
 def heldout_prompts(task: Task, rng: np.random.Generator, n: int, min_len: int, max_len: int) -> list[str]:
-    """``n`` held-out prompts, lengths uniform over those lengths that have any held-out prompt."""
-    small: dict[int, list[str]] = {}
-    lengths = []
-    for L in range(min_len, max_len + 1):
-        if task.count(L) <= ENUMERATE_MAX:
-            small[L] = [p for p in task.enumerate_all(L) if task.held_out(p)]
-            if not small[L]:
-                continue  # e.g. length 1 could, by chance, have no held-out prompt
-        lengths.append(L)
+    """``n`` held-out prompts, lengths uniform in [min_len, max_len]."""
     out = []
-    for L in rng.choice(lengths, n):
-        if int(L) in small:
-            pool = small[int(L)]
+    for L in rng.integers(min_len, max_len + 1, n):
+        if task.count(int(L)) <= ENUMERATE_MAX:
+            pool = sorted(_held_out_of(task, int(L)))
             out.append(pool[rng.integers(0, len(pool))])
             continue
         while True:

@@ -1,0 +1,59 @@
+"""Helpers of the training tests: a tiny run's options, the command line in a subprocess, and the
+``one_thread`` fixture (import it into a test module to use it there)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from selfattention.train.config import TrainConfig
+
+# A model and task small enough that a step takes milliseconds.
+TINY = dict(d_model=16, num_heads=2, num_layers=1, d_ff=32, min_len=1, max_len=6, longer_len=8, batch_size=8,
+            eval_size=20, eval_every=5, checkpoint_every=10)
+TINY_ARGS = ["--d-model", "16", "--heads", "2", "--layers", "1", "--max-len", "6", "--longer-len", "8",
+             "--batch-size", "8", "--eval-every", "5", "--no-progress", "--no-pictures", "--threads", "1"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny(task: str = "reverse", **kw) -> TrainConfig:
+    return TrainConfig(task=task, **{**TINY, **kw})
+
+
+def env() -> dict[str, str]:
+    """The environment of a subprocess: this checkout's sources first, one thread, no spinning."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), e.get("PYTHONPATH", "")])
+    e.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    return e
+
+
+def cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """``python -m selfattention ARGS`` in a subprocess; text output."""
+    return subprocess.run([sys.executable, "-m", "selfattention", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env(), **kw)
+
+
+def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Bit for bit: the same names, shapes, dtypes and values."""
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+def curve(records: list[dict]) -> list[tuple]:
+    """What must match between two runs: everything but the wall clock."""
+    return [tuple(sorted((k, v) for k, v in r.items() if k != "elapsed_s")) for r in records]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process runs on one thread: faster for these tiny models on a shared machine, and the
+    bit-for-bit comparisons then do not depend on the machine's thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,93 @@
+"""Resume continues exactly: N steps + resume + N steps == 2N steps, bit for bit (CPU); a run killed
+with SIGKILL loses at most one checkpoint interval and then still ends exactly where it would have."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _train_helpers import TINY_ARGS, curve, env, one_thread, same_state, tiny  # noqa: F401
+
+from selfattention.cli import main
+from selfattention.train import checkpoint, metrics
+from selfattention.train.loop import run
+
+
+def _final(out: Path):
+    return checkpoint.load(checkpoint.listing(out)[0])
+
+
+@pytest.mark.parametrize("model", ["transformer", "gru"])
+def test_n_plus_n_is_2n_bit_for_bit(tmp_path: Path, model: str):
+    a, b = tmp_path / "a", tmp_path / "b"
+    whole = run(tiny(model=model, steps=40, checkpoint_every=15), a)
+    run(tiny(model=model, steps=20, checkpoint_every=15), b)
+    resumed = run(tiny(model=model, steps=40, checkpoint_every=15), b, resume=True)
+    assert resumed.step == whole.step == 40
+    assert same_state(whole.model.state_dict(), resumed.model.state_dict())
+    ca, cb = _final(a), _final(b)
+    assert same_state(ca.train, cb.train)  # AdamW's moments and step counts, the RNG state
+    assert curve(metrics.read(a)) == curve(metrics.read(b))
+    assert [r["step"] for r in metrics.read(b)] == list(range(5, 45, 5))
+
+
+def test_the_command_line_resumes_exactly(tmp_path: Path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", "reverse", "--steps", "30", "--out", str(a), *TINY_ARGS]) == 0
+    assert main(["train", "reverse", "--steps", "15", "--out", str(b), *TINY_ARGS]) == 0
+    capsys.readouterr()
+    # options left out keep the checkpoint's values (here: the model's sizes)
+    assert main(["train", "reverse", "--steps", "30", "--out", str(b), "--resume", "--no-progress",
+                 "--no-pictures"]) == 0
+    assert f"resumed from {checkpoint.folder(b) / 'step-00000015'} at step 15" in capsys.readouterr().out
+    assert same_state(_final(a).model, _final(b).model)
+    assert curve(metrics.read(a)) == curve(metrics.read(b))
+
+
+def _wait_for(out: Path, step: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        recs = metrics.read(out)
+        if recs and recs[-1]["step"] >= step:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.02)
+    raise AssertionError(f"no evaluation of step {step} within {timeout} s")
+
+
+def test_kill_9_loses_at_most_one_checkpoint_interval(tmp_path: Path):
+    out, every = tmp_path / "killed", 10
+    args = [*TINY_ARGS, "--checkpoint-every", str(every), "--out", str(out)]
+    rng = random.Random(0)
+    target = 0
+    for round_ in range(2):
+        cmd = [sys.executable, "-m", "selfattention", "train", "reverse", "--steps", "100000", *args]
+        proc = subprocess.Popen(cmd + (["--resume"] if round_ else []), env=env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            target += 30
+            _wait_for(out, target, proc)
+            time.sleep(rng.uniform(0, 0.2))  # anywhere: mid-step, mid-checkpoint, mid-log line
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+        seen = metrics.read(out)[-1]["step"]  # the process had reached at least this step
+        newest = _final(out)  # loads and verifies: never half-written
+        assert newest.step >= seen // every * every, (newest.step, seen)
+        target = newest.step
+    # The killed run, resumed to step S, ends exactly like a run that was never killed.
+    S = target + 10
+    assert main(["train", "reverse", "--steps", str(S), "--resume", *args]) == 0
+    clean = tmp_path / "clean"
+    assert main(["train", "reverse", "--steps", str(S), *TINY_ARGS, "--checkpoint-every", str(every),
+                 "--out", str(clean)]) == 0
+    assert same_state(_final(out).model, _final(clean).model)
+    assert curve(metrics.read(out)) == curve(metrics.read(clean))
