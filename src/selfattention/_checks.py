@@ -44,7 +44,7 @@ def broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...]:
     half a second of every cold start.
     """
     out = []
-    for i in range(-max((len(s) for s in shapes), default=0), 0):
+    for i in range(-max([0, *(len(s) for s in shapes)]), 0):  # (no max(default=): dynamo lacks it)
         sizes = {s[i] for s in shapes if len(s) >= -i} - {1}
         if len(sizes) > 1:
             raise ValueError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")

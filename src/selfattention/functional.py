@@ -108,8 +108,9 @@ def sdpa(p: Problem, dropout_p: float = 0.0) -> torch.Tensor:
         mask = _allowed(p)
         dead = ~mask.any(-1, keepdim=True)  # (..., Tq, 1)
     # Most masks (key padding from real lengths) leave no row empty: then skip the fix-up, whose
-    # extra pass and contiguous output cost a few percent of a whole encoder on the CPU.
-    any_dead = bool(dead.any())
+    # extra pass and contiguous output cost a few percent of a whole encoder on the CPU. Under
+    # torch.compile the fix-up always runs: a branch on tensor values would break the graph.
+    any_dead = torch.compiler.is_compiling() or bool(dead.any())
     if any_dead:
         mask = mask.masked_fill(dead, 0.0) if mask.is_floating_point() else mask | dead
     out = F.scaled_dot_product_attention(

@@ -1,0 +1,15 @@
+"""Grouped-query attention by broadcasting, shared by the integrations."""
+
+from __future__ import annotations
+
+import torch
+
+
+def grouped_mask(mask: torch.Tensor | None, H: int, Hkv: int) -> torch.Tensor | None:
+    """A mask or bias broadcastable to (B, H, Tq, Tk) → broadcastable to (B, Hkv, G, Tq, Tk), the
+    layout in which q is (B, Hkv, G, Tq, d) and k, v are (B, Hkv, 1, Tk, d): query head h reads
+    key/value head h // G, G = H / Hkv."""
+    if mask is None:
+        return None
+    m = mask.reshape(*([1] * (4 - mask.dim())), *mask.shape)  # (b, h, tq, tk), h in {1, H}
+    return m.unflatten(1, (Hkv, H // Hkv)) if m.shape[1] == H else m.unsqueeze(2)
