@@ -1,12 +1,14 @@
-"""The fused Triton kernel against every torch SDPA backend, in TFLOP/s, on one GPU.
+"""The fused Triton kernel against torch SDPA's backends, in TFLOP/s, on one GPU.
 
 Issue 5's table: bf16, (B, H, T, d) in SHAPES, causal and not, forward and forward+backward,
-for ours (``selfattention.kernels.flash_attention``), SDPA's cuDNN, flash and efficient
-backends, and the naive matrix form; plus peak memory at T = 131072. FLOPs are counted as
-FlashAttention counts them: forward 4·B·H·T²·d (half when causal), forward+backward 3.5× that.
-Times are ``triton.testing.do_bench`` medians, on the same inputs in the same run.
+for ours (``selfattention.kernels.flash_attention``, autotuned) and SDPA's cuDNN and flash
+backends (``--all`` adds the efficient backend and the naive matrix form, ``--peak`` the peak
+memory at T = 131072). FLOPs are counted as FlashAttention counts them: forward 4·B·H·T²·d (half
+when causal), forward+backward 3.5× that. Times are ``triton.testing.do_bench`` medians, on the
+same inputs in the same run; after each shape, ours / cuDNN and ours / flash as ratios of TFLOP/s.
+Masked cases and the re-tuning measurement are in ``gpu_masked.py``.
 
-    PYTHONPATH=src python benchmarks/gpu_attention.py [--json out.jsonl] [--quick]
+    PYTHONPATH=src python benchmarks/gpu_attention.py [--json out.jsonl] [--quick] [--all] [--peak]
 
 ``--smoke`` runs the same code paths at toy sizes on the CPU (TRITON_INTERPRET=1, wall-clock
 timing, the math SDPA backend only) to check the script before a GPU is at hand.
@@ -58,18 +60,15 @@ def ours(q, k, v, causal):
     return flash_attention(q, k, v, causal=causal)
 
 
-def impls(smoke: bool):
+def impls(smoke: bool, everything: bool = False):
     from torch.nn.attention import SDPBackend
 
     if smoke:
         return {"ours": ours, "sdpa-math": sdpa(SDPBackend.MATH), "naive": naive}
-    return {
-        "ours": ours,
-        "cudnn": sdpa(SDPBackend.CUDNN_ATTENTION),
-        "flash": sdpa(SDPBackend.FLASH_ATTENTION),
-        "efficient": sdpa(SDPBackend.EFFICIENT_ATTENTION),
-        "naive": naive,
-    }
+    out = {"ours": ours, "cudnn": sdpa(SDPBackend.CUDNN_ATTENTION), "flash": sdpa(SDPBackend.FLASH_ATTENTION)}
+    if everything:
+        out |= {"efficient": sdpa(SDPBackend.EFFICIENT_ATTENTION), "naive": naive}
+    return out
 
 
 def bench_ms(fn, smoke: bool) -> float:
@@ -99,6 +98,8 @@ def main() -> None:
     ap.add_argument("--json", help="also write one JSON object per row to this file")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (TRITON_INTERPRET=1)")
     ap.add_argument("--quick", action="store_true", help="only the T <= 4096 shapes")
+    ap.add_argument("--all", action="store_true", help="also the efficient backend and the naive form")
+    ap.add_argument("--peak", action="store_true", help="also peak memory at T = 131072")
     a = ap.parse_args()
     dev = "cpu" if a.smoke else "cuda"
     dtype = torch.float16 if a.smoke else torch.bfloat16  # the interpreter miscomputes bf16 dots
@@ -115,7 +116,8 @@ def main() -> None:
         dout = torch.randn(B, H, T, d, device=dev, dtype=dtype, generator=g)
         for causal in (False, True):
             flops = 4 * B * H * T * T * d / (2 if causal else 1)
-            for name, fn in impls(a.smoke).items():
+            rows = {}
+            for name, fn in impls(a.smoke, a.all).items():
                 if name == "naive" and T > 4096:
                     continue  # the T x T fp32 scores alone would take B·H·T²·4 bytes
                 try:
@@ -148,9 +150,14 @@ def main() -> None:
                     f"{row['fwd_tflops']:.0f} | {both:.3f} | {row['fwdbwd_tflops']:.0f} |",
                     flush=True,
                 )
+                rows[name] = row
                 if sink:
                     sink.write(json.dumps(row) + "\n")
-    if not a.smoke:
+            for peer in [n for n in rows if n != "ours" and "ours" in rows]:
+                r, o = rows[peer], rows["ours"]
+                f, fb = o["fwd_tflops"] / r["fwd_tflops"], o["fwdbwd_tflops"] / r["fwdbwd_tflops"]
+                print(f"| {B} | {H} | {T} | {d} | {causal} | ours / {peer} | | | {f:.2f}x | | {fb:.2f}x |")
+    if not a.smoke and a.peak:
         peak_memory(sink)
     if sink:
         sink.close()

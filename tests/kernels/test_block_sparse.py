@@ -177,3 +177,16 @@ def test_device_mismatch_is_a_value_error():
         flash_attention(q, k.detach().to("meta"), v)
     with pytest.raises(ValueError, match="lengths is on meta"):
         flash_attention(q, k, v, lengths=torch.tensor([4], device="meta"))
+
+
+def test_dispatcher_backend_triton_with_a_block_mask():
+    """attention(..., mask=BlockMask, backend="triton") reaches the kernel's block map."""
+    from selfattention import attention
+
+    g = torch.Generator().manual_seed(19)
+    q = torch.randn(2, 3, 50, 16, generator=g).to(DEVICE)  # (B, H, T, d)
+    k, v = (torch.randn(2, 3, 50, 16, generator=g).to(DEVICE) for _ in range(2))
+    doc = torch.tensor([[0] * 30 + [1] * 20, [0] * 50], device=DEVICE)
+    bm = block_mask.documents(doc, causal=True, block=BLOCK)
+    got = attention(q, k, v, mask=bm, backend="triton")
+    torch.testing.assert_close(got, attention(q, k, v, mask=bm.to_dense(), backend="matrix"), atol=2e-5, rtol=0)

@@ -87,3 +87,93 @@ def test_deterministic_50_runs():
         if first is None:
             first = run
         assert all(torch.equal(a, b) for a, b in zip(first, run, strict=True))
+
+
+def _block_masks(B, T):
+    """Every block-map pattern of the speed table, for (B, 1, T, T)."""
+    from selfattention import block_mask
+
+    g = torch.Generator(device="cuda").manual_seed(T)
+    cuts = torch.randint(1, T, (B, 3), device="cuda", generator=g)
+    doc = (torch.arange(T, device="cuda")[None, :, None] >= cuts[:, None, :]).sum(-1)  # (B, T), sorted ids
+    return {
+        "causal": block_mask.causal(T, T, device="cuda"),
+        "window": block_mask.sliding_window(T, T, 256, device="cuda"),
+        "documents": block_mask.documents(doc, causal=True),
+        "prefix": block_mask.prefix_lm(torch.tensor([T // 3, 5][:B], device="cuda"), T),
+        "padding": block_mask.key_padding(torch.tensor([T, T // 2][:B], device="cuda"), T, T),
+        "random": block_mask.from_mask(torch.rand(B, 1, T, T, device="cuda", generator=g) > 0.3),
+    }
+
+
+@pytest.mark.parametrize("T, d, dtype", [(1025, 128, torch.bfloat16), (2049, 64, torch.float16)])
+def test_block_mask_flash_rule(T, d, dtype):
+    B, H, Hkv = 2, 4, 2
+    g = torch.Generator(device="cuda").manual_seed(T + d)
+    q = torch.randn(B, H, T, d, device="cuda", dtype=dtype, generator=g).requires_grad_()
+    k = torch.randn(B, Hkv, T, d, device="cuda", dtype=dtype, generator=g).requires_grad_()
+    v = torch.randn(B, Hkv, T, d, device="cuda", dtype=dtype, generator=g).requires_grad_()
+    dout = torch.randn(B, H, T, d, device="cuda", dtype=dtype, generator=g)
+    for name, bm in _block_masks(B, T).items():
+        dense = bm.to_dense()
+        out = flash_attention(q, k, v, block_mask=bm)
+        pt = naive(q, k, v, mask=dense)
+        ref, ref_in = reference(q, k, v, mask=dense, dtype=torch.float32)
+        within_flash_rule(out, pt, ref, f"{name}: out")
+        grads = torch.autograd.grad(out, (q, k, v), dout)
+        grads_pt = torch.autograd.grad(pt, (q, k, v), dout)
+        grads_ref = torch.autograd.grad(ref, ref_in, dout.float())
+        for n, a, b, r in zip("qkv", grads, grads_pt, grads_ref, strict=True):
+            within_flash_rule(a, b, r, f"{name}: d{n}")
+
+
+def test_block_mask_deterministic_20_runs():
+    from selfattention import block_mask
+
+    g = torch.Generator(device="cuda").manual_seed(12)
+    shape = (2, 4, 2049, 128)
+    q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    dout = torch.randn_like(q)
+    bm = block_mask.sliding_window(2049, 2049, 700, device="cuda")
+    first = None
+    for _ in range(20):
+        out = flash_attention(q, k, v, block_mask=bm)
+        run = (out, *torch.autograd.grad(out, (q, k, v), dout))
+        if first is None:
+            first = run
+        assert all(torch.equal(a, b) for a, b in zip(first, run, strict=True))
+
+
+def test_new_length_in_a_warm_bucket_costs_no_tuning(monkeypatch):
+    """Issue 13, target 1: after one call in a length bucket, the first fwd+bwd call at a new
+    length of that bucket takes at most twice a warm call (v1 re-tuned: 1.2-1.5 s instead of ms)."""
+    import statistics
+    import time
+
+    from selfattention.kernels import tuning
+
+    monkeypatch.delenv("SELFATTENTION_TRITON_CONFIG", raising=False)  # tune, as users do
+    tuning._TUNED.clear()
+
+    def inputs(T):
+        g = torch.Generator(device="cuda").manual_seed(T)
+        xs = [torch.randn(4, 16, T, 128, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(4)]
+        return [x.requires_grad_() for x in xs[:3]] + [xs[3]]
+
+    def seconds(q, k, v, dout):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        flash_attention(q, k, v, causal=True).backward(dout)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    tune = seconds(*inputs(2000))  # tunes the 2048 bucket
+    report = [f"tuning call at T=2000: {tune * 1e3:.0f} ms"]
+    for T in (1999, 2001, 2016, 2047, 1100):  # all in the 2048 bucket, none seen before
+        x = inputs(T)
+        first = seconds(*x)
+        warm = statistics.median(seconds(*x) for _ in range(5))
+        report.append(f"T={T}: first {first * 1e3:.2f} ms, warm {warm * 1e3:.2f} ms")
+        assert first <= 2 * warm, "; ".join(report)
+    print("; ".join(report))

@@ -61,13 +61,14 @@ def candidates(kind: str, d_pad: int) -> list[Cfg]:
         if d_pad <= 128:
             return [Cfg(64, 64, 4, 2), Cfg(128, 64, 8, 2), Cfg(64, 32, 4, 2)]
         return [Cfg(64, 32, 4, 1), Cfg(64, 16, 4, 1)]  # d = 256: 72-128 B of stack, the least found
-    # dK/dV: the accumulators are (BLOCK_N, d) tiles; 8 warps share them. At d = 128 these are the
-    # candidates with no spill (64 x 64 x 2 stages spills 216 B through pointers, none through
-    # descriptors); 4 warps, BLOCK_M = 128 or 3 stages all spilled (docs/kernel-report-v2.md).
+    # dK/dV: the accumulators are (BLOCK_N, d) tiles; 8 warps share them. At d = 128 the first
+    # spills in no variant (dense, causal, block map; descriptors or pointers); the others spill
+    # in some (64 x 64 x 2 stages: 216 B through pointers, 96 B causal) and are left to the
+    # autotuner's clock; 4 warps or BLOCK_M = 128 spilled 144-528 B (docs/kernel-report-v2.md).
     if d_pad <= 64:
         return [Cfg(64, 64, 8, 2), Cfg(32, 128, 8, 2), Cfg(64, 128, 8, 2)]
     if d_pad <= 128:
-        return [Cfg(64, 64, 8, 2), Cfg(64, 64, 8, 1), Cfg(32, 64, 8, 2), Cfg(32, 64, 8, 3)]
+        return [Cfg(64, 64, 8, 1), Cfg(64, 64, 8, 2), Cfg(32, 64, 8, 2), Cfg(32, 64, 8, 3)]
     return [Cfg(16, 64, 8, 1), Cfg(32, 64, 8, 1)]
 
 
