@@ -16,8 +16,9 @@ from selfattention.train.config import TrainConfig
 # A model and task small enough that a step takes milliseconds.
 TINY = dict(d_model=16, num_heads=2, num_layers=1, d_ff=32, min_len=1, max_len=6, longer_len=8, batch_size=8,
             eval_size=20, eval_every=5, checkpoint_every=10)
-TINY_ARGS = ["--d-model", "16", "--heads", "2", "--layers", "1", "--max-len", "6", "--longer-len", "8",
-             "--batch-size", "8", "--eval-every", "5", "--no-progress", "--no-pictures", "--threads", "1"]
+TINY_ARGS = ["--d-model", "16", "--d-ff", "32", "--heads", "2", "--layers", "1", "--max-len", "6",
+             "--longer-len", "8", "--batch-size", "8", "--eval-every", "5", "--no-progress", "--no-pictures",
+             "--threads", "1"]
 ROOT = Path(__file__).resolve().parents[2]
 
 

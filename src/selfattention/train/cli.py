@@ -70,6 +70,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse
     m.add_argument("--d-model", type=_positive, help="D, width of the word vectors (default 64; text 128)")
     m.add_argument("--layers", type=_positive, help="blocks, or GRU layers (default 2; text 4)")
     m.add_argument("--heads", type=_positive, help="attention heads (default 4)")
+    m.add_argument("--d-ff", type=_positive, help="feed-forward width (default 256; text 512)")
     m.add_argument("--positions", choices=POSITIONS,
                    help="position vectors: learned (default), sinusoidal, none")
     m.add_argument("--norm", choices=("pre", "post"),

@@ -19,9 +19,9 @@ TASK_DEFAULTS: dict[str, dict[str, object]] = {
 # argparse name → TrainConfig field
 OPTIONS = {"steps": "steps", "batch_size": "batch_size", "model": "model", "seed": "seed",
            "checkpoint_every": "checkpoint_every", "eval_every": "eval_every", "keep": "keep",
-           "d_model": "d_model", "layers": "num_layers", "heads": "num_heads", "positions": "positions",
-           "norm": "norm", "lr": "lr", "decay_steps": "decay_steps", "min_len": "min_len",
-           "max_len": "max_len", "longer_len": "longer_len", "context": "context"}
+           "d_model": "d_model", "layers": "num_layers", "heads": "num_heads", "d_ff": "d_ff",
+           "positions": "positions", "norm": "norm", "lr": "lr", "decay_steps": "decay_steps",
+           "min_len": "min_len", "max_len": "max_len", "longer_len": "longer_len", "context": "context"}
 
 
 def _given(args: argparse.Namespace) -> dict[str, object]:
@@ -83,8 +83,8 @@ def train_command(args: argparse.Namespace) -> int:
         if dist.main:
             _finish(trainer, Path(args.out), pictures=not args.no_pictures)
     except PeerError as err:
-        print(f"selfattention: error: {err}; stopping (the last checkpoint in {args.out} is intact: "
-              f"continue with --resume)", file=sys.stderr, flush=True)
+        print(f"selfattention: error: {err}; stopping (continue from the last checkpoint with --resume)",
+              file=sys.stderr, flush=True)
         return 1
     finally:
         try:

@@ -105,7 +105,7 @@ class TextData:
         return {"heldout": _windows(rows)}
 
     def example(self) -> str:
-        W = min(self.window, len(self.eval_ids), 48)  # short enough to read in a heatmap
+        W = min(self.window - 1, len(self.eval_ids), 48)  # fits the positions; readable in a heatmap
         return self.vocab.decode(self.eval_ids[:W])
 
 

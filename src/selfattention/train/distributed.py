@@ -9,6 +9,7 @@ NCCL on CUDA, with a timeout so that a process whose peer died or hangs stops wi
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,8 +96,9 @@ def guard(dist: Dist, doing: str) -> Iterator[None]:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if not isinstance(err, td.DistError) and not _looks_distributed(first):
             raise
+        detail = re.sub(r"\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", first).split(". ")[0][:160]
         raise PeerError(f"rank {dist.rank} of {dist.world}: another training process died or did not answer "
-                        f"within {dist.timeout_s:g} s while {doing} ({first[:200]})") from None
+                        f"within {dist.timeout_s:g} s while {doing} ({detail})") from None
 
 
 def _looks_distributed(message: str) -> bool:

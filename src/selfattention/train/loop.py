@@ -9,6 +9,7 @@ number of processes, and DDP's gradient average then gives exactly the one-proce
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
@@ -57,9 +58,12 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
+            # The only buffers are the constant sinusoids: no need to send them at every forward.
+            params = inspect.signature(DDP.__init__).parameters
+            sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params \
+                else {"broadcast_buffers": False}
             with guard(self.dist, "starting DistributedDataParallel"):
-                # broadcast_buffers=False: the only buffers are the constant sinusoids
-                self.net = DDP(self.model, device_ids=ids, broadcast_buffers=False)
+                self.net = DDP(self.model, device_ids=ids, **sync)
 
     @property
     def elapsed(self) -> float:
@@ -105,7 +109,7 @@ class Trainer:
                 for i in range(0, len(batch), EVAL_CHUNK):
                     x, y = batch.inputs[i:i + EVAL_CHUNK].to(self.device), batch.targets[i:i + EVAL_CHUNK]
                     w = batch.weight[i:i + EVAL_CHUNK]
-                    logits = self.model(x).float().cpu()  # (b, T, V)
+                    logits = self.model(x).double().cpu()  # (b, T, V); the loss summed in float64
                     loss += float(F.cross_entropy(logits[w], y[w], reduction="sum"))
                     tokens += int(w.sum())
                     hit = logits.argmax(-1) == y  # (b, T)
