@@ -7,6 +7,11 @@ the old sum and accumulator are rescaled by ``exp(m_old - m_new)``. At the end `
 and ``lse = m + log(l)``. Only a (Tq, block) tile of scores ever exists, so memory is O(T · block),
 not O(T²). This is the algorithm of FlashAttention (Dao et al., 2022) and of ring attention's merge.
 
+With a block map (``mask=BlockMask``, see ``block_mask.py``) the key blocks are the map's: a
+block that no query may see is never computed, each block is scored only against the span of
+query blocks that see it, and no mask is applied where that whole span is FULL. This is the
+same skipping the Triton kernel does, so the CPU shows the effect (benchmarks/block_mask_cpu.py).
+
 The backward pass does not keep the tiles either: from the saved ``lse`` it recomputes each tile
 of weights ``P = exp(S - lse)`` and accumulates dQ, dK, dV block by block (FlashAttention-2's
 backward, Dao 2023): dV += Pᵀ dO; dP = dO Vᵀ; dS = P ∘ (dP − rowsum(dO ∘ O)); dQ += dS K · scale;
