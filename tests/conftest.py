@@ -24,6 +24,25 @@ from selfattention import reference
 # imported) or a GPU; scripts/dev test runs them in a second pytest process with the variable set.
 collect_ignore = [] if os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available() else ["kernels"]
 
+# Tolerance-sensitive tests (peers, the README's figures, low precision) carry the mark
+# ``numerics``; CI runs them again on one thread (scripts/dev test), since rounding depends on the
+# thread count. SELFATTENTION_TEST_THREADS sets torch's intra-op threads for the whole session.
+if os.environ.get("SELFATTENTION_TEST_THREADS"):
+    torch.set_num_threads(int(os.environ["SELFATTENTION_TEST_THREADS"]))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "numerics: float results whose rounding depends on the machine "
+                                       "and thread count (run under 1 thread and the default in CI)")
+
+
+def pytest_report_header(config):
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    return f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, cpu {cpu}"
+
+
 settings.register_profile(
     "selfattention",
     max_examples=30,
@@ -34,6 +53,9 @@ settings.register_profile(
 settings.load_profile("selfattention")
 
 F64 = torch.float64
+# Float64 results are compared at 1e-10: the rounding of these computations (T, d ≤ 97, values
+# ≤ ~10) is below T·d·ε₆₄·max|x|² ≈ 1e-11, while any real mistake shows at 1e-3 or more.
+# Float32 and lower precisions are never compared at a fixed number: see ``flash_rule``.
 ATOL64 = 1e-10
 
 
@@ -121,13 +143,24 @@ def assert_close(actual: torch.Tensor, expected, atol: float = ATOL64, rtol: flo
     )
 
 
-def flash_rule(out: torch.Tensor, out_pt: torch.Tensor, out_ref, eps: float = 1e-6) -> None:
-    """FlashAttention's low-precision rule: max|out − ref| ≤ 2 · max|out_pt − ref| + eps."""
-    ref = torch.as_tensor(np.asarray(out_ref), dtype=F64)
-    err = (out.to(F64) - ref).abs().max().item()
-    err_pt = (out_pt.to(F64) - ref).abs().max().item()
-    assert math.isfinite(err), "non-finite output"
-    assert err <= 2 * err_pt + eps, f"error {err:.3g} > 2 × same-precision torch error {err_pt:.3g}"
+def flash_rule(out: torch.Tensor, out_pt: torch.Tensor, out_ref, eps: float | None = None, k: float = 2.0,
+               what: str = "output") -> None:
+    """FlashAttention's rule: max|out − ref| ≤ k · max|out_pt − ref| + floor.
+
+    ``ref`` is a float64 reference, ``out_pt`` a peer computed in ``out``'s own precision (its error
+    is what that precision costs on this machine, whatever the CPU, kernel or thread count).
+    ``floor`` (default: one rounding of the result, ε(dtype) · max|ref|) covers a peer that happens
+    to be exact.
+    """
+    ref = out_ref if isinstance(out_ref, torch.Tensor) else torch.as_tensor(np.asarray(out_ref))
+    ref = ref.to(F64)
+    err = (out.detach().to(F64) - ref).abs().max().item()
+    err_pt = (out_pt.detach().to(F64) - ref).abs().max().item()
+    if eps is None:
+        eps = torch.finfo(out.dtype).eps * max(ref.abs().max().item(), 1e-30)
+    assert math.isfinite(err), f"non-finite {what}"
+    assert err <= k * err_pt + eps, (
+        f"{what}: error {err:.3g} > {k:g} × same-precision peer error {err_pt:.3g} + {eps:.2g}")
 
 
 # --- hypothesis strategies -------------------------------------------------------------------

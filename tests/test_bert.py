@@ -8,6 +8,7 @@ back through ``PretrainedModel`` (skipped without transformers, except under CI)
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -321,15 +322,22 @@ def test_tiny_transformers_model_round_trip(tmp_path, hidden_act):
     batch = ours.encode(texts)
     mask = (torch.arange(batch.input_ids.shape[1]) < batch.lengths[:, None]).long()
     with torch.inference_mode():
-        theirs = hf(input_ids=batch.input_ids, attention_mask=mask, output_hidden_states=True,
-                    output_attentions=True)
+        kw = dict(input_ids=batch.input_ids, attention_mask=mask, output_hidden_states=True,
+                  output_attentions=True)
+        theirs, ref64 = hf(**kw), copy.deepcopy(hf).double()(**kw)
         out = ours.encoder(batch.input_ids, batch.lengths, need_weights=True, output_hidden_states=True)
-    for a, b in zip(out.hidden_states, theirs.hidden_states, strict=True):
-        for i, n in enumerate(batch.lengths.tolist()):
-            assert (a[i, :n] - b[i, :n]).abs().max().item() < 1e-5
-    for a, b in zip(out.attentions, theirs.attentions, strict=True):
-        for i, n in enumerate(batch.lengths.tolist()):
-            assert (a[i, :, :n] - b[i, :, :n]).abs().max().item() < 1e-5
-    h = theirs.last_hidden_state * mask[..., None]
+    # FlashAttention's rule for a whole model: our float32 error against transformers in float64 is
+    # at most 4× transformers' own float32 error (see tests/peers/test_transformers_peer.py).
+    real = [(i, n) for i, n in enumerate(batch.lengths.tolist())]
+    pairs = [*zip(out.hidden_states, theirs.hidden_states, ref64.hidden_states, strict=True),
+             *zip(out.attentions, theirs.attentions, ref64.attentions, strict=True)]
+    for a, b, r in pairs:
+        err = max((a[i, ..., :n, :] - r[i, ..., :n, :]).abs().max().item() for i, n in real)
+        err_peer = max((b[i, ..., :n, :] - r[i, ..., :n, :]).abs().max().item() for i, n in real)
+        assert err <= 4 * err_peer + 1.2e-7 * r.abs().max().item(), (err, err_peer)
+    h = ref64.last_hidden_state * mask[..., None]
     ref = torch.nn.functional.normalize(h.sum(1) / mask.sum(1, keepdim=True), dim=-1)
-    assert (torch.from_numpy(ours.embed(texts)) - ref).abs().max().item() < 1e-5
+    h32 = theirs.last_hidden_state * mask[..., None]
+    peer = torch.nn.functional.normalize(h32.sum(1) / mask.sum(1, keepdim=True), dim=-1)
+    got = torch.from_numpy(ours.embed(texts)).double()
+    assert (got - ref).abs().max().item() <= 4 * (peer.double() - ref).abs().max().item() + 1.2e-7

@@ -61,6 +61,10 @@ def test_missing_file(tmp_path, name):
 
 
 UNREADABLE = rf"{WEIGHTS} is not a readable safetensors file"
+EPS32 = float(np.finfo(np.float32).eps)
+# |‖x‖ − 1| of a float32 vector normalized in float32: a sum of D = 384 squares, each rounded,
+# then a square root and a division: a few ε₃₂ · √D at most.
+NORM_TOL = 4 * EPS32 * np.sqrt(384)
 
 
 def test_truncated_header(tmp_path):
@@ -217,7 +221,9 @@ def test_embed_truncates_at_the_sentence_length(model):
     with pytest.raises(ValueError, match=r"text 1 has 302 word pieces, more than the 256"):
         model.embed([text], truncate=False)
     short = model.embed([" ".join(["attention"] * 254)])
-    assert np.abs(long - short).max() < 1e-5  # the first 254 pieces are the same input
+    # The first 254 pieces are the same input, of the same shape: the same computation (to a
+    # rounding, should a library pick another kernel on a re-run).
+    assert np.abs(long - short).max() <= 4 * EPS32
 
 
 UNUSUAL = [
@@ -237,7 +243,7 @@ def test_unusual_unicode_encodes_and_embeds(model):
     assert all(t[0] == "[CLS]" and t[-1] == "[SEP]" and len(t) > 2 for t in batch.tokens)
     e = model.embed(UNUSUAL)
     assert e.shape == (len(UNUSUAL), 384) and np.isfinite(e).all()
-    assert np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    assert np.abs(np.linalg.norm(e, axis=1) - 1).max() <= NORM_TOL
 
 
 # --- embed --------------------------------------------------------------------------------------
@@ -256,10 +262,30 @@ def test_embed_in_batches_equals_one_at_a_time(model):
     together = model.embed(texts, batch_size=7)  # 9 batches, the last one of 4
     alone = np.stack([model.embed([t])[0] for t in texts])
     assert together.shape == (n, 384) and together.dtype == np.float32
-    assert np.abs(together - alone).max() < 1e-5
+    # Batching (padding, other shapes) may only change float32 rounding: against the model run in
+    # float64, the batched embeddings are as accurate as one-at-a-time (FlashAttention's rule, 2×).
+    ref = _float64_embeddings(model, texts)
+    err_alone, err_together = np.abs(alone - ref).max(), np.abs(together - ref).max()
+    assert err_together <= 2 * err_alone + EPS32, (err_together, err_alone)
     # order preserved: each sentence's nearest neighbour among the batched embeddings is itself
     assert (np.argmax(alone @ together.T, axis=1) == np.arange(n)).all()
-    assert np.allclose(np.linalg.norm(together, axis=1), 1, atol=1e-5)
+    assert np.abs(np.linalg.norm(together, axis=1) - 1).max() <= NORM_TOL
+
+
+def _float64_embeddings(model: PretrainedModel, texts: list[str]) -> np.ndarray:
+    """The same embeddings from a float64 copy of the encoder, one text at a time: (N, D) float64."""
+    import copy
+
+    from selfattention.models.pretrained import mean_pool
+
+    enc = copy.deepcopy(model.encoder).double()
+    rows = []
+    with torch.inference_mode():
+        for t in texts:
+            b = model.encode([t], max_length=model.embedding_max_length)
+            h = enc(b.input_ids, b.lengths).last_hidden_state
+            rows.append(mean_pool(h, b.lengths)[0].numpy())
+    return np.stack(rows)
 
 
 def test_embed_error_names_the_callers_text(model):
@@ -306,7 +332,10 @@ def test_loading_does_not_import_dynamo():
 # --- damaged or overflowing weights (issue 8) ----------------------------------------------------
 
 
-@pytest.mark.parametrize("value, what", [(float("nan"), "NaN"), (float("inf"), "inf"), (-float("inf"), "inf")])
+NOT_FINITE = [(float("nan"), "NaN"), (float("inf"), "inf"), (-float("inf"), "inf")]
+
+
+@pytest.mark.parametrize("value, what", NOT_FINITE)
 def test_weights_that_are_not_finite_are_refused_by_name(tmp_path, value, what):
     name = "encoder.layer.3.attention.self.key.weight"
     tensors = load_file(default_model_path() / WEIGHTS)

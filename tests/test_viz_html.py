@@ -129,7 +129,12 @@ def shown(driver: Any) -> dict[str, Any]:
 
 
 def assert_row(view: dict[str, Any], data: AttentionData) -> None:
-    """The α's shown are the model's row for the selected layer, head and word."""
+    """The α's shown are the model's row for the selected layer, head and word.
+
+    Tolerances: the page's numbers come from the same float32 data as ``row`` (no CPU-dependent
+    arithmetic in between); they differ from it by float32 rounding of the model's softmax (≤ T·ε₃₂,
+    ~1e-6 here) and, as text, by the display's 4 decimals (≤ 5e-5): 1e-4 bounds both.
+    """
     row = data.weights[view["layer"]][view["head"]][view["word"]]
     assert len(view["alpha"]) == len(data.tokens)
     assert abs(sum(view["alpha"]) - 1) < 1e-3
@@ -179,6 +184,7 @@ def test_hovering_a_word_shows_its_row_and_steps(chrome, tmp_path: Path, minilm:
     assert view["word"] == 3 and "enjoying" in view["label"] and "enjoying" in view["caption"]
     assert_row(view, minilm)
     q, k, v = (x[0][3].astype(np.float64) for x in (minilm.q, minilm.k, minilm.v))  # layer 1, head 4
+    # the page computes q·k and z in float64 from the same float32 q, k, v: only display rounding
     np.testing.assert_allclose(view["scores"], k @ q[3], atol=1e-4)
     np.testing.assert_allclose(view["z"], (minilm.weights[0][3][3] @ v)[: len(view["z"])], atol=1e-4)
     assert len(view["z"]) == 8 and "✓" in view["check"]

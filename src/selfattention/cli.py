@@ -10,6 +10,7 @@ Heavy modules (the tokenizer, safetensors, the model) are imported only by the c
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -298,7 +299,7 @@ def _embed(args: argparse.Namespace) -> int:
     )
 
     source = Source(args.sentences, args.file)
-    out = check_out(args.out) if args.out else None  # refuse before computing anything
+    out = check_out(args.out) if args.out is not None else None  # refuse before computing anything
     model = _encoder(args.model)
     try:
         N = check_all(model, source, truncate=not args.no_truncate)  # every sentence, before any output
@@ -308,6 +309,9 @@ def _embed(args: argparse.Namespace) -> int:
         bar = _bar(N) if show else None
         chunks = embed_stream(model, source, batch_size=args.batch_size, truncate=not args.no_truncate,
                               on_batch=bar.update if bar else None)
+        # The first window is computed before anything is printed: a model that cannot run (its
+        # output overflows) is an error, not a header followed by one.
+        chunks = itertools.chain([next(chunks)], chunks)
         name, D = _model_name(args.model), model.config.hidden_size
         if args.json and out is not None:  # both: each chunk is printed, then written to the file
             save_npy_stream(out, json_stream(sys.stdout, name, N, D, chunks), (N, D))
@@ -457,7 +461,7 @@ def _check_texts(args: argparse.Namespace) -> None:
         for n, v in enumerate(values, 1):
             if isinstance(v, str):
                 try:
-                    check_unicode(v, f"{what} {n}" if isinstance(value, list) and what == "sentence" else what)
+                    check_unicode(v, f"{what} {n}" if what == "sentence" else what)
                 except ValueError as e:
                     raise UsageError(str(e)) from None
 

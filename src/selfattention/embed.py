@@ -60,6 +60,8 @@ class Source:
     def __init__(self, sentences: list[str], file: str | None):
         if file is not None and sentences:
             raise InputError("give sentences as arguments or --file, not both")
+        if file == "":
+            raise InputError("--file needs a path (or - for stdin), got an empty one")
         if file is None and not sentences:
             raise InputError('nothing to embed: give sentences, e.g. "I am enjoying this lecture", '
                              "or --file PATH (one per line, - for stdin)")

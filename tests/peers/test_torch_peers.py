@@ -12,6 +12,8 @@ from torch import nn
 
 from selfattention import MultiHeadAttention, attention, available_backends, masks
 
+pytestmark = pytest.mark.numerics  # rounding-sensitive: run on 1 thread too (conftest.py)
+
 BACKENDS = ["auto", *available_backends()]
 
 

@@ -218,6 +218,9 @@ class PretrainedModel:
         check_unicode(text, label)
         limit = self.max_length if limit is None else min(limit, self.max_length)
         p = tokenize_prefix(self.tokenizer, text, limit)
+        if p.empty and len(text) > MAX_CHARS:
+            raise ValueError(f"{label} has no word pieces in its first {MAX_CHARS:,} characters "
+                             "(the most that is read of one text)")
         if p.empty:
             raise ValueError(f"{label} is empty" if not text.strip() else
                              f"{label} has no word pieces the tokenizer keeps: {printable(text[:40])!r}")
