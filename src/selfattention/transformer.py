@@ -207,9 +207,11 @@ class _Stack(nn.Module):
         if pos is not None:
             x = x + pos  # (B, T, D) + (T, D)
         x = self.dropout(x)
+        # One new token after cached ones may see every key: no causal mask to build for it.
+        causal = self.causal and not (caches and offset and tokens.shape[1] == 1)
         weights = []
         for i, block in enumerate(self.blocks):
-            out = block(x, mask=mask, causal=self.causal, cache=caches[i] if caches else None,
+            out = block(x, mask=mask, causal=causal, cache=caches[i] if caches else None,
                         need_weights=need_weights, backend=backend)
             if need_weights:
                 x, w = out
