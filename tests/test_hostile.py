@@ -399,3 +399,31 @@ def test_unknown_attribute_is_an_attribute_error():
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):
         selfattention.nope  # noqa: B018
     assert resource is not None  # (resource is used by the memory test's child process)
+
+
+# --- more of the same classes ---------------------------------------------------------------------
+
+
+def test_file_that_can_be_read_only_once(tmp_path):
+    """A FIFO (or /dev/stdin) as --file: read once, kept aside for the second read, not re-opened."""
+    fifo = tmp_path / "lines"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("one\ntwo\n"))
+    writer.start()
+    p = process(["embed", "--file", str(fifo), "--json"])
+    writer.join(timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert [e["text"] for e in json.loads(p.stdout)["embeddings"]] == ["one", "two"]
+
+
+def test_errors_never_go_to_stdout_when_stderr_is_closed():
+    p = subprocess.run([*CMD, "explain", "", "--model", "toy"], capture_output=True, timeout=120,
+                       preexec_fn=lambda: os.close(2))
+    assert p.returncode == 2 and p.stdout == b""
+
+
+def test_a_huge_config_is_not_read(tmp_path):
+    config = json.loads((default_model_path() / "config.json").read_text())
+    big = json.dumps({"padding": "x" * (2 << 20), **config})
+    d = model_dir_copy(tmp_path, replace={"config.json": big})
+    one_error(*run("embed", "a", "--model", str(d)), r"a config\.json is a few kilobytes")

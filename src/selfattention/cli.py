@@ -395,7 +395,7 @@ def _one_line(text: object) -> str:
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
     """Python warnings as one line each, like the errors (not Python's two-line format)."""
-    print(f"selfattention: warning: {_one_line(message)}", file=sys.stderr)
+    _say(f"selfattention: warning: {_one_line(message)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:
-        print("selfattention: interrupted", file=sys.stderr)
+        _say("selfattention: interrupted")
         return 130
 
 
@@ -426,7 +426,7 @@ def _main(argv: list[str] | None) -> int:
             _check_texts(args)
             return COMMANDS[args.command](args)
         except UserError as err:
-            print(f"selfattention: error: {_one_line(err)}", file=sys.stderr)
+            _say(f"selfattention: error: {_one_line(err)}")
             return 2
         except BrokenPipeError:  # e.g. `selfattention explain … | head`: stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -434,9 +434,15 @@ def _main(argv: list[str] | None) -> int:
         except Exception as err:
             if os.environ.get("SELFATTENTION_TRACEBACK"):
                 raise
-            print(f"selfattention: error: unexpected {type(err).__name__}: {_one_line(err)} "
-                  "(set SELFATTENTION_TRACEBACK=1 for the traceback)", file=sys.stderr)
+            _say(f"selfattention: error: unexpected {type(err).__name__}: {_one_line(err)} "
+                 "(set SELFATTENTION_TRACEBACK=1 for the traceback)")
             return 1
+
+
+def _say(line: str) -> None:
+    """One line on stderr; nothing at all when stderr is closed (never on stdout instead)."""
+    if sys.stderr is not None:
+        print(line, file=sys.stderr)
 
 
 def _tolerant_streams() -> None:

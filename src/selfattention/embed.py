@@ -17,6 +17,8 @@ from __future__ import annotations
 import codecs
 import io
 import json
+import os
+import stat
 import sys
 import tempfile
 import warnings
@@ -67,6 +69,8 @@ class Source:
                              "or --file PATH (one per line, - for stdin)")
         self.sentences, self.file = sentences, file
         self.name = "stdin" if file == "-" else file
+        # stdin, a FIFO, /dev/stdin…: what can be read only once is kept aside on the first read
+        self.once = file == "-" or (file is not None and _read_once(file))
         self.count: int | None = None  # sentences, once read through
         self._spool: tempfile.SpooledTemporaryFile | None = None
 
@@ -80,7 +84,6 @@ class Source:
         if self.count is None:
             yield from self._first_read()
             return
-        assert self._spool is not None or self.file != "-"
         stream = self._spool if self._spool is not None else self._open()
         if self._spool is not None:
             stream.seek(0)
@@ -105,16 +108,18 @@ class Source:
     def _first_read(self) -> Iterator[Sentence]:
         """Every line, checking that blank lines come only at the end (they would shift the rows
         after them); counts the sentences; copies stdin aside for the second read."""
-        if self.file == "-":
-            stream = _stdin()
+        stream = _stdin() if self.file == "-" else self._open()
+        if self.once:
             self._spool = tempfile.SpooledTemporaryFile(max_size=1 << 24, mode="w+b")
-        else:
-            stream = self._open()
         blank, count = None, 0
         try:
             for n, (text, unread) in enumerate(_lines(stream, self.name), 1):
                 if self._spool is not None:
-                    self._spool.write(text.encode("utf-8", "surrogateescape") + b"\n")
+                    try:
+                        self._spool.write(text.encode("utf-8") + b"\n")
+                    except OSError as e:  # past 16 MB it goes to a temporary file
+                        raise InputError(f"cannot keep {self.name} aside for a second read (a "
+                                         f"temporary file: {e.strerror or e})") from None
                 if not text.strip() and not unread:
                     blank = blank or n
                     continue
@@ -124,7 +129,7 @@ class Source:
                 count = n
                 yield Sentence(f"line {n} of {self.name}", text, unread)
         finally:
-            if self._spool is None:
+            if self.file != "-":
                 stream.close()
         if count == 0:
             raise InputError(f"--file {self.name} holds no sentences (one per line expected)")
@@ -133,6 +138,14 @@ class Source:
     def close(self) -> None:
         if self._spool is not None:
             self._spool.close()
+
+
+def _read_once(file: str) -> bool:
+    """Whether ``file`` is something other than a regular file (a FIFO, a character device)."""
+    try:
+        return not stat.S_ISREG(os.stat(file).st_mode)
+    except OSError:
+        return False  # said when it is opened
 
 
 def _stdin() -> BinaryIO | TextIO:

@@ -31,6 +31,9 @@ ACTIVATIONS = {
 }
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few kB: anything this large is not one
+
+
 @dataclass(frozen=True)
 class BertConfig:
     """The fields of a Hugging Face ``config.json`` that this encoder uses."""
@@ -49,6 +52,9 @@ class BertConfig:
     @classmethod
     def from_file(cls, path: Path) -> BertConfig:
         try:
+            if Path(path).stat().st_size > MAX_CONFIG_BYTES:
+                raise ModelError(f"{path} is {Path(path).stat().st_size:,} bytes; a config.json is a few "
+                                 "kilobytes (refusing to read it)")
             raw = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ModelError(f"cannot read {path}: {e}") from None

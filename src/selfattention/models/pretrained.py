@@ -183,8 +183,11 @@ class PretrainedModel:
 
     def _sentence_max_length(self) -> int | None:
         """sentence-transformers' ``max_seq_length`` for this model, if the directory says one."""
+        path = self.path / "sentence_bert_config.json"
         try:
-            value = json.loads((self.path / "sentence_bert_config.json").read_text()).get("max_seq_length")
+            if path.stat().st_size > 1 << 20:  # a few bytes normally; not worth reading otherwise
+                return None
+            value = json.loads(path.read_text(encoding="utf-8")).get("max_seq_length")
         except (OSError, ValueError, AttributeError):
             return None
         return value if isinstance(value, int) and value > 2 else None
