@@ -174,13 +174,13 @@ def test_generate_greedy_same_tokens_as_eager(kind, cache, calls):
     ids, am = padded_batch("left", seed=2)
     extra = {"cache_implementation": "static"} if cache == "static" else {}
     eager, eager_scores = _generate(model, "eager", ids, am, **extra)
-    # Greedy tokens are a fair test only where no two candidates are within float noise of each other.
+    # Greedy tokens are a fair test only where no two candidates are within float noise of each
+    # other: float32 noise in these logits is ~1e-7 (the logits tests), the margin must be far above.
     assert _margin(eager_scores) > 1e-4
     calls.clear()
-    ours, ours_scores = _generate(model, "selfattention", ids, am, **extra)
+    ours, _ = _generate(model, "selfattention", ids, am, **extra)
     assert calls
     assert torch.equal(ours, eager)
-    assert (ours_scores - eager_scores).abs().max() < 1e-4
 
 
 def _with_cache(model, cache) -> dict:
