@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -122,6 +123,13 @@ def generate_command(args: argparse.Namespace) -> int:
     else:
         max_new = 2 * t.config.longer_len + 2 if args.max_new is None else args.max_new
         temperature = 0.0 if args.temperature is None else args.temperature
+        from .tasks import get_task
+
+        n, c = get_task(t.task).length(args.prompt), t.config
+        if not c.min_len <= n <= c.max_len:
+            unit = "pairs" if t.task == "recall" else "letters"
+            warnings.warn(f"the model was trained on prompts of {c.min_len}-{c.max_len} {unit}; this one has "
+                          f"{n}, so the answer tests length generalisation", stacklevel=1)
     out = continue_text(t, args.prompt, max_new, temperature=temperature, seed=args.seed,
                         use_cache=not args.no_cache)
     print(args.prompt + out if t.task == "text" else out)

@@ -14,7 +14,6 @@ from .config import TrainConfig
 from .tasks import (
     END,
     Batch,
-    Task,
     Vocabulary,
     encode_batch,
     get_task,
@@ -64,10 +63,6 @@ class SyntheticData:
         rng = np.random.default_rng([EVAL_SEED, 3])
         p = heldout_prompts(self.task, rng, 1, self.config.max_len, self.config.max_len)[0]
         return self.task.sequence(p)
-
-    @property
-    def task_object(self) -> Task:
-        return self.task
 
 
 class TextData:
