@@ -139,6 +139,13 @@ def test_bad_arguments(call, exc, match):
         call()
 
 
+def test_to_moves_every_tensor():
+    bm = block_mask.causal(40, 40, block=16)
+    moved = bm.to("meta")
+    assert moved.device == torch.device("meta") and moved.tiles.device == torch.device("meta")
+    assert (moved.Tq, moved.Tk, moved.block_m) == (40, 40, 16) and bm.device == torch.device("cpu")
+
+
 def test_check_batch():
     bm = block_mask.documents(torch.zeros(2, 9, dtype=torch.long), block=16)  # (2, 1, 9, 9)
     bm.check_batch((2, 4), 9, 9, torch.device("cpu"))

@@ -26,10 +26,10 @@ Polarity as everywhere in this package: True = may attend.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
@@ -45,7 +45,7 @@ _CHUNK_ELEMENTS = 1 << 25
 Predicate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False)
 class BlockMask:
     """A boolean (Bm, Hm, Tq, Tk) mask kept as a map of blocks. Bm and Hm are 1 or the batch and
     head counts it will be used with (1 broadcasts). Build it with the functions of this module."""
@@ -75,6 +75,12 @@ class BlockMask:
     @property
     def device(self) -> torch.device:
         return self.kinds.device
+
+    def to(self, device: torch.device | str) -> BlockMask:
+        """The same map on ``device`` (build on the CPU once, move it where the attention runs)."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return dataclasses.replace(self, **moved)
 
     def density(self) -> float:
         """Fraction of blocks that are computed (not SKIP): the work relative to a dense mask."""

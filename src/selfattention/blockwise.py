@@ -81,7 +81,7 @@ def _tile(qs, k, mask, offset, j0, j1, i0, i1, batch):
             rows = slice(i0, i1) if mask.shape[-2] > 1 else slice(None)
             cols = slice(j0, j1) if mask.shape[-1] > 1 else slice(None)
             mask = mask[..., rows, cols]
-        s = s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask.to(s.dtype)
+        s = torch.where(mask, s, float("-inf")) if mask.dtype == torch.bool else s + mask.to(s.dtype)
     if offset is not None and j1 - 1 > i0 + offset:  # the block straddles the diagonal
         i = torch.arange(i0, i1, device=qs.device).unsqueeze(-1)  # (i1-i0, 1)
         j = torch.arange(j0, j1, device=qs.device)  # (bk,)

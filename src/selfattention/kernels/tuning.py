@@ -11,8 +11,8 @@ was tuned again, 1.2–1.5 s on an H200. Now:
 - configurations that cannot fit (shared memory) or would waste a block on a short sequence are
   pruned before any is compiled; with a block map, tiles are clamped to the map's blocks;
 - ``SELFATTENTION_TRITON_TUNING_CACHE=1`` keeps the tuned choices on disk across processes
-  (Triton's own autotuning cache, keyed by Triton's version, the GPU target, the kernel source,
-  the key and the candidates).
+  (Triton's own autotuning cache, keyed by Triton's version, the GPU target — sm_90: an H100 and
+  an H200 share entries —, the kernel source, the key and the candidates).
 
 ``SELFATTENTION_TRITON_CONFIG=first`` (GPU tests) and the interpreter run the first candidate,
 untuned.
