@@ -7,7 +7,7 @@ and torch SDPA with the dense boolean mask (what ``backend="auto"`` runs on the 
 forward+backward; medians over rounds in which the candidates alternate (benchmarks/_timing.py),
 ratios taken within each round. GFLOP/s count the allowed (query, key) pairs only.
 
-    PYTHONPATH=src python benchmarks/block_mask_cpu.py [--T 2048] [--rounds 5] [--quick]
+    PYTHONPATH=src python benchmarks/block_mask_cpu.py [--T 2048] [--rounds 5] [--threads 1] [--quick]
 """
 
 from __future__ import annotations
@@ -45,8 +45,11 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--block", type=int, default=128, help="the block map's block size")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, help="torch threads (1 is steadier on a shared machine)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one round (a smoke test)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.quick:
         a.B, a.H, a.T, a.d, a.rounds = 1, 2, 256, 16, 1
     B, H, T, d = a.B, a.H, a.T, a.d
