@@ -33,7 +33,7 @@ def available(device: torch.device | str | None = None) -> bool:
 
 def __getattr__(name: str):
     # Triton is imported only when the kernel is used.
-    if name in ("flash_attention", "FlashAttention"):
+    if name in ("flash_attention", "flash_attention_backward", "FlashAttention"):
         from . import launch
 
         return getattr(launch, name)

@@ -175,13 +175,16 @@ class FlashAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        p = _Problem(q, k, v, *ctx.args)
-        dout = dout if dout.stride(-1) == 1 else dout.contiguous()
-        p.use_desc = p.use_desc and _descriptors_ok(dout)
-        delta = (dout.float() * out.float()).sum(-1)  # rowsum(dO ∘ O), (B, H, Tq)
-        dk, dv = _launch_dkdv(p, dout, lse, delta)
-        dq = _launch_dq(p, dout, lse, delta)
+        dq, dk, dv = _backward(_Problem(q, k, v, *ctx.args), out, lse, dout)
         return dq, dk, dv, None, None, None, None, None, None
+
+
+def _backward(p: _Problem, out, lse, dout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dout = dout if dout.stride(-1) == 1 else dout.contiguous()
+    p.use_desc = p.use_desc and _descriptors_ok(dout)
+    delta = (dout.float() * out.float()).sum(-1)  # rowsum(dO ∘ O), (B, H, Tq)
+    dk, dv = _launch_dkdv(p, dout, lse, delta)
+    return _launch_dq(p, dout, lse, delta), dk, dv
 
 
 def _check(q, k, v, scale, causal, causal_alignment, lengths, mask, block_mask) -> None:
@@ -271,3 +274,37 @@ def flash_attention(
         mask = mask.expand(q.shape[0], q.shape[1], Tq, Tk).view(torch.uint8)  # stride 0 where broadcast
     out, lse = FlashAttention.apply(q, k, v, scale, bool(causal), offset, lengths, mask, block_mask)
     return (out, lse) if return_lse else out
+
+
+def flash_attention_backward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    dout: torch.Tensor,
+    *,
+    causal: bool = False,
+    causal_alignment: str = "top_left",
+    scale: float | None = None,
+    lengths: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    block_mask: BlockMask | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The kernel's backward on its own: (dq, dk, dv) from a forward's ``out`` (B, H, Tq, d) and
+    ``lse`` (B, H, Tq) (``flash_attention(..., return_lse=True)`` with the same arguments) and the
+    gradient ``dout`` of out. For callers that keep (out, lse) themselves, e.g. a custom op."""
+    d = q.shape[-1] if isinstance(q, torch.Tensor) and q.dim() else 0
+    scale = default_scale(d) if scale is None else float(scale)
+    _check(q, k, v, scale, causal, causal_alignment, lengths, mask, block_mask)
+    for name, x, shape in (("out", out, q.shape), ("dout", dout, q.shape), ("lse", lse, q.shape[:3])):
+        if not isinstance(x, torch.Tensor) or x.shape != shape:
+            raise ValueError(f"{name} has shape {tuple(getattr(x, 'shape', ()))}, expected {tuple(shape)}")
+        check_device(name, x, q)
+    Tq, Tk = q.shape[2], k.shape[2]
+    if mask is not None:
+        mask = mask.expand(q.shape[0], q.shape[1], Tq, Tk).view(torch.uint8)
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    offset = causal_offset(causal_alignment, Tq, Tk)
+    p = _Problem(q, k, v, scale, bool(causal), offset, lengths, mask, block_mask)
+    return _backward(p, out, lse.float().contiguous(), dout.to(q.dtype))
