@@ -111,6 +111,16 @@ def test_prefix_lm_and_key_padding():
     check_map(block_mask.from_mask(masks.from_lengths(lengths, 130), Tq=97, block=32), want)
 
 
+def test_a_map_with_no_partial_block():
+    """Lengths on block boundaries: every block FULL or SKIP, no tile stored at all."""
+    bm = block_mask.key_padding(torch.tensor([32, 0]), 16, 64, block=16)
+    assert bm.counts()["partial"] == 0 and len(bm.tiles) == 0
+    check_map(bm, masks.from_lengths(torch.tensor([32, 0]), 64).expand(2, 1, 16, 64))
+    q, k = torch.randn(2, 1, 16, 4, dtype=F64), torch.randn(2, 1, 64, 4, dtype=F64)
+    out = blockwise_attention(q, k, k, mask=bm)
+    assert (out[1] == 0).all() and torch.isfinite(out).all()
+
+
 def test_from_predicate_with_heads():
     bm = block_mask.from_predicate(lambda b, h, i, j: (j - i).abs() <= h, H=3, Tq=40, Tk=40, block=16)
     i, j = torch.arange(40)[:, None], torch.arange(40)[None, :]
@@ -123,6 +133,8 @@ def test_from_predicate_with_heads():
         (lambda: block_mask.causal(4, 4, block=24), ValueError, "power of two"),
         (lambda: block_mask.causal(4, 4, block=8), ValueError, "power of two >= 16"),
         (lambda: block_mask.causal(4, 4, block=True), ValueError, "power of two"),
+        (lambda: block_mask.causal(4, 4, block=1.5), ValueError, "power of two"),
+        (lambda: block_mask.causal(4, 4, block=(16, 16, 16)), ValueError, "power of two"),
         (lambda: block_mask.causal(4, 4, "middle"), ValueError, "alignment must be one of"),
         (lambda: block_mask.causal(-1, 4), ValueError, "Tq must be an int >= 0"),
         (lambda: block_mask.sliding_window(4, 4, 0), ValueError, "window must be an int >= 1"),

@@ -96,7 +96,8 @@ class BlockMask:
     def column(self, j: int) -> torch.Tensor:
         """The dense mask of key block j: (Bm, Hm, Tq, width) bool, width = its keys below Tk."""
         kinds = self.kinds[..., j]  # (Bm, Hm, nQ)
-        tiles = self.tiles[self.tile_of[..., j].clamp(min=0).long()].bool()  # (Bm, Hm, nQ, bm, bn)
+        stored = self.tiles if len(self.tiles) else self.tiles.new_zeros(1, self.block_m, self.block_n)
+        tiles = stored[self.tile_of[..., j].clamp(min=0).long()].bool()  # (Bm, Hm, nQ, bm, bn)
         tiles = torch.where(
             (kinds == FULL)[..., None, None], True, tiles & (kinds == PARTIAL)[..., None, None]
         )
@@ -128,7 +129,10 @@ class BlockMask:
 
 
 def _check_block(block: int | tuple[int, int]) -> tuple[int, int]:
-    bm, bn = (block, block) if isinstance(block, numbers.Integral) else tuple(block)
+    pair = (block, block) if isinstance(block, numbers.Integral) else block
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise ValueError(f"block must be a power of two >= 16 (or a pair of them), got {block!r}")
+    bm, bn = pair
     for b in (bm, bn):
         if isinstance(b, bool) or not isinstance(b, numbers.Integral) or b < 16 or b & (b - 1):
             raise ValueError(f"block must be a power of two >= 16 (or a pair of them), got {block!r}")

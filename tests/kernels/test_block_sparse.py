@@ -218,3 +218,13 @@ def test_backward_on_its_own_matches_autograd():
     assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
     with pytest.raises(ValueError, match=r"lse has shape \(2, 2\), expected \(2, 2, 40\)"):
         flash_attention_backward(q, k, v, out, lse[..., 0], dout, block_mask=bm)
+
+
+def test_map_without_partial_blocks():
+    """Every block FULL or SKIP (lengths on block boundaries): no stored tile at all."""
+    bm = block_mask.key_padding(torch.tensor([32, 0], device=DEVICE), 16, 64, block=16)
+    assert len(bm.tiles) == 0
+    q, k, v = _inputs(2, 1, 1, 16, 64, 16, seed=29)
+    out = flash_attention(q, k, v, block_mask=bm)
+    _check_f32(q, k, v, out, bm.to_dense())
+    assert (out[1] == 0).all()
