@@ -2,8 +2,11 @@
 
 ``flash_attention`` takes (B, H, T, d) tensors on a CUDA device, or CPU tensors when
 ``TRITON_INTERPRET=1`` was set before Triton was imported (the kernel then runs in Triton's
-interpreter: slow, for checking). Importing this package imports Triton; ``available()`` says
-whether that can work here without importing anything.
+interpreter: slow, for checking); with ``block_mask=`` (``selfattention.block_mask``) it skips the
+blocks a mask forbids. ``flash_attention_backward`` is its backward on its own, from (out, lse).
+Importing ``flash_attention`` imports Triton; ``available()`` says whether that can work here
+without importing anything. Layout: ``flash.py`` (forward), ``flash_bwd.py`` (backward),
+``tuning.py`` (configurations, length buckets), ``launch.py`` (checks, launches, autograd).
 """
 
 from __future__ import annotations
