@@ -17,7 +17,7 @@ import pytest
 
 from selfattention import available_backends
 from selfattention.cli import main
-from selfattention.models import AttentionModel, ToyModel, load_model
+from selfattention.models import ToyModel, Traceable, load, trace
 from selfattention.viz import terminal
 
 SENTENCE = "I am enjoying this lecture"
@@ -186,14 +186,17 @@ def test_console_script_runs(tmp_path):
 
 
 def test_toy_model_is_an_attention_model():
-    m = load_model("toy", dim=16, seed=3)
-    assert isinstance(m, AttentionModel) and isinstance(m, ToyModel)
-    H = m.embed(m.tokenize("a b a"))
+    m = load("toy", dim=16, seed=3)
+    assert isinstance(m, Traceable) and isinstance(m, ToyModel)
+    H = m.embed(m.tokenize("a b a").tokens)
     assert H.shape == (16, 3) and H.dtype == np.float64
     assert all(W.shape == (16, 16) for W in m.weights())
     json.dumps(m.describe())
+    t = trace(m, "a b a", backends=["matrix"])  # its one layer, recorded: H is the embeddings
+    np.testing.assert_array_equal(t.layers[0].x.numpy().T, H)
+    assert t.layers[0].weights.shape == (1, 3, 3) and t.attention(0).head_projections(0)["b_Q"] is None
     with pytest.raises(ValueError, match="unknown model"):
-        load_model("bert")
+        load("bert")
 
 
 class _Tty:

@@ -363,7 +363,7 @@ def _loaded(pid: int, library: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("when", ["numpy", "libtorch_cpu", 0.5, 1.0, 1.5])
+@pytest.mark.parametrize("when", ["numpy", "libtorch_cpu", "tokenizers", 0.5, 1.0, 1.5])
 def test_ctrl_c_is_one_line_whenever_it_comes(when):
     """SIGINT in the middle of the heavy imports (as soon as numpy's or torch's library is mapped)
     or later gives exit 130 and one line; a run that had already finished exits 0. (Before our
@@ -427,3 +427,26 @@ def test_a_huge_config_is_not_read(tmp_path):
     big = json.dumps({"padding": "x" * (2 << 20), **config})
     d = model_dir_copy(tmp_path, replace={"config.json": big})
     one_error(*run("embed", "a", "--model", str(d)), r"a config\.json is a few kilobytes")
+
+
+def test_ctrl_c_during_a_write_undoes_it_even_where_the_command_exits_at_once(tmp_path):
+    """The command line ends the process at once on SIGINT (_entry); inside a write, Ctrl-C raises
+    KeyboardInterrupt instead, so the temporary file is removed and the old file kept."""
+    seen = []
+    old = signal.signal(signal.SIGINT, lambda *_: seen.append("exit at once"))
+    try:
+        path = tmp_path / "e.npy"
+        path.write_bytes(b"old")
+
+        def write(f):
+            f.write(b"half")
+            assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the interrupt arrives here
+
+        with pytest.raises(KeyboardInterrupt):
+            _io.write_atomic(path, write)
+        assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["e.npy"]
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler and seen == []
+    finally:
+        signal.signal(signal.SIGINT, old)

@@ -21,7 +21,8 @@ import browser
 import numpy as np
 import pytest
 
-from selfattention.viz.data import AttentionData, collect, from_weights
+from selfattention.models import trace
+from selfattention.viz.data import AttentionData, from_weights
 from selfattention.viz.html import embed_json, payload, render_html, write_html
 
 chrome = browser.chrome  # one headless Chromium per module (skips, or fails under CI, without one)
@@ -45,7 +46,7 @@ def synthetic(T: int, L: int = 6, H: int = 12, d: int = 32, qkv: bool = True, se
 
 @pytest.fixture(scope="module")
 def minilm() -> AttentionData:
-    return collect("minilm", SENTENCE)
+    return trace("minilm", SENTENCE).attention_data()
 
 
 # --------------------------------------------------------------------------- plain Python
@@ -60,7 +61,7 @@ def test_embed_json_cannot_close_the_script_element():
 
 
 def test_page_is_self_contained_and_carries_the_weights_exactly():
-    data = collect("toy", SENTENCE)
+    data = trace("toy", SENTENCE).attention_data()
     page = render_html(data)
     csp = re.search(r'http-equiv="Content-Security-Policy"\s+content="([^"]+)"', page)
     assert csp and "default-src 'none'" in csp.group(1)
@@ -82,7 +83,7 @@ def test_write_html_is_atomic(tmp_path: Path):
     with pytest.raises(ValueError, match="q has d = 4 but k has d = 3"):
         write_html(bad, path)
     assert path.read_text() == "old page"
-    assert write_html(collect("toy", SENTENCE), path) == path
+    assert write_html(trace("toy", SENTENCE).attention_data(), path) == path
     assert path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["explorer.html"], "no temporary file is left"
 
@@ -143,7 +144,7 @@ def assert_row(view: dict[str, Any], data: AttentionData) -> None:
 
 
 def test_toy_page_renders(chrome, tmp_path: Path):
-    data = collect("toy", SENTENCE)
+    data = trace("toy", SENTENCE).attention_data()
     open_page(chrome, data, tmp_path / "toy.html")
     assert len(chrome.find_elements("css selector", "canvas.thumb")) == 1
     for selector in ("#layer", "#head", "#matrix", "#lines", "#legend", "#steps tbody tr"):

@@ -19,7 +19,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from selfattention import viz
+from selfattention import models, viz
 from selfattention.viz import png, terminal
 from selfattention.viz.data import AttentionData
 
@@ -29,12 +29,12 @@ WORDS60 = " ".join(f"w{i}" for i in range(60))  # 60 toy tokens
 
 @pytest.fixture(scope="module")
 def toy() -> AttentionData:
-    return viz.collect("toy", SENTENCE)
+    return models.trace("toy", SENTENCE).attention_data()
 
 
 @pytest.fixture(scope="module")
 def minilm() -> AttentionData:
-    return viz.collect("minilm", SENTENCE)
+    return models.trace("minilm", SENTENCE).attention_data()
 
 
 def rgb(hex_color: str) -> np.ndarray:
@@ -150,14 +150,14 @@ def test_labels_do_not_overlap(T):
 
 
 def test_sixty_words(tmp_path):
-    data = viz.collect("toy", WORDS60)
+    data = models.trace("toy", WORDS60).attention_data()
     assert len(data.tokens) == 60
     out = png.save_png(data, tmp_path / "long.png", dpi=40)
     assert_picture(read_png(out), png.plot_head(data, 1, 1).figure, 40)
 
 
 def test_sixty_words_pretrained(tmp_path):
-    data = viz.collect("minilm", " ".join(["lecture", "attention", "words", "the"] * 15))
+    data = models.trace("minilm", " ".join(["lecture", "attention", "words", "the"] * 15)).attention_data()
     assert len(data.tokens) == 62
     out = png.save_png(data, tmp_path / "heads.png", layer=6, all_heads=True, dpi=30)
     assert_picture(read_png(out), png.plot_heads(data, 6), 30)
@@ -301,7 +301,7 @@ def test_to_bertviz(minilm):
 
 
 def test_public_api():
-    for name in ["AttentionData", "from_weights", "collect", "plot_head", "plot_heads", "save_png",
+    for name in ["AttentionData", "from_weights", "plot_head", "plot_heads", "save_png",
                  "to_bertviz", "PALETTE", "value_range"]:
         assert callable(getattr(viz, name)) or name == "PALETTE", name
     assert viz.PALETTE is terminal.PALETTE

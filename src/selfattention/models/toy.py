@@ -13,8 +13,13 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Sequence
 
 import numpy as np
+
+from .._text import printable
+from ..errors import InputError
+from .tracing import Tokens
 
 # A word (letters, digits, underscores, with inner apostrophes: "don't") or one punctuation mark.
 _TOKEN = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
@@ -30,16 +35,21 @@ def word_vector(word: str, dim: int) -> np.ndarray:
     return rng.standard_normal(dim)
 
 
+TOY_DIM, TOY_SEED = 64, 0  # the lecture's D, and the default seed of the random W's
+
+
 class ToyModel:
     """One self-attention head with hashed word embeddings and random W's.
 
-    Implements ``selfattention.models.AttentionModel``: ``tokenize``, ``embed`` → H (D, T),
-    ``weights`` → (W_Q, W_K, W_V), each (D, D), and ``describe``.
+    A ``Traceable`` model (see ``models.tracing``): ``tokenize`` → words, ``forward_tokens`` runs its
+    one layer, a ``MultiHeadAttention`` with one head, no biases and no output projection (W_O = I)
+    in float64, whose packed ``in_proj`` holds W_Q, W_K, W_V, each (D, D). ``embed`` → H (D, T).
     """
 
     name = "toy"
+    unit = "words"
 
-    def __init__(self, dim: int = 64, seed: int = 0):
+    def __init__(self, dim: int = TOY_DIM, seed: int = TOY_SEED):
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -49,12 +59,32 @@ class ToyModel:
         rng = np.random.default_rng(seed)
         W = rng.standard_normal((3, dim, dim)) / math.sqrt(dim)  # (3, D, D), entries N(0, 1/D)
         self.W_Q, self.W_K, self.W_V = W[0], W[1], W[2]
+        self._attention = None
 
-    def tokenize(self, text: str) -> list[str]:
+    @property
+    def title(self) -> str:
+        return f"toy model, D = {self.dim}, seed {self.seed}"
+
+    def words(self, text: str) -> list[str]:
         """Split text into words and punctuation marks: "I am here." → ["I", "am", "here", "."]."""
         return _TOKEN.findall(text)
 
-    def embed(self, tokens: list[str]) -> np.ndarray:
+    def tokenize(self, text: str, *, truncate: bool = True) -> Tokens:  # noqa: ARG002 (no limit)
+        """The words of ``text``; ValueError when there are none."""
+        if not text.strip():
+            raise InputError('the text is empty; give a sentence, e.g. "I am enjoying this lecture"')
+        words = self.words(text)
+        if not words:
+            raise InputError(f"no words found in {printable(text)!r}")
+        return self.tokens_from(words)
+
+    def tokens_from(self, tokens: Sequence[str]) -> Tokens:
+        words = [str(t) for t in tokens]
+        if not words:
+            raise InputError("no words to explain")
+        return Tokens(words, None, [False] * len(words))
+
+    def embed(self, tokens: Sequence[str]) -> np.ndarray:
         """H (D, T): column i is the embedding h_i of tokens[i] (the lecture's words-as-columns)."""
         H = np.zeros((self.dim, len(tokens)))
         for i, tok in enumerate(tokens):
@@ -64,6 +94,31 @@ class ToyModel:
     def weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(W_Q, W_K, W_V), each (D, D) float64, drawn from ``seed``."""
         return self.W_Q, self.W_K, self.W_V
+
+    def attention_layers(self) -> list:
+        """The one layer, a ``MultiHeadAttention`` holding the W's (built on first use)."""
+        if self._attention is None:
+            import torch
+
+            from ..layers import MultiHeadAttention
+
+            m = MultiHeadAttention(self.dim, 1, bias=False).double().eval()
+            with torch.no_grad():
+                m.in_proj.weight.copy_(MultiHeadAttention.pack_in_proj(
+                    *(torch.from_numpy(W) for W in (self.W_Q, self.W_K, self.W_V))))
+                m.out_proj.weight.copy_(torch.eye(self.dim, dtype=torch.float64))  # the lecture has no W_O
+            self._attention = m
+        return [self._attention]
+
+    def forward_tokens(self, tokens: Tokens):
+        """Run the layer on the words' embeddings: (1, T, D) float64 → (1, T, D)."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(self.embed(tokens.tokens).T))[None]  # (1, T, D)
+        return self.attention_layers()[0](x)
+
+    def overflow_error(self, layer: int) -> Exception:
+        return ValueError(f"the toy model's numbers are not finite at layer {layer}")
 
     def describe(self) -> dict[str, object]:
         """What a reader should know about where H and the W's come from (JSON-serializable)."""

@@ -9,8 +9,9 @@ Visualize your own model's weights::
     viz.write_html(data, "explorer.html")      # one self-contained, offline file
     attention = viz.to_bertviz(data)           # bertviz's layout: per layer (1, H, T, T)
 
-or this project's: ``viz.collect("minilm", "I am enjoying this lecture")``. Every view uses one
-palette and one value range (``terminal.PALETTE``: weight 0 → the first colour, the largest weight
+or this project's, through a trace:
+``models.trace("minilm", "I am enjoying this lecture").attention_data()``.
+Every view uses one palette and one value range (``terminal.PALETTE``: weight 0 → the first colour, the largest weight
 shown → the last). Importing this package imports neither matplotlib nor the HTML code; they load
 on first use.
 """
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .data import AttentionData, collect, from_weights
+from .data import AttentionData, from_weights
 from .terminal import PALETTE, format_matrix, format_table, heatmap, palette_hex, value_range
 
 if TYPE_CHECKING:
@@ -50,6 +51,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["PALETTE", "AttentionData", "collect", "format_matrix", "format_table", "from_weights",
+__all__ = ["PALETTE", "AttentionData", "format_matrix", "format_table", "from_weights",
            "heatmap", "palette_cmap", "palette_hex", "plot_head", "plot_heads", "render_html", "save_png",
            "to_bertviz", "value_range", "write_html"]

@@ -1,8 +1,8 @@
 """What the pictures draw: attention weights per layer and head, optionally q, k, v, for one text.
 
 ``AttentionData`` is model-agnostic: ``from_weights`` wraps weights from any model (including
-bertviz's layout, a list of per-layer (1, H, T, T) tensors), and ``collect`` runs this project's
-toy or pretrained model on a text.
+bertviz's layout, a list of per-layer (1, H, T, T) tensors). This project's models give theirs
+through a trace: ``selfattention.models.trace("minilm", text).attention_data()`` (viz knows no model).
 """
 
 from __future__ import annotations
@@ -109,62 +109,3 @@ def from_weights(
     if scale is None and qkv[0] is not None:
         scale = 1.0 / math.sqrt(qkv[0][0].shape[-1])
     return AttentionData(tokens, w, *qkv, scale=scale, title=title)
-
-
-def collect(model: str, text: str, *, dim: int | None = None, seed: int | None = None,
-            truncate: bool = True) -> AttentionData:
-    """Run ``model`` ("toy", "minilm" or a BERT-layout directory) on ``text``: every layer's
-    weights and q, k, v, per head. Raises ValueError for empty text, ModelError for a bad model."""
-    if not text.strip():
-        raise ValueError('the text is empty; give a sentence, e.g. "I am enjoying this lecture"')
-    if model == "toy":
-        return _collect_toy(text, dim=dim, seed=seed)
-    from ..models import pretrained_path
-    from ..models.heads import load_pretrained
-
-    m = load_pretrained(pretrained_path(model))
-    return _collect_pretrained(m, text, truncate=truncate, name=model)
-
-
-def _collect_toy(text: str, *, dim: int | None, seed: int | None) -> AttentionData:
-    from .. import reference
-    from ..models.toy import ToyModel
-
-    toy = ToyModel(dim=64 if dim is None else dim, seed=0 if seed is None else seed)
-    tokens = toy.tokenize(text)
-    if not tokens:
-        raise ValueError(f"no words found in {text!r}")
-    s = reference.self_attention(toy.embed(tokens), *toy.weights())
-    rows = [s.Q.T[None], s.K.T[None], s.V.T[None]]  # (1, T, d): rows are words
-    title = f"toy model, D = {toy.dim}, seed {toy.seed}"
-    return from_weights([s.A[None]], tokens, q=[rows[0]], k=[rows[1]], v=[rows[2]], scale=s.scale,
-                        title=title)
-
-
-def _collect_pretrained(m, text: str, *, truncate: bool, name: str) -> AttentionData:
-    import torch
-
-    batch = m.encode([text], truncate=truncate)
-    with torch.inference_mode():
-        out = m.encoder(batch.input_ids, batch.lengths, backend="matrix", need_weights=True,
-                        output_hidden_states=True)
-        qs, ks, vs = _project(m, out.hidden_states)
-    d = m.config.hidden_size // m.config.num_attention_heads
-    from ..models.heads import DEFAULT_NAME
-
-    title = DEFAULT_NAME if name == "minilm" else m.path.name
-    data = from_weights([a[0] for a in out.attentions], batch.tokens[0], q=qs, k=ks, v=vs,
-                        scale=1.0 / math.sqrt(d), title=title)
-    data.meta["dropped"] = batch.dropped[0]
-    return data
-
-
-def _project(m, hidden_states) -> tuple[list, list, list]:
-    """Each layer's q, k, v per head, (H, T, d), from the hidden states entering it."""
-    H = m.config.num_attention_heads
-    qs, ks, vs = [], [], []
-    for layer, h in zip(m.encoder.layers, hidden_states, strict=False):  # h enters the layer
-        qkv = layer.attention.in_proj(h[0])  # (T, 3D)
-        for lst, part in zip((qs, ks, vs), qkv.chunk(3, dim=-1), strict=True):
-            lst.append(part.unflatten(-1, (H, -1)).transpose(0, 1))  # (H, T, d)
-    return qs, ks, vs

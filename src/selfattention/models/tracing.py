@@ -1,0 +1,231 @@
+"""One trace of a model on a text: what every attention layer saw and did, recorded in one pass.
+
+``trace(model, text)`` owns the steps every view needs — tokenization (and the truncation policy,
+with its one message), one run of the model with hooks on its ``MultiHeadAttention`` layers — and
+records per layer: the layer's input x (the lecture's H, transposed), every head's q, k, v (from
+``MultiHeadAttention.project``, the only code that knows the packed projection), the weights α, and
+every head's output z as the model computed it. With ``backends=`` it also recomputes each traced
+layer's heads with those tiers, on the same q, k, v and mask, for verification. ``explain``, the
+PNG, the HTML explorer and the command line all read a ``Trace``; the model runs once.
+
+A model is traceable when it offers (see ``Traceable``): ``name``, ``unit``, ``tokenize(text,
+truncate=…)`` → ``Tokens``, ``tokens_from(list)`` → ``Tokens``, ``forward_tokens(tokens)`` →
+the last hidden states, ``attention_layers()`` → its ``MultiHeadAttention`` modules in order, and
+``overflow_error(layer)``. ``PretrainedModel`` (BERT/MiniLM) and ``ToyModel`` are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from ..errors import InputError, OptionError
+from ..layers import MultiHeadAttention
+from ..masks import causal as causal_mask
+from ..reference import default_scale
+
+
+@dataclass
+class Tokens:
+    """A text as the model reads it."""
+
+    tokens: list[str]  # what is shown, one per position
+    ids: torch.Tensor | None  # (1, T) int64 for models with a vocabulary, else None
+    special: list[bool]  # positions that are markers, not text ([CLS], [SEP])
+    dropped: int | None = 0  # tokens cut from the end (None: more than were counted)
+    dropped_chars: int = 0  # characters of the text after the last token kept
+
+
+@runtime_checkable
+class Traceable(Protocol):
+    name: str  # shown to the reader, e.g. "all-MiniLM-L6-v2"
+    unit: str  # what a token is called: "words", "word pieces", "characters"
+
+    def tokenize(self, text: str, *, truncate: bool = True) -> Tokens: ...
+
+    def tokens_from(self, tokens: Sequence[str]) -> Tokens: ...
+
+    def forward_tokens(self, tokens: Tokens) -> torch.Tensor: ...
+
+    def attention_layers(self) -> list[MultiHeadAttention]: ...
+
+    def overflow_error(self, layer: int) -> Exception: ...
+
+
+@dataclass
+class LayerTrace:
+    """One attention layer on one text. Rows are positions: x (T, D); q (H, T, d); k, v (Hkv, T, d)."""
+
+    x: torch.Tensor  # the hidden states entering the layer (the lecture's H is x transposed)
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    weights: torch.Tensor  # (H, T, T), α; row i: query position i
+    z: dict[str, torch.Tensor]  # backend → (H, T, d), every head's output; "auto": the model's own pass
+    allowed: torch.Tensor | None  # (T, T) bool, True = may attend (None: every position)
+    auto_backend: str  # the tier "auto" ran for this layer
+
+
+@dataclass
+class Trace:
+    """A model's run on one text: its tokens and, for each traced layer (0-based), a ``LayerTrace``."""
+
+    model: Any  # the Traceable that ran
+    text: str
+    tokens: Tokens
+    layers: dict[int, LayerTrace] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.attention_layers())
+
+    def attention(self, layer: int) -> MultiHeadAttention:
+        """The ``MultiHeadAttention`` of ``layer`` (0-based): its W's via ``head_projections``."""
+        return self.model.attention_layers()[layer]
+
+    def attention_data(self, title: str | None = None):
+        """Every traced layer as ``viz.AttentionData`` (weights, q, k and v per head) for the views.
+
+        q, k, v are per query head: under grouped-query attention a key/value head is shown with
+        every query head that reads it.
+        """
+        from ..viz.data import from_weights
+
+        order = sorted(self.layers)
+        if order != list(range(self.num_layers)):
+            raise ValueError(f"the trace holds layers {[n + 1 for n in order]}; the views need all "
+                             f"{self.num_layers} (trace with layers=None)")
+
+        def per_query_head(t: torch.Tensor, n: int) -> torch.Tensor:
+            G = self.attention(n).num_heads // t.shape[0]
+            return t.repeat_interleave(G, dim=0)  # (Hkv, T, d) → (H, T, d)
+
+        ls = [self.layers[n] for n in order]
+        data = from_weights(
+            [t.weights for t in ls], self.tokens.tokens,
+            q=[t.q for t in ls], k=[per_query_head(t.k, n) for n, t in enumerate(ls)],
+            v=[per_query_head(t.v, n) for n, t in enumerate(ls)],
+            scale=default_scale(self.attention(0).head_dim),
+            title=getattr(self.model, "title", self.model.name) if title is None else title,
+        )
+        data.meta["dropped"] = self.tokens.dropped or 0
+        return data
+
+
+class _Stop(Exception):
+    """Raised by a hook once the last layer asked for has run: later layers are not needed."""
+
+
+def trace(
+    model: Traceable,
+    text: str | Sequence[str],
+    *,
+    layers: Sequence[int] | None = None,
+    backends: Sequence[str] = (),
+    truncate: bool = True,
+    max_tokens: int | None = None,
+) -> Trace:
+    """Run ``model`` once on ``text`` (a string, or a list of the model's own tokens) and record
+    ``layers`` (0-based; None: all). ``backends``: tiers to recompute each traced layer's heads with.
+
+    Raises ValueError for text the model cannot take (empty, too long when ``truncate`` is False,
+    more than ``max_tokens`` tokens, unknown tokens), the model's ``overflow_error`` when a layer's
+    numbers are not finite; warns (``TruncationWarning``, one message) when the text is cut.
+    """
+    toks = model.tokenize(text, truncate=truncate) if isinstance(text, str) else model.tokens_from(text)
+    if max_tokens is not None and len(toks.tokens) > max_tokens:
+        raise InputError(f"the text has {len(toks.tokens)} {model.unit}, more than the {max_tokens} "
+                         "that can be explained at once")
+    attn = model.attention_layers()
+    wanted = sorted(set(range(len(attn)) if layers is None else layers))
+    for n in wanted:
+        if not 0 <= n < len(attn):
+            raise OptionError(f"layer {n + 1} is out of range: the model has layers 1 to {len(attn)}")
+    seen: dict[int, dict[str, Any]] = {n: {} for n in wanted}
+    finite: dict[int, bool] = {}  # every layer up to the last wanted: is its input finite?
+    hooks = [attn[n].register_forward_pre_hook(_finite_hook(finite, n)) for n in range(wanted[-1] + 1)]
+    for n in wanted:
+        hooks.append(attn[n].register_forward_pre_hook(_input_hook(seen[n]), with_kwargs=True))
+        hooks.append(attn[n].out_proj.register_forward_pre_hook(_heads_hook(seen[n], attn[n])))
+        if n == wanted[-1]:
+            hooks.append(attn[n].register_forward_hook(_stop))
+    try:
+        with torch.no_grad():
+            model.forward_tokens(toks)
+    except _Stop:
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    bad = next((n for n in sorted(finite) if not finite[n]), None)
+    if bad is not None:
+        raise model.overflow_error(bad)  # the first layer whose output is not finite (0: embeddings)
+    out = Trace(model, text if isinstance(text, str) else " ".join(text), toks)
+    for n in wanted:
+        out.layers[n] = _layer(model, n, attn[n], seen[n], backends)
+    return out
+
+
+def _input_hook(store: dict[str, Any]):
+    def hook(_module, args, kwargs):  # what the layer is called with
+        store["x"] = args[0]
+        store["context"] = args[1] if len(args) > 1 else kwargs.get("context")
+        store["mask"] = kwargs.get("mask")
+        store["causal"] = bool(kwargs.get("causal", False))
+        alignment = kwargs.get("causal_alignment")
+        store["alignment"] = alignment if alignment is not None else "top_left"
+    return hook
+
+
+def _finite_hook(finite: dict[int, bool], n: int):
+    def hook(_module, args):
+        finite[n] = bool(torch.isfinite(args[0]).all())
+    return hook
+
+
+def _heads_hook(store: dict[str, Any], attn: MultiHeadAttention):
+    def hook(_module, args):  # (1, T, H·d): every head's z side by side, before the output projection
+        z = args[0]
+        store["z"] = z.reshape(z.shape[0], z.shape[1], attn.num_heads, attn.head_dim).transpose(1, 2)
+    return hook
+
+
+def _stop(_module, _args, _out):
+    raise _Stop
+
+
+def _layer(model: Traceable, n: int, attn: MultiHeadAttention, seen: dict[str, Any],
+           backends: Sequence[str]) -> LayerTrace:
+    """Recompute what the layer needs for the views from what its hooks saw."""
+    if "x" not in seen:
+        raise RuntimeError(f"layer {n + 1}'s attention was not called when the model ran")
+    x = seen["x"]
+    kw = {"mask": seen["mask"], "causal": seen["causal"], "causal_alignment": seen["alignment"]}
+    with torch.no_grad():
+        q, k, v = attn.project(x, seen["context"])  # (1, H, T, d), (1, Hkv, Tk, d) ×2
+        _, w = attn.heads(q, k, v, need_weights=True, backend="matrix", **kw)  # (1, H, T, Tk)
+        z = {"auto": seen["z"]} if "z" in seen else {}
+        for b in backends:
+            z[b] = attn.heads(q, k, v, backend=b, **kw)  # (1, H, T, d)
+    if not all(torch.isfinite(t).all() for t in (q, k, v, w, *z.values())):
+        raise model.overflow_error(n + 1)
+    return LayerTrace(
+        x=x[0], q=q[0], k=k[0], v=v[0], weights=w[0], z={b: t[0] for b, t in z.items()},
+        allowed=_allowed(seen, q.shape[2], k.shape[2]), auto_backend=attn.backend_for(q, k, v, **kw),
+    )
+
+
+def _allowed(seen: dict[str, Any], Tq: int, Tk: int) -> torch.Tensor | None:
+    """(Tq, Tk) bool of what the layer let position i see, for one text (batch 1, any head)."""
+    allowed = causal_mask(Tq, Tk, seen["alignment"]) if seen["causal"] else None
+    mask = seen["mask"]
+    if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
+        m = mask.reshape(-1, *mask.shape[-2:])[0] if mask.dim() > 2 else mask
+        m = m.expand(Tq, Tk)
+        allowed = m if allowed is None else allowed & m
+    if allowed is not None and bool(allowed.all()):
+        return None
+    return allowed

@@ -1,0 +1,60 @@
+"""The layering of docs/architecture.md, checked on the source: what may import what, and the one
+place that knows how ``in_proj`` is packed."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+SRC = Path(__file__).parent.parent / "src" / "selfattention"
+
+
+def _imports(path: Path) -> set[str]:
+    """The selfattention modules a file imports, as dotted names relative to the package."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = path.relative_to(SRC).parent.parts
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(package[: len(package) - node.level + 1])
+                found.add(".".join([*base, *(node.module or "").split(".")]).strip("."))
+            elif node.module and node.module.startswith("selfattention"):
+                found.add(node.module.removeprefix("selfattention").strip("."))
+    return found
+
+
+def test_viz_imports_nothing_from_models():
+    for path in (SRC / "viz").glob("*.py"):
+        bad = [m for m in _imports(path) if m.startswith("models") or m in ("explain", "cli", "train")]
+        assert not bad, f"{path.name} imports {bad}"
+
+
+def test_tiers_know_no_modules_or_models():
+    for name in ("functional.py", "blockwise.py", "masks.py", "reference.py", "_checks.py"):
+        bad = [m for m in _imports(SRC / name) if m.split(".")[0] in ("layers", "models", "viz", "train")]
+        assert not bad, f"{name} imports {bad}"
+
+
+def test_in_proj_is_sliced_only_by_the_layer():
+    """Reading q, k or v out of the packed projection is MultiHeadAttention's job (project,
+    head_projections); the loaders fill it with pack_in_proj."""
+    slicing = r"in_proj(\.(weight|bias))?\s*(\[|\)?\.(split|chunk|narrow|unflatten))"
+    pattern = re.compile(slicing + r"|[^_]in_proj\(")
+    for path in SRC.rglob("*.py"):
+        if path.name == "layers.py":
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            assert not pattern.search(line), f"{path.relative_to(SRC)}:{n}: {line.strip()}"
+
+
+def test_one_module_for_the_errors_the_command_line_reports():
+    from selfattention import errors
+
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Error") and path.name != "errors.py":
+                bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
+                assert bases & {n for n in dir(errors) if n.endswith("Error")} or bases == {"RuntimeError"}, (
+                    f"{path.relative_to(SRC)}: {node.name} is a user-facing error outside errors.py")
