@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .block_mask import BlockMask
 from .masks import ALIGNMENTS
 from .reference import default_scale
 
@@ -23,7 +24,7 @@ class Problem:
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
-    mask: torch.Tensor | None  # bool (True = may attend) or float (additive), broadcastable
+    mask: torch.Tensor | BlockMask | None  # bool (True = may attend), float (additive), or a block map
     causal: str | None  # None, or the causal alignment
     scale: float
     batch: tuple[int, ...]  # broadcast leading dims of q, k, v and mask
@@ -64,7 +65,13 @@ def _shape(x: torch.Tensor) -> tuple[int, ...]:
 def check_inputs(q, k, v, mask, causal, causal_alignment, scale) -> Problem:
     """Validate one ``attention`` call; every message names the argument and what was expected."""
     batch = _check_qkv(q, k, v)
-    mask, batch = _check_mask(mask, q, k, batch)
+    if isinstance(mask, BlockMask):  # a block map: its (Bm, Hm) align with the last two leading dims
+        mask.check_batch(batch, q.shape[-2], k.shape[-2], q.device)
+        if causal is True:
+            raise ValueError("mask is a BlockMask, which already says which keys each query may see: pass "
+                             "causal=False (build a causal one with selfattention.block_mask.causal)")
+    else:
+        mask, batch = _check_mask(mask, q, k, batch)
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {causal!r}")
     if causal_alignment not in ALIGNMENTS:

@@ -10,6 +10,7 @@ with rows as words (q is (..., Tq, d)); the lecture's columns are the transpose.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 from . import blockwise, kernels, masks
 from ._checks import Problem, check_inputs, compute_dtype
+from .block_mask import BlockMask
 
 BACKENDS = ("auto", "matrix", "blockwise", "torch", "triton")
 _NO_WEIGHTS = ("blockwise", "torch", "triton")
@@ -131,18 +133,23 @@ def triton_kernel(p: Problem) -> torch.Tensor:
 
     if p.v.shape[-1] != p.q.shape[-1]:
         raise ValueError(f"backend 'triton' needs d_v == d, got d={p.q.shape[-1]}, d_v={p.v.shape[-1]}")
-    if p.mask is not None and p.mask.dtype != torch.bool:
+    bm = p.mask if isinstance(p.mask, BlockMask) else None
+    if bm is None and p.mask is not None and p.mask.dtype != torch.bool:
         raise ValueError("backend 'triton' takes a bool mask only, not an additive float mask")
+    if bm is not None and len(p.batch) > 2 and bm.shape[0] > 1:
+        raise ValueError("backend 'triton' takes a BlockMask with one map per batch row only for 4-D "
+                         "inputs (B, H, T, d)")
     group = _grouped(p)
     q = _fold(p.q, p.batch, False)  # (N, H, Tq, d)
     k, v = _fold(p.k, p.batch, group), _fold(p.v, p.batch, group)  # (N, H or 1, Tk, d)
-    mask = None if p.mask is None else _fold(p.mask, p.batch, False)  # (N, H, Tq|1, Tk|1)
+    mask = None if p.mask is None or bm is not None else _fold(p.mask, p.batch, False)  # (N, H, Tq|1, Tk|1)
     out = flash_attention(
         q, k, v,
         causal=p.causal is not None,
         causal_alignment=p.causal or "top_left",
         scale=p.scale,
         mask=mask,
+        block_mask=bm,  # (N or 1, H or 1) blocks: SKIP blocks are never computed
     )
     return out.reshape(*p.batch, p.Tq, p.v.shape[-1])
 
@@ -159,7 +166,7 @@ def _can(tier: str, p: Problem, need_weights: bool, dropout_p: float) -> bool:
         return False
     if dropout_p > 0 and tier not in _DROPOUT:
         return False  # a tier without dropout must never drop it silently
-    if p.mask is not None and p.mask.requires_grad and tier != "matrix":
+    if isinstance(p.mask, torch.Tensor) and p.mask.requires_grad and tier != "matrix":
         return False  # only matrix differentiates with respect to a float mask
     return tier != "triton" or kernels.available(p.q.device)
 
@@ -175,7 +182,7 @@ def resolve_backend(
     k: torch.Tensor,
     v: torch.Tensor,
     *,
-    mask: torch.Tensor | None = None,
+    mask: torch.Tensor | BlockMask | None = None,
     causal: bool = False,
     causal_alignment: str = "top_left",
     scale: float | None = None,
@@ -223,7 +230,7 @@ def attention(
     k: torch.Tensor,
     v: torch.Tensor,
     *,
-    mask: torch.Tensor | None = None,
+    mask: torch.Tensor | BlockMask | None = None,
     causal: bool = False,
     causal_alignment: str = "top_left",
     scale: float | None = None,
@@ -236,7 +243,9 @@ def attention(
     Args:
         q: (..., Tq, d) queries; k: (..., Tk, d) keys; v: (..., Tk, d_v) values. Leading dims
             broadcast (e.g. k of shape (B, Hkv, 1, Tk, d) against q of (B, Hkv, G, Tq, d)).
-        mask: bool, True = may attend, or float, an additive bias; broadcastable to (..., Tq, Tk).
+        mask: bool, True = may attend, or float, an additive bias; broadcastable to (..., Tq, Tk);
+            or a ``selfattention.block_mask.BlockMask`` (then ``causal`` must be False): the
+            blockwise and triton tiers skip its fully masked blocks, the others use it densely.
         causal: forbid attending to later keys; ``causal_alignment`` says which diagonal:
             ``"top_left"`` (query i sees keys ≤ i) or ``"bottom_right"`` (≤ i + Tk - Tq).
         scale: multiplies the scores; default 1/√d.
@@ -254,6 +263,8 @@ def attention(
         raise TypeError(f"need_weights must be a bool, got {need_weights!r}")
     dropout_p = _check_dropout(dropout_p)
     chosen = _resolve(p, need_weights, backend, dropout_p)
+    if isinstance(p.mask, BlockMask) and chosen not in ("blockwise", "triton"):
+        p = dataclasses.replace(p, mask=p.mask.to_dense())  # (Bm, Hm, Tq, Tk) for matrix and SDPA
     if chosen == "matrix":
         out, w = matrix(p, dropout_p)
         return (out, w) if need_weights else out
