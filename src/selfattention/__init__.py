@@ -11,7 +11,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from . import masks, reference
+    from . import block_mask, masks, reference
+    from .block_mask import BlockMask
     from .blockwise import blockwise_attention
     from .functional import attention, available_backends
     from .layers import KVCache, MultiHeadAttention, SelfAttention
@@ -23,11 +24,12 @@ _NAMES = {
     "attention": "functional",
     "available_backends": "functional",
     "blockwise_attention": "blockwise",
+    "BlockMask": "block_mask",
     "KVCache": "layers",
     "MultiHeadAttention": "layers",
     "SelfAttention": "layers",
 }
-_SUBMODULES = ("bench", "blockwise", "cli", "embed", "errors", "explain", "functional", "integrations",
+_SUBMODULES = ("bench", "block_mask", "blockwise", "cli", "embed", "errors", "explain", "functional", "integrations",
                "kernels", "layers", "masks", "models", "reference", "train", "transformer", "viz")
 
 
@@ -47,11 +49,13 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "BlockMask",
     "KVCache",
     "MultiHeadAttention",
     "SelfAttention",
     "attention",
     "available_backends",
+    "block_mask",
     "blockwise_attention",
     "masks",
     "reference",
