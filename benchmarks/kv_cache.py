@@ -17,6 +17,7 @@ import argparse
 import platform
 import statistics
 
+import _quiet_threads  # noqa: F401 (before torch: idle threads sleep)
 import torch
 from _timing import interleaved, median_ratio
 

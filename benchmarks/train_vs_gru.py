@@ -17,6 +17,7 @@ import platform
 import time
 from pathlib import Path
 
+import _quiet_threads  # noqa: F401 (before torch: idle threads sleep)
 import torch
 
 from selfattention.train.config import TrainConfig

@@ -161,3 +161,30 @@ def test_a_progress_bar_on_a_terminal(tmp_path: Path):
     assert b"0/40 [" in seen and b"step/s]" in seen  # the bar, from its start
     assert [line.split()[1] for line in stdout.splitlines() if line.startswith("step")] == \
         ["5/40", "10/40", "15/40", "20/40", "25/40", "30/40", "35/40", "40/40"]
+
+
+def test_a_text_run_resumes_from_its_own_file_and_refuses_another(tmp_path: Path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("abcabcabd " * 40, encoding="utf-8")
+    out = tmp_path / "lm"
+    small = ["--d-model", "16", "--heads", "2", "--layers", "1", "--d-ff", "32", "--context", "16",
+             "--eval-every", "5", "--checkpoint-every", "5", "--no-progress", "--no-pictures",
+             "--threads", "1", "--out", str(out)]
+    assert main(["train", "text", "--text", str(text), "--steps", "5", *small]) == 0
+    assert main(["train", "text", "--steps", "10", "--resume", *small]) == 0  # --text from the checkpoint
+    assert metrics.read(out)[-1]["step"] == 10
+    text.write_text("something else entirely " * 20, encoding="utf-8")
+    capsys.readouterr()
+    assert main(["train", "text", "--steps", "15", "--resume", *small]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("selfattention: error: no usable checkpoint") and "text_sha256=" in err[-1]
+
+
+def test_the_gru_baseline_trains_and_generates(tmp_path: Path, capsys):
+    out = tmp_path / "gru"
+    assert main(["train", "sort", "--model", "gru", "--steps", "10", "--out", str(out), *TINY_ARGS]) == 0
+    assert "training gru on sort" in capsys.readouterr().out
+    assert not metrics.snapshot_files(out)  # a GRU has no attention to snapshot
+    assert main(["generate", str(out), "--prompt", "dcba", "--max-new", "5"]) == 0
+    said = capsys.readouterr().out.strip()
+    assert len(said) <= 5 and set(said) <= set("abcdefghijklmnopqrstuvwxyz=?.0123456789")

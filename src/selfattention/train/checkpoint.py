@@ -127,7 +127,7 @@ def save(out: str | os.PathLike[str], step: int, state: dict, model: dict[str, t
         files = {}
         for name, t in tensors.items():
             # safetensors wants contiguous tensors that share no memory
-            save_file({k: v.detach().contiguous().clone() for k, v in t.items()}, tmp / name)
+            save_file({k: v.detach().cpu().contiguous().clone() for k, v in t.items()}, tmp / name)
             files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
         doc = {"format": FORMAT, "version": VERSION, **state, "step": step, "files": files,
                "versions": _versions()}

@@ -47,14 +47,16 @@ def make_config(args: argparse.Namespace):
     from .config import TrainConfig
     from .text import read_text
 
-    if args.task == "text" and not args.text:
-        raise UsageError("the text task needs --text FILE (a UTF-8 text file to learn from)")
     if args.task != "text" and args.text:
         raise UsageError(f"--text is for the text task; {args.task} makes its own data")
     given = _given(args)
     base = _peek_config(Path(args.out)) if args.resume else None
     if base is not None and base.task != args.task:
         raise UsageError(f"--resume: {args.out} holds a run of task {base.task!r}, not {args.task!r}")
+    if args.task == "text" and not args.text:
+        if base is None or not base.text:
+            raise UsageError("the text task needs --text FILE (a UTF-8 text file to learn from)")
+        args.text = base.text  # resuming: the file the run was started with (its hash is checked)
     values = base.to_dict() if base is not None else {"task": args.task, **TASK_DEFAULTS.get(args.task, {})}
     values.update(given)
     text = None

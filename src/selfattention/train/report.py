@@ -42,7 +42,7 @@ def plot_curves(runs: dict[str, list[dict]], title: str = ""):
             else:
                 ax.set_ylim(-0.02, 1.02)
                 ax.set_ylabel("whole-sequence accuracy")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="lower right" if row else "upper right")
     fig.suptitle(title, parse_math=False)
     return fig
 
