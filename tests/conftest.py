@@ -225,3 +225,29 @@ def model_dir_copy(tmp_path: Path, *, without: tuple[str, ...] = (), replace: di
     for name, content in replace.items():
         (dst / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     return dst
+
+
+# --- the command line, in-process ----------------------------------------------------------------
+
+def run_cli(*argv: str, stdin: str | None = None, tty: bool = False) -> tuple[int, str, str]:
+    """``selfattention.cli.main(argv)`` in this process → (exit status, stdout, stderr)."""
+    import contextlib
+    import io
+    import sys
+
+    from selfattention.cli import main
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out, err = io.StringIO(), Tty() if tty else io.StringIO()
+    old_stdin = sys.stdin
+    try:
+        if stdin is not None:
+            sys.stdin = io.StringIO(stdin)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main(list(argv))
+    finally:
+        sys.stdin = old_stdin
+    return rc, out.getvalue(), err.getvalue()

@@ -9,7 +9,6 @@ imports. Texts are embedded with the real all-MiniLM-L6-v2 (the default model).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -26,10 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import model_dir_copy
+from conftest import model_dir_copy, run_cli
 
 from selfattention import _io
-from selfattention.cli import main
 from selfattention.errors import ModelError
 from selfattention.models.pretrained import MAX_CHARS, PretrainedModel, default_model_path, tokenize_prefix
 
@@ -38,17 +36,7 @@ CMD = [str(EXE)] if EXE.exists() else [sys.executable, "-m", "selfattention"]
 WEIGHTS = "model.safetensors"
 
 
-def run(*argv: str, stdin: str | None = None) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    old = sys.stdin
-    try:
-        if stdin is not None:
-            sys.stdin = io.StringIO(stdin)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = main(list(argv))
-    finally:
-        sys.stdin = old
-    return rc, out.getvalue(), err.getvalue()
+run = run_cli
 
 
 def one_error(rc: int, out: str, err: str, match: str = "") -> str:

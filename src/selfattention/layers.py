@@ -225,10 +225,7 @@ class MultiHeadAttention(nn.Module):
                     causal_alignment: str = "top_left", need_weights: bool = False,
                     backend: str = "auto") -> str:
         """The tier ``heads`` would run for these arguments (``"auto"`` resolved by the dispatcher)."""
-        H, Hkv = self.num_heads, self.num_kv_heads
-        if Hkv != H:  # as ``heads`` lays grouped-query attention out
-            q, k, v = q.unflatten(1, (Hkv, H // Hkv)), k.unsqueeze(2), v.unsqueeze(2)
-            mask = self._group_mask(mask)
+        q, k, v, mask = self._grouped(q, k, v, mask)  # as ``heads`` lays them out
         return resolve_backend(q, k, v, mask=mask, causal=causal, causal_alignment=causal_alignment,
                                need_weights=need_weights, backend=backend)
 
@@ -247,13 +244,9 @@ class MultiHeadAttention(nn.Module):
         """Every head's z: q (B, H, Tq, d), k and v (B, Hkv, Tk, d) from ``project`` → (B, H, Tq, d);
         with ``need_weights`` also the weights (B, H, Tq, Tk). No output projection (see ``attend``)."""
         B, H, Tq, _ = q.shape
-        Hkv, Tk = self.num_kv_heads, k.shape[2]
+        Tk = k.shape[2]
         _check_mask(mask, (B, H, Tq, Tk))
-        if Hkv != H:
-            # Grouped-query attention by broadcasting, no copies: (B, Hkv, G, T, d) vs (B, Hkv, 1, T, d).
-            q = q.unflatten(1, (Hkv, H // Hkv))
-            k, v = k.unsqueeze(2), v.unsqueeze(2)
-            mask = self._group_mask(mask)
+        q, k, v, mask = self._grouped(q, k, v, mask)
         result = attention(
             q, k, v,
             mask=mask,
@@ -321,6 +314,14 @@ class MultiHeadAttention(nn.Module):
             causal_alignment = "bottom_right" if cache is not None else "top_left"
         return self.attend(q, k, v, mask=mask, causal=causal, causal_alignment=causal_alignment,
                            need_weights=need_weights, backend=backend)
+
+    def _grouped(self, q, k, v, mask):
+        """Grouped-query attention by broadcasting, no copies: q (B, Hkv, G, T, d) against k, v
+        (B, Hkv, 1, T, d), the mask reshaped to match; unchanged when every head has its own K/V."""
+        H, Hkv = self.num_heads, self.num_kv_heads
+        if Hkv == H:
+            return q, k, v, mask
+        return q.unflatten(1, (Hkv, H // Hkv)), k.unsqueeze(2), v.unsqueeze(2), self._group_mask(mask)
 
     def _group_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
         """Reshape a mask broadcastable to (B, H, Tq, Tk) to broadcast against (B, Hkv, G, Tq, Tk)."""
