@@ -91,3 +91,14 @@ def test_kill_9_loses_at_most_one_checkpoint_interval(tmp_path: Path):
                  "--out", str(clean)]) == 0
     assert same_state(_final(out).model, _final(clean).model)
     assert curve(metrics.read(out)) == curve(metrics.read(clean))
+
+
+def test_dropout_resumes_exactly_too(tmp_path: Path):
+    """Dropout draws from torch's RNG: its state travels in the checkpoint."""
+    text = "to be or not to be, that is the question. " * 20
+    config = tiny("text", dropout=0.1, context=16, steps=20, checkpoint_every=5)
+    whole = run(config, tmp_path / "a", text=text)
+    run(config.with_runtime(steps=10), tmp_path / "b", text=text)
+    resumed = run(config, tmp_path / "b", resume=True, text=text)
+    assert same_state(whole.model.state_dict(), resumed.model.state_dict())
+    assert curve(metrics.read(tmp_path / "a")) == curve(metrics.read(tmp_path / "b"))

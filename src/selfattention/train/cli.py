@@ -87,6 +87,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse
                    help="position vectors: learned (default), sinusoidal, none")
     m.add_argument("--norm", choices=("pre", "post"),
                    help="LayerNorm before (default) or after each residual")
+    m.add_argument("--dropout", type=_number, metavar="P",
+                   help="dropout on attention weights, feed-forward units and residual branches (default 0; "
+                        "text 0.1)")
     m.add_argument("--lr", type=_number, metavar="LR",
                    help="peak learning rate of AdamW (default 3e-3; text 1e-3)")
     m.add_argument("--decay-steps", type=_positive, metavar="N",

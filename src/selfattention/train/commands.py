@@ -14,7 +14,7 @@ from ..errors import UsageError
 # Defaults that differ by task (the rest are TrainConfig's).
 TASK_DEFAULTS: dict[str, dict[str, object]] = {
     "recall": {"max_len": 8, "longer_len": 12},
-    "text": {"d_model": 128, "num_layers": 4, "d_ff": 512, "batch_size": 32, "lr": 1e-3,
+    "text": {"d_model": 128, "num_layers": 4, "d_ff": 512, "batch_size": 32, "lr": 1e-3, "dropout": 0.1,
              "eval_every": 200, "eval_size": 64},
 }
 # argparse name → TrainConfig field
@@ -22,7 +22,8 @@ OPTIONS = {"steps": "steps", "batch_size": "batch_size", "model": "model", "seed
            "checkpoint_every": "checkpoint_every", "eval_every": "eval_every", "keep": "keep",
            "d_model": "d_model", "layers": "num_layers", "heads": "num_heads", "d_ff": "d_ff",
            "positions": "positions", "norm": "norm", "lr": "lr", "decay_steps": "decay_steps",
-           "min_len": "min_len", "max_len": "max_len", "longer_len": "longer_len", "context": "context"}
+           "min_len": "min_len", "max_len": "max_len", "longer_len": "longer_len", "context": "context",
+           "dropout": "dropout"}
 
 
 def _given(args: argparse.Namespace) -> dict[str, object]:

@@ -69,6 +69,9 @@ class TrainConfig:
             x = getattr(self, name)
             if not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
                 raise UsageError(f"{name} must be a positive number, got {x!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0 <= self.dropout < 1:
+            raise UsageError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if self.model not in MODELS:
             raise UsageError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.dtype not in DTYPES:
