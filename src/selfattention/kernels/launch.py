@@ -1,18 +1,24 @@
 """Validation, launches and the autograd Function around the kernels of ``flash.py`` and ``flash_bwd.py``.
 
 One small launcher per kernel; each passes the tensors, then their strides three at a time
-(batch, head, row: the last dim is always contiguous), then the sizes and flags.
+(batch, head, row: the last dim is always contiguous), then the sizes and flags. Each takes an
+optional ``wrap`` applied to the kernel before its launch: ``torch.library.wrap_triton`` makes
+the launch traceable (a ``torch.library.triton_op`` such as
+``selfattention.integrations.torch_library``'s), so nothing on the way to a launch may read
+tensor data or addresses (fake tensors have neither).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import triton
 
-from .._checks import broadcast, check_device
+from .._checks import check_device
 from ..block_mask import BlockMask
 from ..masks import ALIGNMENTS, causal_offset
 from ..reference import default_scale
@@ -20,6 +26,11 @@ from . import flash, interpreting, tuning
 
 MAX_HEAD_DIM = 256
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+Wrap = Callable[[Any], Any] | None  # applied to a kernel before launching it (torch.library.wrap_triton)
+
+
+def _wrapped(kernel, wrap: Wrap):
+    return kernel if wrap is None else wrap(kernel)
 
 
 def _s3(x: torch.Tensor) -> tuple[int, int, int]:
@@ -34,7 +45,7 @@ class _Problem:
         self.q, self.k, self.v = q, k, v
         self.B, self.H, self.Tq, self.D = q.shape
         self.Hkv, self.Tk = k.shape[1], k.shape[2]
-        self.d_pad = max(16, triton.next_power_of_2(self.D))
+        self.d_pad = max(16, triton.next_power_of_2(int(self.D)))  # int(): specialise a symbolic d
         self.scale, self.causal, self.offset = scale, causal, offset
         self.lengths, self.mask, self.bm = lengths, mask, block_mask
         self.use_desc = _descriptors_ok(q, k, v)
@@ -89,13 +100,13 @@ class _Problem:
         return tuning.kernel(kind, self.d_pad, bm.block_m if bm else 0, bm.block_n if bm else 0)
 
 
-def _launch_fwd(p: _Problem) -> tuple[torch.Tensor, torch.Tensor]:
+def _launch_fwd(p: _Problem, wrap: Wrap = None) -> tuple[torch.Tensor, torch.Tensor]:
     out = torch.empty_like(p.q)
     lse = torch.empty((p.B, p.H, p.Tq), dtype=torch.float32, device=p.q.device)
     kernel, meta = p.kernel("fwd")
     maps, map_strides = p.map_args(rows=True)
     grid = lambda m: (triton.cdiv(p.Tq, m["BLOCK_M"]), p.B * p.H)  # noqa: E731
-    kernel[grid](
+    _wrapped(kernel, wrap)[grid](
         p.q, p.k, p.v, out, lse, *p.ptrs(), *maps, *_s3(p.q), *_s3(p.k), *_s3(p.v), *_s3(out),
         *p.mask_strides(), *map_strides, p.H, p.H // p.Hkv, p.Tq, p.Tk, p.D, p.offset, p.scale * flash.LOG2E,
         *p.buckets(), **p.flags(), **meta,
@@ -103,12 +114,12 @@ def _launch_fwd(p: _Problem) -> tuple[torch.Tensor, torch.Tensor]:
     return out, lse
 
 
-def _launch_dkdv(p: _Problem, dout, lse, delta) -> tuple[torch.Tensor, torch.Tensor]:
+def _launch_dkdv(p: _Problem, dout, lse, delta, wrap: Wrap = None) -> tuple[torch.Tensor, torch.Tensor]:
     dk, dv = torch.empty_like(p.k), torch.empty_like(p.v)
     kernel, meta = p.kernel("dkdv")
     maps, map_strides = p.map_args(rows=False)
     grid = lambda m: (triton.cdiv(p.Tk, m["BLOCK_N"]), p.B * p.Hkv)  # noqa: E731
-    kernel[grid](
+    _wrapped(kernel, wrap)[grid](
         p.q, p.k, p.v, dout, lse, delta, dk, dv, *p.ptrs(), *maps, *_s3(p.q), *_s3(p.k), *_s3(p.v),
         *_s3(dout), *_s3(dk), *_s3(dv), *p.mask_strides(), *map_strides, p.H, p.Hkv, p.H // p.Hkv, p.Tq,
         p.Tk, p.D, p.offset, p.scale * flash.LOG2E, p.scale, *p.buckets(), **p.flags(), **meta,
@@ -116,12 +127,12 @@ def _launch_dkdv(p: _Problem, dout, lse, delta) -> tuple[torch.Tensor, torch.Ten
     return dk, dv
 
 
-def _launch_dq(p: _Problem, dout, lse, delta) -> torch.Tensor:
+def _launch_dq(p: _Problem, dout, lse, delta, wrap: Wrap = None) -> torch.Tensor:
     dq = torch.empty_like(p.q)
     kernel, meta = p.kernel("dq")
     maps, map_strides = p.map_args(rows=True)
     grid = lambda m: (triton.cdiv(p.Tq, m["BLOCK_M"]), p.B * p.H)  # noqa: E731
-    kernel[grid](
+    _wrapped(kernel, wrap)[grid](
         p.q, p.k, p.v, dout, lse, delta, dq, *p.ptrs(), *maps, *_s3(p.q), *_s3(p.k), *_s3(p.v), *_s3(dout),
         *_s3(dq), *p.mask_strides(), *map_strides, p.H, p.H // p.Hkv, p.Tq, p.Tk, p.D, p.offset,
         p.scale * flash.LOG2E, p.scale, *p.buckets(), **p.flags(), **meta,
@@ -143,11 +154,22 @@ def _descriptors_ok(*xs: torch.Tensor) -> bool:
         return False
     for x in xs:
         size = x.element_size()
-        if x.stride(-1) != 1 or x.data_ptr() % 16 or any(st * size % 16 for st in x.stride()[:-1]):
+        if x.stride(-1) != 1 or not _address_aligned(x) or any(st * size % 16 for st in x.stride()[:-1]):
             return False
     if not interpreting():
         _set_allocator()
     return True
+
+
+def _address_aligned(x: torch.Tensor) -> bool:
+    """Is x's first element 16-byte aligned? A fake tensor (tracing under torch.compile) has no
+    address: its offset into a storage stands in, PyTorch's allocators aligning storages to at
+    least 64 bytes (Inductor copies a graph input that breaks that into an aligned buffer)."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if is_fake(x):
+        return x.storage_offset() * x.element_size() % 16 == 0
+    return x.data_ptr() % 16 == 0
 
 
 _ALLOCATOR_SET = False
@@ -179,12 +201,14 @@ class FlashAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None
 
 
-def _backward(p: _Problem, out, lse, dout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward(
+    p: _Problem, out, lse, dout, wrap: Wrap = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     p.use_desc = p.use_desc and _descriptors_ok(dout)
     delta = (dout.float() * out.float()).sum(-1)  # rowsum(dO ∘ O), (B, H, Tq)
-    dk, dv = _launch_dkdv(p, dout, lse, delta)
-    return _launch_dq(p, dout, lse, delta), dk, dv
+    dk, dv = _launch_dkdv(p, dout, lse, delta, wrap)
+    return _launch_dq(p, dout, lse, delta, wrap), dk, dv
 
 
 def _check(q, k, v, scale, causal, causal_alignment, lengths, mask, block_mask) -> None:
@@ -230,12 +254,11 @@ def _check(q, k, v, scale, causal, causal_alignment, lengths, mask, block_mask) 
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             raise TypeError(f"the triton backend takes a bool mask, got {getattr(mask, 'dtype', type(mask))}")
         check_device("mask", mask, q)
-        try:
-            broadcast(mask.shape, (B, H, Tq, k.shape[2]))
-        except ValueError:
-            raise ValueError(
-                f"mask has shape {tuple(mask.shape)}, expected broadcastable to {(B, H, Tq, k.shape[2])}"
-            ) from None
+        target = (B, H, Tq, k.shape[2])
+        # Size by size, not with a set of sizes: symbolic sizes (torch.compile) cannot be hashed.
+        pairs = zip(mask.shape[::-1], target[::-1], strict=False)  # trailing dims first
+        if mask.dim() > 4 or any(m != 1 and m != n for m, n in pairs):
+            raise ValueError(f"mask has shape {tuple(mask.shape)}, expected broadcastable to {target}")
     if block_mask is not None:
         if not isinstance(block_mask, BlockMask):
             raise TypeError(
@@ -247,6 +270,22 @@ def _check(q, k, v, scale, causal, causal_alignment, lengths, mask, block_mask) 
                 "or causal=True (build it with block_mask.causal(...) or from your mask)"
             )
         block_mask.check_for(B, H, Tq, k.shape[2], q.device)
+
+
+def _inputs(q, k, v, scale, causal, causal_alignment, lengths, mask, block_mask) -> tuple:
+    """Checked arguments in the launchers' form: (q, k, v, scale, causal, offset, lengths, mask,
+    block_mask) with a unit last stride, the scale a float and the mask (B, H, Tq, Tk) bytes."""
+    d = q.shape[-1] if isinstance(q, torch.Tensor) and q.dim() else 0
+    if scale is None:
+        scale = default_scale(d)
+    scale = float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else scale
+    _check(q, k, v, scale, causal, causal_alignment, lengths, mask, block_mask)
+    Tq, Tk = q.shape[2], k.shape[2]
+    offset = causal_offset(causal_alignment, Tq, Tk)
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    if mask is not None:
+        mask = mask.expand(q.shape[0], q.shape[1], Tq, Tk).view(torch.uint8)  # stride 0 where broadcast
+    return q, k, v, scale, bool(causal), offset, lengths, mask, block_mask
 
 
 def flash_attention(
@@ -262,18 +301,21 @@ def flash_attention(
     fully allowed blocks run unmasked (it replaces ``mask`` and ``causal``; ``lengths`` combine).
     With ``return_lse`` also returns the log-sum-exp of each row's scaled scores, (B, H, Tq) float32.
     """
-    d = q.shape[-1] if isinstance(q, torch.Tensor) and q.dim() else 0
-    if scale is None:
-        scale = default_scale(d)
-    scale = float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else scale
-    _check(q, k, v, scale, causal, causal_alignment, lengths, mask, block_mask)
-    Tq, Tk = q.shape[2], k.shape[2]
-    offset = causal_offset(causal_alignment, Tq, Tk)
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    if mask is not None:
-        mask = mask.expand(q.shape[0], q.shape[1], Tq, Tk).view(torch.uint8)  # stride 0 where broadcast
-    out, lse = FlashAttention.apply(q, k, v, scale, bool(causal), offset, lengths, mask, block_mask)
+    args = _inputs(q, k, v, scale, causal, causal_alignment, lengths, mask, block_mask)
+    out, lse = FlashAttention.apply(*args)
     return (out, lse) if return_lse else out
+
+
+def flash_attention_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+    causal_alignment: str = "top_left", scale: float | None = None, lengths: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None, block_mask: BlockMask | None = None, wrap: Wrap = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's forward on its own, outside autograd: (out (B, H, Tq, d), lse (B, H, Tq) float32),
+    the arguments as ``flash_attention``'s. ``wrap`` is applied to the kernel before its launch
+    (``torch.library.wrap_triton`` inside a ``triton_op``)."""
+    p = _Problem(*_inputs(q, k, v, scale, causal, causal_alignment, lengths, mask, block_mask))
+    return _launch_fwd(p, wrap)
 
 
 def flash_attention_backward(
@@ -290,21 +332,15 @@ def flash_attention_backward(
     lengths: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     block_mask: BlockMask | None = None,
+    wrap: Wrap = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The kernel's backward on its own: (dq, dk, dv) from a forward's ``out`` (B, H, Tq, d) and
     ``lse`` (B, H, Tq) (``flash_attention(..., return_lse=True)`` with the same arguments) and the
-    gradient ``dout`` of out. For callers that keep (out, lse) themselves, e.g. a custom op."""
-    d = q.shape[-1] if isinstance(q, torch.Tensor) and q.dim() else 0
-    scale = default_scale(d) if scale is None else float(scale)
-    _check(q, k, v, scale, causal, causal_alignment, lengths, mask, block_mask)
+    gradient ``dout`` of out. For callers that keep (out, lse) themselves, e.g. a custom op;
+    ``wrap`` as in ``flash_attention_forward``."""
+    args = _inputs(q, k, v, scale, causal, causal_alignment, lengths, mask, block_mask)
     for name, x, shape in (("out", out, q.shape), ("dout", dout, q.shape), ("lse", lse, q.shape[:3])):
         if not isinstance(x, torch.Tensor) or x.shape != shape:
             raise ValueError(f"{name} has shape {tuple(getattr(x, 'shape', ()))}, expected {tuple(shape)}")
         check_device(name, x, q)
-    Tq, Tk = q.shape[2], k.shape[2]
-    if mask is not None:
-        mask = mask.expand(q.shape[0], q.shape[1], Tq, Tk).view(torch.uint8)
-    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    offset = causal_offset(causal_alignment, Tq, Tk)
-    p = _Problem(q, k, v, scale, bool(causal), offset, lengths, mask, block_mask)
-    return _backward(p, out, lse.float().contiguous(), dout.to(q.dtype))
+    return _backward(_Problem(*args), out, lse.float().contiguous(), dout.to(q.dtype), wrap)
