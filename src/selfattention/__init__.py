@@ -29,8 +29,9 @@ _NAMES = {
     "MultiHeadAttention": "layers",
     "SelfAttention": "layers",
 }
-_SUBMODULES = ("bench", "block_mask", "blockwise", "cli", "embed", "errors", "explain", "functional", "integrations",
-               "kernels", "layers", "masks", "models", "reference", "train", "transformer", "viz")
+_SUBMODULES = ("bench", "block_mask", "blockwise", "cli", "embed", "errors", "explain", "functional",
+               "integrations", "kernels", "layers", "masks", "models", "reference", "train", "transformer",
+               "viz")
 
 
 def __getattr__(name: str) -> Any:

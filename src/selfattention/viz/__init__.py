@@ -12,8 +12,8 @@ Visualize your own model's weights::
 or this project's, through a trace:
 ``models.trace("minilm", "I am enjoying this lecture").attention_data()``.
 Every view uses one palette and one value range (``terminal.PALETTE``: weight 0 → the first
-colour, the largest weight shown → the last). Importing this package imports neither matplotlib nor the HTML code; they load
-on first use.
+colour, the largest weight shown → the last). Importing this package imports neither matplotlib
+nor the HTML code; they load on first use.
 """
 
 from __future__ import annotations
