@@ -1,10 +1,11 @@
 """``torch.ops.selfattention.attention``: values, log-sum-exp, gradients, opcheck, torch.compile, errors.
 
-On a machine without CUDA the operator runs the blockwise tier forward and its own
-FlashAttention-2 backward; both are checked here in float64 against tests/conftest.py's
-references (NumPy loops for outputs and weights, plain torch for gradients, ``gradcheck`` for the
-formula). The Triton path of the same operator runs in a subprocess under TRITON_INTERPRET=1
-(``test_kernel_path_under_the_interpreter``) and on a GPU in test_gpu.py.
+On the CPU the operator runs its CPU implementation: the blockwise tier forward and
+FlashAttention-2's backward in PyTorch; both are checked here in float64 against
+tests/conftest.py's references (NumPy loops for outputs and weights, plain torch for gradients,
+``gradcheck`` for the formula). Its Triton path is checked without a GPU in
+test_custom_op_kernel.py (values under TRITON_INTERPRET=1, tracing on fake CUDA tensors) and on a
+GPU in test_gpu.py.
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ class _TinyAttention(nn.Module):
 
 
 def test_compiled_model_fullgraph_forward_and_backward():
+    """Inductor, static shapes."""
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = _TinyAttention().to(F64)
@@ -175,46 +177,6 @@ def test_errors(change, error):
         attention_op(args.pop("q"), args.pop("k"), args.pop("v"), **args)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
-def test_kernel_path_under_the_interpreter():
-    """The operator's Triton path on the CPU: forward equal to the kernel's, gradients within float32
-    rounding of the kernel's own backward (the 2× rule against a float64 reference), opcheck."""
-    script = textwrap.dedent(
-        """
-        import torch
-        from selfattention.integrations import torch_library as tl
-        from selfattention.kernels import flash_attention
-        from conftest import naive_torch
-        g = torch.Generator().manual_seed(0)
-        shapes = ((4, 19), (2, 23), (2, 23))  # (heads, length): grouped-query
-        q, k, v = (torch.randn(1, h, t, 16, generator=g).requires_grad_() for h, t in shapes)
-        m = torch.rand(1, 1, 19, 23, generator=g) > 0.3
-        assert tl._use_kernel(q, k, v)
-        kw = dict(mask=m, causal=True, causal_alignment="bottom_right")
-        out = tl.attention_op(q, k, v, **kw)
-        ref = flash_attention(q, k, v, **kw)
-        assert torch.equal(out, ref)
-        dout = torch.randn(out.shape, generator=g)
-        ours = torch.autograd.grad(out, (q, k, v), dout)
-        theirs = torch.autograd.grad(ref, (q, k, v), dout)
-        x64 = [x.detach().double().requires_grad_() for x in (q, k, v)]
-        exp = naive_torch(x64[0], x64[1].repeat_interleave(2, 1), x64[2].repeat_interleave(2, 1), mask=m,
-                          causal="bottom_right")
-        best = torch.autograd.grad(exp, x64, dout.double())
-        for a, b, r in zip(ours, theirs, best):
-            assert (a.double() - r).abs().max() <= 2 * (b.double() - r).abs().max() + 1e-6
-        torch.library.opcheck(torch.ops.selfattention.attention.default, (q, k, v, m, 0.25, True, "top_left"))
-        print("ok")
-        """
-    )
-    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = tests + os.pathsep + os.environ.get("PYTHONPATH", "")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
-
-
 def test_lse_of_a_known_case():
     """One number worked by hand: two keys with scaled scores 0 and log 3 give lse = log 4."""
     q = torch.tensor([[[[1.0]]]], dtype=F64)
@@ -223,3 +185,74 @@ def test_lse_of_a_known_case():
     out, lse = attention_op(q, k, v, scale=1.0, return_lse=True)
     assert_close(lse, [[[math.log(4)]]])
     assert_close(out, [[[[0.25 * 1 + 0.75 * 5]]]])
+
+
+def test_compiled_model_dynamic_shapes_one_graph():
+    """aot_eager with dynamic shapes: two lengths, one compiled graph, values as eager (float64)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = _TinyAttention().to(F64)
+    graphs = []
+
+    def count(gm, example_inputs):
+        graphs.append(gm)
+        return aot_eager(gm, example_inputs)
+
+    from torch._dynamo.backends.debugging import aot_eager
+
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend=count)
+    for T in (7, 12):
+        x = randn(2, T, 32, gen=torch.Generator().manual_seed(T), requires_grad=True)
+        mask = torch.ones(2, 1, 1, T, dtype=torch.bool)
+        out = compiled(x, mask)
+        assert_close(out, model(x, mask))
+        assert_close(torch.autograd.grad(out.sum(), x)[0], torch.autograd.grad(model(x, mask).sum(), x)[0])
+    assert len(graphs) == 1
+    assert "torch.ops.selfattention.attention" in graphs[0].code
+    torch._dynamo.reset()
+
+
+def test_registration():
+    """triton_op where this torch has it (the compiler then sees the kernels on a GPU), a CPU kernel
+    of its own, and our Triton kernels named to torch's compile caches."""
+    from selfattention.integrations import torch_library as tl
+
+    assert tl.TRITON_OP == hasattr(torch.library, "triton_op")
+    for name in ("selfattention::attention", "selfattention::attention_backward"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU")
+    if tl.TRITON_OP and importlib.util.find_spec("triton") is not None:
+        from selfattention.kernels import tuning
+
+        listed = torch._library.triton.get_triton_kernels_for_op
+        assert listed("selfattention::attention") == [tuning.KERNELS["fwd"]]
+        assert listed("selfattention::attention_backward") == [tuning.KERNELS["dkdv"], tuning.KERNELS["dq"]]
+
+
+_WITHOUT_TRITON_OP = """
+import torch
+del torch.library.triton_op  # as in a torch that lacks it (before 2.6)
+from conftest import F64, assert_close, naive_torch
+from selfattention.integrations import torch_library as tl
+assert not tl.TRITON_OP
+g = torch.Generator().manual_seed(0)
+q, k, v = (torch.randn(2, h, 6, 5, generator=g, dtype=F64, requires_grad=True) for h in (4, 2, 2))
+m = torch.rand(2, 1, 6, 6, generator=g) > 0.3
+torch.library.opcheck(torch.ops.selfattention.attention.default, (q, k, v, m, 0.5, True, "top_left"))
+f = torch.compile(lambda q, k, v: tl.attention_op(q, k, v, mask=m, causal=True), fullgraph=True,
+                  backend="aot_eager")
+out = f(q, k, v)
+expected = naive_torch(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), mask=m, causal="top_left")
+assert_close(out, expected)
+for a, b in zip(torch.autograd.grad(out.sum(), (q, k, v)), torch.autograd.grad(expected.sum(), (q, k, v))):
+    assert_close(a, b)
+print("ok")
+"""
+
+
+def test_custom_op_where_torch_has_no_triton_op():
+    """The fallback registration (torch.library.custom_op) passes the same checks."""
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=tests + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(_WITHOUT_TRITON_OP)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

@@ -3,38 +3,56 @@
     from selfattention.integrations.torch_library import attention_op
     out = attention_op(q, k, v, causal=True)      # q (B, H, Tq, d); k, v (B, Hkv, Tk, d)
 
-Why an operator: ``torch.compile`` does not trace into it. It sees one node whose output shapes
-come from a fake implementation, so a model calling it compiles with ``fullgraph=True`` (no
-graph break at a Triton launch or an autotuner), ``torch.export`` keeps it as one call, and
+Why an operator: ``torch.compile`` traces a model calling it with ``fullgraph=True`` (no graph
+break at a Triton launch or an autotuner), ``torch.export`` keeps it as one call, and
 ``torch.library.opcheck`` checks the registration.
 
-What runs: the fused Triton kernel (``selfattention.kernels.flash_attention``) where it can, that
-is where ``kernels.available`` says Triton runs (a CUDA device, or CPU tensors under
-``TRITON_INTERPRET=1``) and the problem is one it takes (fp16, bf16 or fp32; d = d_v ≤ 256;
-non-empty sequences); everywhere else the blockwise tier, the same online-softmax algorithm in
-PyTorch. Both return the log-sum-exp of each row (float32, float64 for float64 inputs).
+Registration. Where torch has ``torch.library.triton_op`` and ``wrap_triton`` (2.6 and later) the
+operator and its backward are ``triton_op``s: on a CUDA device each launches our kernels through
+``wrap_triton`` (``kernels.launch.flash_attention_forward`` / ``flash_attention_backward`` with
+``wrap=``), so the compiler sees the kernels themselves, not an opaque call (Inductor compiles,
+tunes and schedules them with the rest of the graph). On older torch they are ``custom_op``s
+running the same code, opaque to the compiler. Either way:
 
-Gradient: a second operator, ``selfattention::attention_backward``, registered as the first one's
-autograd formula: FlashAttention-2's backward from the saved out and log-sum-exp, in PyTorch, one
-block of keys at a time (memory O(Tq · block), as the blockwise tier). On a GPU the kernel's own
-backward would be faster; it awaits a public entry in ``kernels`` that takes (out, lse). No
-gradient flows through the log-sum-exp (it is marked non-differentiable), nor to the mask.
+- CUDA, a problem the kernel takes (fp16, bf16 or fp32; d = d_v ≤ 256; non-empty sequences):
+  forward = the fused Triton forward, backward = its dK/dV and dQ kernels (FlashAttention-2's
+  backward from the saved out and log-sum-exp).
+- Everywhere else, and the CPU implementation registered with ``register_kernel("cpu")``: forward
+  = the blockwise tier (the same online softmax in PyTorch), backward = FlashAttention-2's
+  backward in PyTorch, one block of keys at a time (memory O(Tq · block), as the tier).
+  Under ``TRITON_INTERPRET=1`` too: the operator never runs the interpreter; its kernel path is
+  tested there by calling ``_kernel_forward`` / ``_kernel_backward`` directly.
+- A fake implementation gives the output shapes (out (B, H, Tq, d_v) and the log-sum-exp
+  (B, H, Tq), both contiguous); the log-sum-exp is float32, float64 for float64 inputs, and
+  non-differentiable; no gradient flows to the mask.
 
-Registered with ``torch.library.custom_op``, which the compiler treats as opaque. Its
-``triton_op``/``wrap_triton`` form (the compiler sees the kernels themselves) needs launch
-functions in ``kernels`` that call every kernel through ``wrap_triton`` and branch on no tensor
-data; until then the kernel is opaque to Inductor too.
+Our kernels are autotuned (``triton.autotune`` with ``prune_configs_by`` and
+``do_not_specialize`` arguments, ``kernels/tuning.py``); ``wrap_triton`` takes them as they are
+(torch's tracer runs the pruning itself on the traced arguments, and Inductor times the pruned
+configurations). The interpreter cannot be traced: ``wrap_triton`` hands an interpreted kernel
+back unwrapped (torch 2.13), so no fake tensor can pass through it.
 """
+
+import importlib.util
 
 import torch
 
 from .. import kernels, masks
-from .._checks import _check_scale, broadcast, check_device, compute_dtype
+from .._checks import _check_scale, check_device, compute_dtype
 from ..blockwise import blockwise_attention
 from ._gqa import grouped_mask
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _KERNEL_MAX_D = 256
+TRITON_OP = hasattr(torch.library, "triton_op") and hasattr(torch.library, "wrap_triton")
+_define = torch.library.triton_op if TRITON_OP else torch.library.custom_op
+_WRAP = torch.library.wrap_triton if TRITON_OP else None  # what the kernel launches go through
+
+
+_ARGS = "Tensor? mask, float scale, bool causal, str causal_alignment"  # the schemas' common tail
+_FWD_SCHEMA = f"(Tensor q, Tensor k, Tensor v, {_ARGS}) -> (Tensor, Tensor)"
+_BWD_SCHEMA = f"(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, {_ARGS})"
+_BWD_SCHEMA += " -> (Tensor, Tensor, Tensor)"
 
 
 def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -42,10 +60,11 @@ def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _use_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Can the fused kernel take this problem (see the module notes)?"""
+    """Does the operator run the fused kernel on this problem (see the module notes)?"""
     d = q.shape[-1]
     return (
-        kernels.available(q.device)
+        q.device.type == "cuda"
+        and kernels.available(q.device)
         and q.dtype in _KERNEL_DTYPES
         and d <= _KERNEL_MAX_D
         and v.shape[-1] == d
@@ -54,26 +73,42 @@ def _use_kernel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     )
 
 
-def _run(q, k, v, mask, scale, causal, alignment):
-    """(out (B, H, Tq, d_v), lse (B, H, Tq)) from the kernel or the blockwise tier."""
-    if _use_kernel(q, k, v):
-        out, lse = kernels.flash_attention(
-            q, k, v, mask=mask, causal=causal, causal_alignment=alignment, scale=scale, return_lse=True
-        )
-        return out, lse.float()
+def _kernel_forward(q, k, v, mask, scale, causal, alignment, wrap=None):
+    """(out (B, H, Tq, d), lse (B, H, Tq) float32) from the Triton forward kernel."""
+    from ..kernels.launch import flash_attention_forward
+
+    return flash_attention_forward(
+        q, k, v, mask=mask, causal=causal, causal_alignment=alignment, scale=scale, wrap=wrap
+    )
+
+
+def _kernel_backward(dout, q, k, v, out, lse, mask, scale, causal, alignment, wrap=None):
+    """(dq, dk, dv) from the Triton dK/dV and dQ kernels."""
+    from ..kernels.launch import flash_attention_backward
+
+    return flash_attention_backward(
+        q, k, v, out, lse, dout, mask=mask, causal=causal, causal_alignment=alignment, scale=scale,
+        wrap=wrap,
+    )
+
+
+def _blockwise_forward(q, k, v, mask, scale, causal, alignment):
+    """(out (B, H, Tq, d_v), lse (B, H, Tq)) from the blockwise tier."""
     B, H, Tq, _ = q.shape
     Hkv = k.shape[1]
     if Hkv != H:  # grouped-query attention by broadcasting: (B, Hkv, G, T, d) against (B, Hkv, 1, T, d)
         q = q.unflatten(1, (Hkv, H // Hkv))
         k, v = k.unsqueeze(2), v.unsqueeze(2)
         mask = grouped_mask(mask, H, Hkv)
-    out, lse = blockwise_attention(
-        q, k, v, mask=mask, causal=causal, causal_alignment=alignment, scale=scale, return_lse=True
-    )
-    return out.reshape(B, H, Tq, v.shape[-1]), lse.reshape(B, H, Tq).to(_lse_dtype(q.dtype))
+    with torch.no_grad():
+        out, lse = blockwise_attention(
+            q, k, v, mask=mask, causal=causal, causal_alignment=alignment, scale=scale, return_lse=True
+        )
+    out = out.reshape(B, H, Tq, v.shape[-1])  # (B, H, Tq, d_v)
+    return out.contiguous(), lse.reshape(B, H, Tq).to(_lse_dtype(q.dtype)).contiguous()
 
 
-@torch.library.custom_op("selfattention::attention", mutates_args=())
+@_define("selfattention::attention", mutates_args=())
 def _attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -83,16 +118,27 @@ def _attention(
     causal: bool,
     causal_alignment: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    with torch.no_grad():
-        out, lse = _run(q, k, v, mask, scale, causal, causal_alignment)
-    return out.contiguous(), lse.contiguous()
+    if _use_kernel(q, k, v):
+        out, lse = _kernel_forward(q, k, v, mask, scale, causal, causal_alignment, _WRAP)
+        return out.contiguous(), lse
+    return _blockwise_op(q, k, v, mask, scale, causal, causal_alignment)
 
 
-@_attention.register_fake
 def _attention_fake(q, k, v, mask, scale, causal, causal_alignment):
     B, H, Tq, _ = q.shape
-    out = q.new_empty((B, H, Tq, v.shape[-1]))
+    out = q.new_empty((B, H, Tq, v.shape[-1]))  # (B, H, Tq, d_v)
     return out, q.new_empty((B, H, Tq), dtype=_lse_dtype(q.dtype))
+
+
+_attention.register_fake(_attention_fake)  # (replaces triton_op's default: the function itself)
+_attention.register_kernel("cpu", _blockwise_forward)
+# Off the kernel, the traced operator calls the blockwise tier as an opaque operator of its own:
+# traced, the tier's Python loop over key blocks would be unrolled into the graph and specialise
+# on every length, and its input checks cannot run on symbolic sizes.
+_blockwise_op = torch.library.custom_op(
+    "selfattention::_blockwise_attention", _blockwise_forward, mutates_args=(), schema=_FWD_SCHEMA
+)
+_blockwise_op.register_fake(_attention_fake)
 
 
 def _scores(qs, k, mask, offset, j0, j1):
@@ -129,19 +175,8 @@ def _backward_tiles(dout, q, k, v, out, lse, mask, scale, offset, block=512):
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-@torch.library.custom_op("selfattention::attention_backward", mutates_args=())
-def _attention_backward(
-    dout: torch.Tensor,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    out: torch.Tensor,
-    lse: torch.Tensor,
-    mask: torch.Tensor | None,
-    scale: float,
-    causal: bool,
-    causal_alignment: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _blockwise_backward(dout, q, k, v, out, lse, mask, scale, causal, causal_alignment):
+    """(dq, dk, dv), contiguous, from ``_backward_tiles`` in the grouped layout."""
     B, H, Tq, d = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     G = H // Hkv
@@ -161,9 +196,35 @@ def _attention_backward(
     return tuple(g.reshape(x.shape).contiguous() for g, x in ((dq, q), (dk, k), (dv, v)))
 
 
-@_attention_backward.register_fake
+@_define("selfattention::attention_backward", mutates_args=())
+def _attention_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    causal: bool,
+    causal_alignment: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if _use_kernel(q, k, v):  # the forward ran the kernel too: the same rule on the same inputs
+        grads = _kernel_backward(dout, q, k, v, out, lse, mask, scale, causal, causal_alignment, _WRAP)
+        return tuple(g.contiguous() for g in grads)
+    return _blockwise_backward_op(dout, q, k, v, out, lse, mask, scale, causal, causal_alignment)
+
+
 def _attention_backward_fake(dout, q, k, v, out, lse, mask, scale, causal, causal_alignment):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+_attention_backward.register_fake(_attention_backward_fake)
+_attention_backward.register_kernel("cpu", _blockwise_backward)
+_blockwise_backward_op = torch.library.custom_op(
+    "selfattention::_blockwise_attention_backward", _blockwise_backward, mutates_args=(), schema=_BWD_SCHEMA
+)
+_blockwise_backward_op.register_fake(_attention_backward_fake)
 
 
 def _setup_context(ctx, inputs, output):
@@ -181,6 +242,23 @@ def _backward(ctx, dout, _dlse):
 
 
 _attention.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _list_kernels() -> None:
+    """Tell torch which Triton kernels the two operators launch. torch keys its compile caches
+    (AOTAutograd's) on the source of the kernels a triton_op lists, and finds them by reading the
+    op's source for ``wrap_triton(<name>)``; ours are chosen at run time (``kernels/tuning.py``),
+    so without this an edited kernel could be served from a stale cache entry."""
+    table = getattr(getattr(torch._library, "triton", None), "triton_ops_to_kernels", None)
+    if not TRITON_OP or table is None or importlib.util.find_spec("triton") is None or kernels.interpreting():
+        return
+    from ..kernels import tuning
+
+    table["selfattention::attention"] = [tuning.KERNELS["fwd"]]
+    table["selfattention::attention_backward"] = [tuning.KERNELS["dkdv"], tuning.KERNELS["dq"]]
+
+
+_list_kernels()
 
 
 def _check(q, k, v, mask, causal, causal_alignment, return_lse) -> None:
@@ -204,11 +282,10 @@ def _check(q, k, v, mask, causal, causal_alignment, return_lse) -> None:
             raise TypeError(f"mask must be a bool tensor (True = may attend) or None, got "
                             f"{getattr(mask, 'dtype', type(mask).__name__)}")
         check_device("mask", mask, q)
-        try:
-            ok = 1 <= mask.dim() <= 4 and broadcast(mask.shape, (B, H, Tq, Tk)) == (B, H, Tq, Tk)
-        except ValueError:
-            ok = False
-        if not ok:
+        # Size by size, no set of sizes: under torch.compile(dynamic=True) hashing a symbolic size
+        # would specialise it, and every new length would compile again.
+        pairs = zip(mask.shape[::-1], (Tk, Tq, H, B), strict=False)
+        if not 1 <= mask.dim() <= 4 or any(m != 1 and m != n for m, n in pairs):
             raise ValueError(
                 f"mask has shape {tuple(mask.shape)}, expected broadcastable to {(B, H, Tq, Tk)}"
             )
