@@ -99,6 +99,11 @@ def test_json_with_png_prints_only_the_json(tmp_path, capsys):
     (["--png", "{tmp}/x", "--html", "{tmp}/x"], "the same file"),
     (["--png", "{tmp}/a.png", "--dim", "8"], "applies only to the toy model"),
     (["--png", "{tmp}/a.png", "--model", "toy", "--no-truncate"], "--no-truncate applies to pretrained"),
+    (["--png", "{tmp}/a.png", "--vmax", "0"], "--vmax: must be above 0"),
+    (["--png", "{tmp}/a.png", "--vmax", "2"], "at most 1"),
+    (["--json", "--vmax", "1"], "--vmax sets the colour scale of a picture"),
+    (["--png", "{tmp}/a.png", "--permute"], "--permute prints a comparison"),
+    (["--png", "{tmp}/a.png", "--quiz"], "--quiz asks its own questions"),
 ])
 def test_mistakes_exit_2_one_line_no_file(tmp_path, capsys, argv, message):
     (tmp_path / "f").write_text("a file")
@@ -153,9 +158,29 @@ def test_html(tmp_path, capsys):
     path = tmp_path / "e.html"
     code, out, err = explain(capsys, SENTENCE, "--html", str(path))
     assert (code, err) == (0, "")
-    assert out == f"wrote {path}: all 6 layers × 12 heads of all-MiniLM-L6-v2, 7 word pieces\n"
+    assert out == (f"wrote {path}: all 6 layers × 12 heads of all-MiniLM-L6-v2, 7 word pieces; it opens on "
+                   "layer 1, head 4, word piece 2\n")
     page = path.read_text(encoding="utf-8")
     assert "<html" in page.lower() and "enjoying" in page
+
+
+@needs_html
+def test_html_opens_on_the_walk_throughs_layer_head_and_word(tmp_path, capsys):
+    """The explorer's first view is the terminal's (and the PNG's) of the same run: layer, head, word."""
+    import re
+
+    for argv in ([], ["--layer", "3", "--word", "lecture"], ["--head", "7", "--word", "5"], ["--causal"]):
+        code, out, _ = explain(capsys, SENTENCE, *argv, "--json")
+        report = json.loads(out)
+        path = tmp_path / "e.html"
+        assert explain(capsys, SENTENCE, *argv, "--html", str(path))[0] == 0
+        page = path.read_text(encoding="utf-8")
+        data = json.loads(re.search(r'id="attention-data">(.*?)</script>', page, re.S).group(1))
+        want = {"layer": report["layer"] - 1, "head": report["head"] - 1,
+                "word": report["derivation"]["index"] - 1}
+        assert data["initial"] == want, argv
+        assert data["unit"] == "word pieces"
+        assert (data["allowed"] is not None) == ("--causal" in argv)
 
 
 @needs_html
@@ -164,7 +189,8 @@ def test_html_and_png_together_toy(tmp_path, capsys):
     code, out, _ = explain(capsys, SENTENCE, *TOY, "--html", str(page), "--png", str(pic), "--all-heads")
     assert code == 0 and out.splitlines() == [
         f"wrote {pic}: layer 1, 1 head of the toy model (D = 64, seed 0), 5 words",
-        f"wrote {page}: 1 layer × 1 head of the toy model (D = 64, seed 0), 5 words"]
+        f"wrote {page}: 1 layer × 1 head of the toy model (D = 64, seed 0), 5 words; it opens on layer 1, "
+        "head 1, word 1"]
     assert page.stat().st_size > 0
     png_shape(pic)
 

@@ -119,7 +119,7 @@ def test_brightest_cell_is_the_largest_weight(toy):
     i, j = np.unravel_index(A.argmax(), A.shape)
     colour = im.cmap(im.norm(A[i, j]))[:3]
     np.testing.assert_allclose(colour, rgb(terminal.PALETTE[-1]), atol=1e-9)
-    assert ax.get_title() == "Layer 1, head 1 — toy model, D = 64, seed 0"
+    assert ax.get_title() == "Layer 1, head 1 — toy model, D = 64, random untrained W's (seed 0)"
     assert [t.get_text() for t in ax.get_xticklabels()] == toy.tokens
     assert [t.get_text() for t in ax.get_yticklabels()] == toy.tokens
 

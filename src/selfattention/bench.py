@@ -1,16 +1,29 @@
 """``selfattention bench``: the lecture's claim — attention is parallel, an RNN is sequential —
-measured on this machine.
+measured on this machine, honestly.
 
 For each length T the same job, (B, T, D) in → (B, T, D) out, is done by one head of
 self-attention (``SelfAttention(D)``, projections included) through each backend, by the
-lecture's per-word loops (``reference.self_attention``, NumPy float64, skipped above
-``loop_max_t`` because it is O(T²) Python), and by ``nn.GRU`` / ``nn.LSTM(D, D)``. Times are the
-median of ``repeats`` calls after one warm-up, forward under ``torch.no_grad`` and forward+backward
-(of the output's sum) for the differentiable ones. CPU only; torch float32.
+lecture's per-word loops (``reference.self_attention``, NumPy float64 on the CPU, skipped above
+``loop_max_t``: O(T²) Python), and by ``nn.GRU`` / ``nn.LSTM(D, D)``: forward under
+``torch.no_grad``, and forward+backward (of the output's sum) for the differentiable ones.
+
+How it is timed, so that a busy machine cannot fake a result: after one warm-up call each, the
+candidates are timed in rounds, one sample of each per round, in an order that rotates from round
+to round (a slow moment hits every candidate alike, not one). A sample is the mean of as many calls
+as take ≥ ``MIN_SAMPLE_S``. After ``min_rounds``, rounds go on until every cell's spread (the
+interquartile range of its samples over their median) is at most ``target``, or the size's
+``budget`` of seconds is spent; a cell whose spread is still larger is reported with a warning. An
+RNN/attention ratio is the median over rounds of the ratio within each round (paired samples).
+
+What the claim is about: the sequential steps of one call (an RNN's h_t needs h_{t−1}: T steps;
+attention: every position at once, 1) and how time grows with T (``scaling``: the exponent k of a
+least-squares fit time ∝ T^k over the sizes measured). On CUDA (``device``) the parallel side is
+strongest; the loop stays on the CPU.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -22,16 +35,21 @@ import torch
 from torch import nn
 
 from . import reference
+from .blockwise import DEFAULT_BLOCK
 from .layers import SelfAttention
 
 ATTENTION = ("matrix", "blockwise", "torch")  # backends of SelfAttention, timed as a layer
 RNNS = ("gru", "lstm")
 METHODS = ("loop", *ATTENTION, *RNNS)
+PASSES = ("fwd", "fwd+bwd")
 LABELS = {"loop": "loop (per word)", "matrix": "matrix", "blockwise": "blockwise",
-          "torch": "torch SDPA", "gru": "GRU", "lstm": "LSTM"}
+          "torch": "torch SDPA", "triton": "triton kernel", "gru": "GRU", "lstm": "LSTM"}
 LOOP_MAX_T = 256
+MIN_SAMPLE_S = 1e-3  # a sample lasts at least this long (more calls per sample for fast ones)
+MAX_CALLS = 1000  # … but never more calls than this per sample
+TABLE_WIDTH = 100  # the tables fit this many columns (sizes are split over several tables)
 
-# progress(T, k, n, step): about to measure ``step`` (e.g. "lstm fwd+bwd") for size k of n.
+# progress(T, k, n, step): measuring size k of n, e.g. step = "round 4, largest spread 12 %".
 Progress = Callable[[int, int, int, str], None]
 
 
@@ -45,6 +63,22 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(times)
+
+
+def steps(method: str, T: int) -> str:
+    """The sequential steps of one call at length T, as the table shows them."""
+    if method in RNNS:
+        return "T"  # h_t needs h_{t-1}
+    if method == "loop":
+        return "T²"  # as written: one Python step per (i, j); nothing forces the order
+    if method == "blockwise":
+        return f"{math.ceil(T / DEFAULT_BLOCK)}"  # key blocks, folded in one after another
+    return "1"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _forward(module: nn.Module, x: torch.Tensor, **kw: object) -> Callable[[], object]:
@@ -66,44 +100,126 @@ def _forward_backward(module: nn.Module, x: torch.Tensor, **kw: object) -> Calla
     return fn
 
 
-def measure_size(
-    T: int, *, dim: int = 64, batch: int = 1, repeats: int = 5, loop_max_t: int = LOOP_MAX_T,
-    on_step: Callable[[str], None] | None = None, seed: int = 0,
-) -> dict[str, dict[str, float | None]]:
-    """ms per call for every method at one length T: {method: {"fwd": ms, "fwd+bwd": ms}}.
-
-    Input x is (batch, T, dim) float32. None marks what is not measured: the loop's backward,
-    and the loop itself when T > loop_max_t.
-    """
-    step = on_step or (lambda name: None)
+def candidates(T: int, *, dim: int, batch: int, loop_max_t: int, device: torch.device,
+               seed: int = 0) -> dict[tuple[str, str], Callable[[], object]]:
+    """{(method, pass): a call to time} at length T; input x is (batch, T, dim) float32."""
     torch.manual_seed(seed)
-    x = torch.randn(batch, T, dim)  # (B, T, D)
-    attn = SelfAttention(dim)
-    rnns = {"gru": nn.GRU(dim, dim, batch_first=True), "lstm": nn.LSTM(dim, dim, batch_first=True)}
-    res: dict[str, dict[str, float | None]] = {}
-
-    loop_ms = None
+    x = torch.randn(batch, T, dim, device=device)  # (B, T, D)
+    attn = SelfAttention(dim).to(device)
+    out: dict[tuple[str, str], Callable[[], object]] = {}
     if T <= loop_max_t:
-        step("loop fwd")
-        Ws = [lin.weight.detach().double().numpy() for lin in (attn.w_q, attn.w_k, attn.w_v)]
-        Hs = [np.ascontiguousarray(xb.T.double().numpy()) for xb in x]  # B × (D, T), words as columns
+        Ws = [lin.weight.detach().double().cpu().numpy() for lin in (attn.w_q, attn.w_k, attn.w_v)]
+        Hs = [np.ascontiguousarray(xb.T.double().cpu().numpy()) for xb in x]  # B × (D, T), words as columns
 
         def loop() -> None:
             for H in Hs:
                 reference.self_attention(H, *Ws)
-        loop_ms = time_ms(loop, max(1, min(repeats, 3)), warmup=0)  # no JIT or cache to warm
-    res["loop"] = {"fwd": loop_ms, "fwd+bwd": None}
-    for name in ATTENTION:
-        step(f"{LABELS[name]} fwd")
-        fwd = time_ms(_forward(attn, x, backend=name), repeats)
-        step(f"{LABELS[name]} fwd+bwd")
-        res[name] = {"fwd": fwd, "fwd+bwd": time_ms(_forward_backward(attn, x, backend=name), repeats)}
-    for name, rnn in rnns.items():
-        step(f"{LABELS[name]} fwd")
-        fwd = time_ms(_forward(rnn, x), repeats)
-        step(f"{LABELS[name]} fwd+bwd")
-        res[name] = {"fwd": fwd, "fwd+bwd": time_ms(_forward_backward(rnn, x), repeats)}
-    return res
+        out["loop", "fwd"] = loop
+    backends = [*ATTENTION, "triton"] if device.type == "cuda" and _triton() else list(ATTENTION)
+    for name in backends:
+        out[name, "fwd"] = _forward(attn, x, backend=name)
+        out[name, "fwd+bwd"] = _forward_backward(attn, x, backend=name)
+    for name, kind in (("gru", nn.GRU), ("lstm", nn.LSTM)):
+        rnn = kind(dim, dim, batch_first=True).to(device)
+        out[name, "fwd"] = _forward(rnn, x)
+        out[name, "fwd+bwd"] = _forward_backward(rnn, x)
+    return out
+
+
+def _triton() -> bool:
+    from .functional import available_backends
+
+    return "triton" in available_backends()
+
+
+def _calls(fn: Callable[[], object], device: torch.device, clock: Callable[[], float]) -> int:
+    """Calls per sample so that a sample lasts ≥ MIN_SAMPLE_S (timed on one warm call)."""
+    t0 = clock()
+    fn()
+    _sync(device)
+    once = max(clock() - t0, 1e-9)
+    return max(1, min(MAX_CALLS, math.ceil(MIN_SAMPLE_S / once)))
+
+
+def _sample(fn: Callable[[], object], n: int, device: torch.device, clock: Callable[[], float]) -> float:
+    """Seconds per call: the mean over ``n`` calls, the device synchronized before and after."""
+    _sync(device)
+    t0 = clock()
+    for _ in range(n):
+        fn()
+    _sync(device)
+    return (clock() - t0) / n
+
+
+def spread(samples: list[float]) -> float:
+    """The interquartile range of ``samples`` over their median (0 for fewer than 2)."""
+    if len(samples) < 2:
+        return 0.0
+    q25, q50, q75 = np.percentile(samples, [25, 50, 75])
+    return float((q75 - q25) / q50) if q50 > 0 else 0.0
+
+
+def _stats(samples: list[float], calls: int) -> dict[str, object]:
+    """Summary of one cell's samples (seconds per call) in ms, with the samples themselves ("times")."""
+    ms = 1e3 * np.array(samples)
+    q25, q50, q75 = np.percentile(ms, [25, 50, 75])
+    return {"median": float(q50), "q25": float(q25), "q75": float(q75), "min": float(ms.min()),
+            "max": float(ms.max()), "spread": spread(samples), "samples": len(samples), "calls": calls,
+            "times": ms.tolist()}
+
+
+def measure_size(
+    T: int, *, dim: int = 64, batch: int = 1, loop_max_t: int = LOOP_MAX_T, device: str = "cpu",
+    min_rounds: int = 5, max_rounds: int = 200, target: float = 0.10, budget: float = 5.0,
+    on_round: Callable[[int, float], None] | None = None, clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, object]:
+    """Every candidate at length T, in alternating rounds (see the module's docstring).
+
+    Returns {"ms": {method: {pass: stats or None}}, "ratio": {"gru_fwd", …: stats of the paired
+    per-round ratios}, "fastest_attention": {pass: backend}, "rounds", "seconds"}; stats are
+    {"median", "q25", "q75", "min", "max", "spread", "samples", "calls"} in ms per call.
+    """
+    dev = torch.device(device)
+    fns = candidates(T, dim=dim, batch=batch, loop_max_t=loop_max_t, device=dev)
+    keys = list(fns)
+    calls = {}
+    for key in keys:  # warm-up (caches, kernels, allocator), then how many calls make a sample
+        fns[key]()
+        _sync(dev)
+        calls[key] = 1 if key[0] == "loop" else _calls(fns[key], dev, clock)
+    samples: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
+    start = clock()
+    rounds = 0
+    while rounds < max_rounds:
+        shift = rounds % len(keys)
+        for key in keys[shift:] + keys[:shift]:  # the order rotates: a slow moment hits all alike
+            samples[key].append(_sample(fns[key], calls[key], dev, clock))
+        rounds += 1
+        worst = max(spread(s) for s in samples.values())
+        if on_round:
+            on_round(rounds, worst)
+        if rounds >= min_rounds and (worst <= target or clock() - start >= budget):
+            break
+    methods = [*METHODS, *(["triton"] if any(k[0] == "triton" for k in keys) else [])]
+    ms = {m: {p: _stats(samples[m, p], calls[m, p]) if (m, p) in samples else None for p in PASSES}
+          for m in methods}
+    attention = [m for m in methods if m not in ("loop", *RNNS)]
+    fastest, ratio = {}, {}
+    for p in PASSES:
+        fastest[p] = min(attention, key=lambda b: ms[b][p]["median"])  # type: ignore[index]
+        best = np.array(samples[fastest[p], p])
+        for rnn in RNNS:
+            ratio[f"{rnn}_{p}"] = _ratio_stats(np.array(samples[rnn, p]) / best)  # paired: one per round
+    return {"ms": ms, "ratio": ratio, "fastest_attention": fastest, "rounds": rounds,
+            "seconds": clock() - start}
+
+
+def _ratio_stats(r: np.ndarray) -> dict[str, object]:
+    """Summary of the paired ratios (one per round), with the ratios themselves ("values")."""
+    q25, q50, q75 = np.percentile(r, [25, 50, 75])
+    return {"median": float(q50), "q25": float(q25), "q75": float(q75), "min": float(r.min()),
+            "max": float(r.max()), "spread": float((q75 - q25) / q50) if q50 > 0 else 0.0,
+            "values": r.tolist()}
 
 
 def memory_needed(T: int, *, dim: int = 64, batch: int = 1, loop_max_t: int = LOOP_MAX_T) -> int:
@@ -146,45 +262,84 @@ def check_memory(sizes: list[int], *, dim: int, batch: int, loop_max_t: int) -> 
             f"{have / 2**30:.1f} GiB are available; lower --batch or the largest of --sizes")
 
 
-def machine() -> dict[str, object]:
+def resolve_device(device: str) -> str:
+    """"auto" → "cuda" when a GPU is present, else "cpu"; ValueError for "cuda" without one."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is available to torch here")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    return device
+
+
+def machine(device: str = "cpu") -> dict[str, object]:
     """What the numbers were measured on."""
-    return {
+    out: dict[str, object] = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "device": device,
     }
+    if device == "cuda":
+        out["gpu"] = torch.cuda.get_device_name()
+    try:
+        out["load_average"] = list(os.getloadavg())
+    except (OSError, AttributeError):
+        pass
+    return out
+
+
+def scaling(rows: list[dict], method: str, p: str) -> float | None:
+    """k of time ∝ T^k, least squares in log-log over the sizes where ``method`` was measured."""
+    pts = [(row["T"], row["ms"][method][p]["median"]) for row in rows
+           if row["ms"].get(method, {}).get(p) is not None]
+    if len(pts) < 2 or len({T for T, _ in pts}) < 2:
+        return None
+    x, y = np.log([T for T, _ in pts]), np.log([t for _, t in pts])
+    return float(np.polyfit(x, y, 1)[0])
 
 
 def run_bench(
-    sizes: list[int], *, dim: int = 64, batch: int = 1, repeats: int = 5,
-    loop_max_t: int = LOOP_MAX_T, progress: Progress | None = None,
+    sizes: list[int], *, dim: int = 64, batch: int = 1, loop_max_t: int = LOOP_MAX_T, device: str = "cpu",
+    min_rounds: int = 5, max_rounds: int = 200, target: float = 0.10, budget: float = 5.0,
+    progress: Progress | None = None, clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, object]:
-    """Measure every size; a JSON-serializable dict with "config", "machine" and "rows".
+    """Measure every size; a JSON-serializable dict with "config", "machine", "rows", "scaling",
+    "steps" and "warnings" (one per cell whose spread stayed above ``target``).
 
-    Each row: {"T", "ms": {method: {"fwd", "fwd+bwd"}}, "fastest_attention": {pass: backend},
-    "ratio": {"gru_fwd", "gru_fwd+bwd", "lstm_fwd", "lstm_fwd+bwd"}} where a ratio is the RNN's
-    time over the fastest attention backend's (> 1: attention is faster).
+    Each row: {"T", "ms", "ratio", "fastest_attention", "rounds", "seconds"} (``measure_size``),
+    where a ratio is the RNN's time over the fastest attention backend's (> 1: attention is faster).
     """
+    device = resolve_device(device)
     check_memory(sizes, dim=dim, batch=batch, loop_max_t=loop_max_t)
+    before = machine(device).get("load_average")
     rows = []
     for k, T in enumerate(sizes, 1):
-        def on_step(name: str, T: int = T, k: int = k) -> None:
+        def on_round(r: int, worst: float, T: int = T, k: int = k) -> None:
             if progress:
-                progress(T, k, len(sizes), name)
-        ms = measure_size(T, dim=dim, batch=batch, repeats=repeats, loop_max_t=loop_max_t,
-                          on_step=on_step)
-        fastest, ratio = {}, {}
-        for p in ("fwd", "fwd+bwd"):
-            best = min(ATTENTION, key=lambda b: ms[b][p])
-            fastest[p] = best
-            for rnn in RNNS:
-                ratio[f"{rnn}_{p}"] = ms[rnn][p] / ms[best][p]
-        rows.append({"T": T, "ms": ms, "fastest_attention": fastest, "ratio": ratio})
-    config = {"sizes": list(sizes), "dim": dim, "batch": batch, "repeats": repeats,
-              "loop_max_t": loop_max_t, "dtype": "float32 (loop: NumPy float64)"}
-    return {"config": config, "machine": machine(), "rows": rows}
+                progress(T, k, len(sizes), f"round {r}, largest spread {100 * worst:.0f} %")
+        row = measure_size(T, dim=dim, batch=batch, loop_max_t=loop_max_t, device=device,
+                           min_rounds=min_rounds, max_rounds=max_rounds, target=target, budget=budget,
+                           on_round=on_round, clock=clock)
+        rows.append({"T": T, **row})
+    methods = [m for m in (*METHODS, "triton") if any(m in row["ms"] for row in rows)]
+    warnings = []
+    for row in rows:
+        for m, passes in row["ms"].items():
+            for p, st in passes.items():
+                if st is not None and st["spread"] > target:
+                    warnings.append(f"T = {row['T']}, {LABELS[m]} {p}: spread {100 * st['spread']:.0f} % "
+                                    f"after {row['rounds']} rounds (target {100 * target:.0f} %)")
+    config = {"sizes": list(sizes), "dim": dim, "batch": batch, "loop_max_t": loop_max_t, "device": device,
+              "min_rounds": min_rounds, "max_rounds": max_rounds, "target": target, "budget": budget,
+              "dtype": "float32 (loop: NumPy float64, CPU)"}
+    return {"config": config, "machine": {**machine(device), "load_average_start": before}, "rows": rows,
+            "scaling": {m: {p: scaling(rows, m, p) for p in PASSES} for m in methods},
+            "steps": {m: [steps(m, row["T"]) for row in rows] for m in methods},
+            "warnings": warnings}
 
 
 def _ms(x: float | None) -> str:
@@ -193,32 +348,88 @@ def _ms(x: float | None) -> str:
     return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 1 else f"{x:.3f}"
 
 
-def render_table(result: dict) -> str:
-    """The results as a markdown table, one row per T; each cell 'forward / forward+backward'."""
-    c, mach = result["config"], result["machine"]
-    head = ["T", *(LABELS[m] for m in METHODS), "GRU / attention", "LSTM / attention"]
-    rows = []
-    for row in result["rows"]:
-        ms = row["ms"]
-        cells = [str(row["T"]), _ms(ms["loop"]["fwd"])]
-        cells += [f"{_ms(ms[m]['fwd'])} / {_ms(ms[m]['fwd+bwd'])}" for m in METHODS[1:]]
-        r = row["ratio"]
-        cells += [f"{r[f'{rnn}_fwd']:.1f}× / {r[f'{rnn}_fwd+bwd']:.1f}×" for rnn in RNNS]
-        rows.append(cells)
+def _markdown(head: list[str], rows: list[list[str]], left: int = 2) -> list[str]:
+    """A markdown table: the first ``left`` columns left-aligned, the others right-aligned."""
     widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
 
     def line(cells: list[str]) -> str:
-        return "| " + " | ".join(x.rjust(w) for x, w in zip(cells, widths, strict=True)) + " |"
+        return "| " + " | ".join(x.ljust(w) if i < left else x.rjust(w)
+                                 for i, (x, w) in enumerate(zip(cells, widths, strict=True))) + " |"
 
-    rule = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
-    return "\n".join([
-        f"ms per call, median of {c['repeats']}: forward / forward+backward "
-        f"(B = {c['batch']}, D = {c['dim']}, {c['dtype']}; {mach['cpu_count']} CPUs, "
-        f"{mach['torch_threads']} torch threads)",
-        "",
-        line(head), rule, *(line(x) for x in rows),
-        "",
-        "RNN / attention: the RNN's time over the fastest attention backend's (> 1: attention "
-        "wins).",
-        f"loop: the lecture's per-word Python loops, forward only, '—' above T = {c['loop_max_t']}.",
-    ])
+    rule = "|" + "|".join("-" * (w + 2) if i < left else "-" * (w + 1) + ":"
+                          for i, w in enumerate(widths)) + "|"
+    return [line(head), rule, *(line(x) for x in rows)]
+
+
+def _fitting(render: Callable[[list[dict]], list[str]], rows: list[dict], width: int) -> list[str]:
+    """``render`` applied to the rows (sizes) in as few consecutive groups as keep every line ≤ width."""
+    for per in range(len(rows), 0, -1):
+        lines = [line for i in range(0, len(rows), per) for line in render(rows[i:i + per])]
+        if per == 1 or max(len(x) for x in lines) <= width:
+            return lines
+    return []
+
+
+def render_table(result: dict, *, width: int = TABLE_WIDTH) -> str:
+    """The results as markdown tables that fit ``width`` columns (the sizes split over several
+    tables if need be): per pass, one row per method and one column per T, each cell
+    'median ±spread'; then the RNN ÷ attention ratios, whose direction the header states."""
+    c, mach = result["config"], result["machine"]
+    methods, rows = list(result["scaling"]), result["rows"]
+    where = (f"cuda ({mach.get('gpu', 'GPU')})" if c["device"] == "cuda" else
+             f"cpu ({mach['cpu_count']} CPUs, {mach['torch_threads']} torch threads)")
+    out = [f"bench: one attention head vs GRU and LSTM, B = {c['batch']}, D = {c['dim']}, float32, {where}"]
+    if mach.get("load_average"):
+        before = mach.get("load_average_start", mach["load_average"])
+        out.append(f"load average (1 min) {before[0]:.2f} before, {mach['load_average'][0]:.2f} after: above "
+                   f"{mach['cpu_count']}, other work shared the cores")
+    out += ["cell: ms per call, median ±spread (interquartile range ÷ median) over rounds alternating the",
+           f"candidates, until every spread ≤ {100 * c['target']:.0f} % or {c['budget']:g} s per size "
+           "(!: a spread still above)",
+           "steps: the sequential steps of one call (an RNN's h_t needs h_t−1; attention: all at once)", ""]
+
+    def cell(st: dict | None) -> str:
+        if st is None:
+            return "—"
+        return f"{_ms(st['median'])} ±{100 * st['spread']:.0f}%" + ("!" if st["spread"] > c["target"] else "")
+
+    for p, title in (("fwd", "Forward (no gradient)"), ("fwd+bwd", "Forward + backward")):
+        shown = [m for m in methods if any(row["ms"].get(m, {}).get(p) is not None for row in rows)]
+
+        def table(part: list[dict], p: str = p, shown: list[str] = shown) -> list[str]:
+            body = []
+            for m in shown:
+                k = result["scaling"][m][p]
+                stp = sorted({steps(m, row["T"]) for row in part}, key=lambda x: (len(x), x))
+                body.append([LABELS[m], stp[0] if len(stp) == 1 else f"{stp[0]}…{stp[-1]}",
+                             *(cell(row["ms"].get(m, {}).get(p)) for row in part),
+                             "—" if k is None else f"{k:.2f}"])
+            return [*_markdown(["method", "steps", *(f"T = {row['T']}" for row in part), "∝ T^k"], body), ""]
+
+        out += [title, *_fitting(table, rows, width)]
+
+    def ratios(part: list[dict]) -> list[str]:
+        def ratio(r: dict) -> str:
+            return f"{r['median']:.3g}× ±{100 * r['spread']:.0f}%"
+
+        body = [[f"{LABELS[rnn]}, {'forward' if p == 'fwd' else 'forward+backward'}",
+                 *(ratio(row["ratio"][f"{rnn}_{p}"]) for row in part)] for p in PASSES for rnn in RNNS]
+        body.append(["fastest attention (fwd, fwd+bwd)",
+                     *(", ".join(_short(row["fastest_attention"][p]) for p in PASSES) for row in part)])
+        return [*_markdown(["RNN ÷ attention (> 1: attention faster)", *(f"T = {row['T']}" for row in part)],
+                           body, left=1), ""]
+
+    out += ["RNN time ÷ the fastest attention backend's, per round (paired), median ±spread",
+            *_fitting(ratios, rows, width)]
+    out += [f"loop: the lecture's per-word Python loops, forward only, '—' above T = {c['loop_max_t']}",
+            f"blockwise: steps = key blocks of {DEFAULT_BLOCK}, folded in one after another",
+            "∝ T^k: least-squares slope of log time against log T over the sizes measured"]
+    if result["warnings"]:
+        out += [f"! {len(result['warnings'])} cell(s) kept a spread above {100 * c['target']:.0f} %: the "
+                "machine was busy;",
+                "  compare them with care, or rerun on a quiet machine with a larger --budget"]
+    return "\n".join(out)
+
+
+def _short(method: str) -> str:
+    return {"torch": "SDPA", "triton": "triton"}.get(method, method)

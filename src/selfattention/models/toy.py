@@ -6,6 +6,12 @@ the same vector, in every sentence and for every ``seed``. The three matrices W_
 drawn from ``seed`` with entries N(0, 1/D): then q_i and k_j have entries of variance ≈ 1, so
 e_ij = q_i · k_j has variance ≈ D and the scaled score e_ij / √D has variance ≈ 1, as the
 lecture's scaled dot product intends.
+
+Positions: by default none (``positions="none"``), as in the lecture, so the layer is blind to word
+order: permute the words and every word's z is the same vector, only moved with its word. With
+``positions="sinusoidal"`` the original Transformer's sinusoids are added, h_i = word vector +
+PE(i) (``transformer.sinusoids``), and the same word at another place gets another h, hence
+another z.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ def word_vector(word: str, dim: int) -> np.ndarray:
 
 
 TOY_DIM, TOY_SEED = 64, 0  # the lecture's D, and the default seed of the random W's
+TOY_POSITIONS = ("none", "sinusoidal")
 
 
 class ToyModel:
@@ -43,19 +50,23 @@ class ToyModel:
 
     A ``Traceable`` model (see ``models.tracing``): ``tokenize`` → words, ``forward_tokens`` runs its
     one layer, a ``MultiHeadAttention`` with one head, no biases and no output projection (W_O = I)
-    in float64, whose packed ``in_proj`` holds W_Q, W_K, W_V, each (D, D). ``embed`` → H (D, T).
+    in float64, whose packed ``in_proj`` holds W_Q, W_K, W_V, each (D, D). ``embed`` → the word
+    vectors (D, T); ``inputs`` → H (D, T), the word vectors plus the positions (if any).
     """
 
     name = "toy"
     unit = "words"
 
-    def __init__(self, dim: int = TOY_DIM, seed: int = TOY_SEED):
+    def __init__(self, dim: int = TOY_DIM, seed: int = TOY_SEED, positions: str = "none"):
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
             raise ValueError(f"dim must be a positive int, got {dim!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        if positions not in TOY_POSITIONS:
+            raise ValueError(f"positions must be one of {TOY_POSITIONS}, got {positions!r}")
         self.dim = dim
         self.seed = seed
+        self.positions = positions
         rng = np.random.default_rng(seed)
         W = rng.standard_normal((3, dim, dim)) / math.sqrt(dim)  # (3, D, D), entries N(0, 1/D)
         self.W_Q, self.W_K, self.W_V = W[0], W[1], W[2]
@@ -63,7 +74,8 @@ class ToyModel:
 
     @property
     def title(self) -> str:
-        return f"toy model, D = {self.dim}, seed {self.seed}"
+        where = ", sinusoidal positions" if self.positions == "sinusoidal" else ""
+        return f"toy model, D = {self.dim}, random untrained W's (seed {self.seed}){where}"
 
     def words(self, text: str) -> list[str]:
         """Split text into words and punctuation marks: "I am here." → ["I", "am", "here", "."]."""
@@ -91,6 +103,35 @@ class ToyModel:
             H[:, i] = word_vector(tok, self.dim)
         return H
 
+    def position_vectors(self, T: int) -> np.ndarray | None:
+        """(D, T): column i is PE(i), the sinusoid added to word i's vector; None without positions.
+
+        ``transformer.sinusoids`` (float32 values, as every model of this project adds them)."""
+        if self.positions == "none":
+            return None
+        from ..transformer import sinusoids
+
+        return sinusoids(T, self.dim).double().numpy().T  # (D, T)
+
+    def inputs(self, tokens: Sequence[str]) -> np.ndarray:
+        """H (D, T), what the layer reads: h_i = word vector (+ PE(i) with sinusoidal positions)."""
+        H = self.embed(tokens)
+        P = self.position_vectors(len(tokens))
+        return H if P is None else H + P
+
+    def input_parts(self, tokens: Tokens, i: int) -> dict[str, object]:
+        """How h_i (0-based i) is made, part by part, for a reader: see ``models.positions``."""
+        tokens = tokens.tokens
+        word = word_vector(tokens[i], self.dim)
+        parts = [(f'word vector of "{tokens[i]}" (a fixed function of the word)', word)]
+        P = self.position_vectors(len(tokens))
+        if P is not None:
+            parts.append((f"+ PE({i + 1}), the sinusoid of position {i + 1}", P[:, i]))
+        h = word if P is None else word + P[:, i]
+        return {"positions": self.positions,
+                "formula": "h_i = word vector" + (" + PE(i)" if P is not None else " (no positions)"),
+                "parts": [(name, v.tolist()) for name, v in parts], "h": h.tolist()}
+
     def weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(W_Q, W_K, W_V), each (D, D) float64, drawn from ``seed``."""
         return self.W_Q, self.W_K, self.W_V
@@ -114,7 +155,7 @@ class ToyModel:
         """Run the layer on the words' embeddings: (1, T, D) float64 → (1, T, D)."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(self.embed(tokens.tokens).T))[None]  # (1, T, D)
+        x = torch.from_numpy(np.ascontiguousarray(self.inputs(tokens.tokens).T))[None]  # (1, T, D)
         return self.attention_layers()[0](x)
 
     def overflow_error(self, layer: int) -> Exception:
@@ -126,6 +167,9 @@ class ToyModel:
             "name": self.name,
             "dim": self.dim,
             "seed": self.seed,
-            "embedding": "h = N(0, I) seeded by sha256(lower-cased word): same word, same vector",
-            "weights": f"W_Q, W_K, W_V ~ N(0, 1/D) from seed {self.seed} (random, not learned)",
+            "positions": self.positions,
+            "embedding": ("h = N(0, I) seeded by sha256(lower-cased word): same word, same vector"
+                          + (" (+ PE(i), the sinusoid of its position)" if self.positions != "none" else
+                             "; no positions")),
+            "weights": f"W_Q, W_K, W_V ~ N(0, 1/D) from seed {self.seed} (random, untrained)",
         }

@@ -16,7 +16,13 @@ import numpy as np
 
 @dataclass
 class AttentionData:
-    """Per-layer lists of float32 arrays: weights (H, T, T); q, k, v (H, T, d) or None."""
+    """Per-layer lists of float32 arrays: weights (H, T, T); q, k, v (H, T, d) or None.
+
+    Optional, for the explorer's mask and multi-head views: ``allowed`` per layer (T, T) bool, True
+    = may attend (None: every word sees every word); ``w_o`` (D, H·d) and ``b_o`` (D,) per layer, the
+    output projection; ``outputs`` per layer (T, D), the layer's own output (heads concatenated and
+    projected) as the model computed it. ``unit`` names a token ("words", "word pieces", …).
+    """
 
     tokens: list[str]
     weights: list[np.ndarray]
@@ -26,6 +32,17 @@ class AttentionData:
     scale: float | None = None  # what multiplied q·k before the softmax
     title: str = ""
     meta: dict[str, object] = field(default_factory=dict)
+    allowed: list[np.ndarray | None] | None = None
+    w_o: list[np.ndarray] | None = None
+    b_o: list[np.ndarray | None] | None = None
+    outputs: list[np.ndarray] | None = None
+    unit: str = "words"
+
+    def mask(self, layer: int) -> np.ndarray | None:
+        """(T, T) bool of ``layer`` (0-based), True = may attend; None when nothing is masked."""
+        if self.allowed is None or self.allowed[layer] is None:
+            return None
+        return np.asarray(self.allowed[layer], dtype=bool)
 
     @property
     def num_layers(self) -> int:

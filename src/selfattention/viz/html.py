@@ -9,7 +9,11 @@ weights.
 
 How the data is embedded: one JSON object in a ``<script type="application/json">`` element.
 Float arrays travel as base64 of little-endian float32 (decoded to ``Float32Array`` in the page):
-weights (L, H, T, T) and, when present, q, k (L, H, T, d_k) and v (L, H, T, d_v). Everything the
+weights (L, H, T, T) and, when present, q, k (L, H, T, d_k) and v (L, H, T, d_v); a mask as base64
+of uint8 (L, T, T), 1 = may attend; for the multi-head view, the first ``PROJ_ROWS`` rows of each
+layer's W_O (L, R, H·d), of b_O (L, R) and of the layer's own output (L, T, R) — the components the
+page shows and checks (``explain --multihead`` checks all of them). ``initial`` is the layer, head
+and word the page opens on (those of the terminal and PNG of the same run). Everything the
 user typed (tokens, title) reaches the page only through this JSON and ``textContent`` (or, for
 ``<title>``, ``html.escape``); ``embed_json`` escapes ``<``, ``>``, ``&``, U+2028 and U+2029 so the
 JSON can never close its script element. A Content-Security-Policy in the page forbids every
@@ -33,6 +37,7 @@ from .data import AttentionData
 from .terminal import PALETTE
 
 TEMPLATE = "explorer.html"  # package data of selfattention.viz
+PROJ_ROWS = 8  # components of a layer's output the multi-head view shows (and recomputes)
 _MARKER = re.compile(r"\{\{(TITLE|DATA)\}\}")
 _JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
@@ -60,16 +65,67 @@ def _width(name: str, layers: list[np.ndarray], H: int, T: int) -> int:
     return next(iter(shapes))[2]
 
 
-def payload(data: AttentionData) -> dict[str, object]:
-    """What the page receives: sizes, tokens, title, scale, palette and the base64 float arrays."""
+def _selection(data: AttentionData, layer: int, head: int, word: int) -> dict[str, int]:
+    """The 0-based layer, head and word the page opens on, from 1-based ones; ValueError if out of range."""
+    for what, n, hi in (("layer", layer, data.num_layers), ("head", head, data.num_heads),
+                        ("word", word, len(data.tokens))):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= hi:
+            raise ValueError(f"{what} {n!r} is out of range: expected 1 to {hi}")
+    return {"layer": int(layer) - 1, "head": int(head) - 1, "word": int(word) - 1}
+
+
+def _mask(data: AttentionData, T: int) -> str | None:
+    """Base64 of every layer's mask, uint8 (L, T, T), 1 = may attend; None when nothing is masked."""
+    if data.allowed is None or all(a is None for a in data.allowed):
+        return None
+    if len(data.allowed) != data.num_layers:
+        raise ValueError(f"allowed needs one (T, T) mask (or None) per layer ({data.num_layers} layers)")
+    masks = [np.ones((T, T), np.uint8) if a is None else np.asarray(a, dtype=bool).astype(np.uint8)
+             for a in data.allowed]
+    if any(m.shape != (T, T) for m in masks):
+        raise ValueError(f"each mask must be ({T}, {T}), got {[m.shape for m in masks]}")
+    return base64.b64encode(np.ascontiguousarray(np.stack(masks)).tobytes()).decode("ascii")
+
+
+def _projection(data: AttentionData, T: int) -> dict[str, object] | None:
+    """The first PROJ_ROWS rows of W_O, b_O and the layers' outputs, for the multi-head view."""
+    if data.w_o is None or data.q is None:
+        return None
+    L, H = data.num_layers, data.num_heads
+    D = data.w_o[0].shape[0]
+    R = min(PROJ_ROWS, D)
+    width = H * (data.v[0].shape[-1] if data.v is not None else 0)
+    if len(data.w_o) != L or any(np.shape(w) != (D, width) for w in data.w_o):
+        raise ValueError(f"w_o needs one ({D}, {width}) matrix per layer: H·d_v columns, the heads side by "
+                         "side")
+    out: dict[str, object] = {"D": D, "rows": R, "wo": _b64_float32([np.asarray(w)[:R] for w in data.w_o]),
+                              "bo": None, "out": None}
+    if data.b_o is not None and all(b is not None for b in data.b_o):
+        out["bo"] = _b64_float32([np.asarray(b)[:R] for b in data.b_o])
+    if data.outputs is not None:
+        if len(data.outputs) != L or any(np.shape(o) != (T, D) for o in data.outputs):
+            raise ValueError(f"outputs needs one ({T}, {D}) array per layer")
+        out["out"] = _b64_float32([np.asarray(o)[:, :R] for o in data.outputs])
+    return out
+
+
+def payload(data: AttentionData, *, layer: int = 1, head: int = 1, word: int = 1,
+            vmax: float | None = None) -> dict[str, object]:
+    """What the page receives: sizes, tokens, title, scale, palette, the base64 arrays, and the layer,
+    head and word (1-based) it opens on; ``vmax``: a fixed top of the colour scale (None: each head's
+    largest weight)."""
     T, L, H = len(data.tokens), data.num_layers, data.num_heads
     if T == 0:
         raise ValueError("no tokens: the explorer needs at least one word")
     _width("weights", data.weights, H, T)
+    if vmax is not None and not (isinstance(vmax, (int, float)) and np.isfinite(vmax) and vmax > 0):
+        raise ValueError(f"vmax must be a number > 0, got {vmax!r}")
     out: dict[str, object] = {
         "version": 1, "title": data.title, "tokens": list(data.tokens), "T": T, "layers": L, "heads": H,
-        "palette": PALETTE, "weights": _b64_float32(data.weights),
+        "unit": data.unit, "palette": PALETTE, "weights": _b64_float32(data.weights),
         "q": None, "k": None, "v": None, "dk": None, "dv": None, "scale": None,
+        "initial": _selection(data, layer, head, word), "vmax": None if vmax is None else float(vmax),
+        "allowed": _mask(data, T), "proj": None,
     }
     dropped = data.meta.get("dropped")
     out["dropped"] = int(dropped) if isinstance(dropped, (int, np.integer)) else 0
@@ -81,7 +137,7 @@ def payload(data: AttentionData) -> dict[str, object]:
             raise ValueError(f"q, k, v need one array per layer ({L} layers)")
         scale = data.scale if data.scale is not None else 1.0 / np.sqrt(dk)
         out.update(q=_b64_float32(data.q), k=_b64_float32(data.k), v=_b64_float32(data.v),
-                   dk=dk, dv=dv, scale=float(scale))
+                   dk=dk, dv=dv, scale=float(scale), proj=_projection(data, T))
     return out
 
 
@@ -89,19 +145,23 @@ def _template() -> str:
     return resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
 
 
-def render_html(data: AttentionData) -> str:
-    """The explorer page for ``data`` as one self-contained HTML document (str).
+def render_html(data: AttentionData, *, layer: int = 1, head: int = 1, word: int = 1,
+                vmax: float | None = None) -> str:
+    """The explorer page for ``data`` as one self-contained HTML document (str), opening on
+    ``layer``, ``head`` and ``word`` (1-based); ``vmax`` fixes the top of the colour scale.
 
     Raises ValueError when the arrays' shapes do not fit together (see ``payload``).
     """
     title = "Attention explorer" + (f" — {data.title}" if data.title else "")
-    fills = {"TITLE": html.escape(title), "DATA": embed_json(payload(data))}
+    fills = {"TITLE": html.escape(title),
+             "DATA": embed_json(payload(data, layer=layer, head=head, word=word, vmax=vmax))}
     # one pass over the template, so nothing inserted is ever scanned for markers again
     return _MARKER.sub(lambda m: fills[m.group(1)], _template())
 
 
-def write_html(data: AttentionData, path: str | os.PathLike[str]) -> Path:
-    """Write ``render_html(data)`` to ``path`` atomically (``_io.write_atomic``), so a reader
+def write_html(data: AttentionData, path: str | os.PathLike[str], *, layer: int = 1, head: int = 1,
+               word: int = 1, vmax: float | None = None) -> Path:
+    """Write ``render_html(data, …)`` to ``path`` atomically (``_io.write_atomic``), so a reader
     never sees a partial page. Returns the path."""
-    text = render_html(data).encode("utf-8")  # fails before anything touches the disk
+    text = render_html(data, layer=layer, head=head, word=word, vmax=vmax).encode("utf-8")  # before the disk
     return write_atomic(path, lambda f: f.write(text))

@@ -4,7 +4,9 @@ Words label both axes (row i: the word attending, query i; column j: the word at
 drawn as plain text (a word such as "$x$" is not read as TeX).
 Colours come from the shared palette (``terminal.PALETTE``, via ``palette_cmap``) on the shared
 value range (``terminal.value_range``: 0 to the largest weight shown), so the terminal, PNG and HTML
-views read the same way.
+views read the same way; ``vmax`` fixes the top instead (``vmax=1``: 0 to 1, so that two pictures
+compare), and the colour bar says which scale is used. A masked layer (``AttentionData.allowed``,
+e.g. a decoder's causal mask) draws its forbidden cells in grey (``MASKED``), named in a legend.
 
 Thread-safe and headless: figures are built as ``matplotlib.figure.Figure`` with the Agg canvas,
 never through pyplot's global state. matplotlib is imported only when a function here is called,
@@ -33,6 +35,7 @@ if TYPE_CHECKING:  # matplotlib is imported lazily at run time
 DEFAULT_DPI = 150
 LABEL_CHARS = 14  # longer word pieces are cut, with '…'
 MIN_FONT, MAX_FONT = 6.0, 11.0  # label font sizes (points)
+MASKED = "#d5d9e0"  # a masked cell (−∞ before the softmax): grey, outside the palette
 
 
 @lru_cache(maxsize=1)
@@ -53,6 +56,34 @@ def _check(data: AttentionData, layer: int, head: int | None = None) -> None:
         raise ValueError(f"layer {layer} is out of range: the data has layers 1 to {data.num_layers}")
     if head is not None and (not isinstance(head, (int, np.integer)) or not 1 <= head <= data.num_heads):
         raise ValueError(f"head {head} is out of range: the data has heads 1 to {data.num_heads}")
+
+
+def _scale(W: np.ndarray, vmax: float | None) -> tuple[float, float, str]:
+    """(lo, hi, what the colour bar says) for weights W under ``vmax`` (None: 0 to W's largest)."""
+    if vmax is None:
+        lo, hi = value_range(W)
+        return lo, hi, f"0 to the largest weight shown, {hi:.3g}"
+    if not isinstance(vmax, (int, float, np.floating)) or not np.isfinite(vmax) or vmax <= 0:
+        raise ValueError(f"vmax must be a number > 0, got {vmax!r}")
+    return 0.0, float(vmax), f"fixed, 0 to {vmax:g}"
+
+
+def _image(ax: Axes, A: np.ndarray, allowed: np.ndarray | None, norm) -> object:
+    """A (T, T) heatmap; cells that are not ``allowed`` drawn in MASKED grey."""
+    cmap = palette_cmap()
+    if allowed is not None and not allowed.all():
+        A = np.ma.masked_where(~allowed, A)
+        cmap = cmap.with_extremes(bad=MASKED)
+    return ax.imshow(A, cmap=cmap, norm=norm, interpolation="nearest")
+
+
+def _mask_legend(fig: Figure) -> None:
+    """A legend under the figure naming the grey of masked cells."""
+    from matplotlib.patches import Patch
+
+    grey = Patch(facecolor=MASKED, edgecolor="0.6",
+                 label="masked: the score is −∞ before the softmax, so α = 0")
+    fig.legend(handles=[grey], loc="outside lower center", fontsize=MIN_FONT + 2, frameon=False)
 
 
 def _labels(tokens: list[str]) -> list[str]:
@@ -110,17 +141,21 @@ def _new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def plot_head(data: AttentionData, layer: int = 1, head: int = 1, ax: Axes | None = None) -> Axes:
+def plot_head(data: AttentionData, layer: int = 1, head: int = 1, ax: Axes | None = None, *,
+              vmax: float | None = None) -> Axes:
     """Draw head ``head`` of layer ``layer`` (1-based) as a heatmap; returns the Axes.
 
     The (T, T) weights ``data.weights[layer - 1][head - 1]``: row i = query word i, column j =
-    key word j, words on both axes, a colour bar from 0 to the largest weight. Without ``ax`` a new
-    ``Figure`` is made, sized for T (``ax.figure`` is it); with ``ax`` it draws there.
+    key word j, words on both axes, a colour bar from 0 to the largest weight (or to ``vmax``), masked
+    cells grey. Without ``ax`` a new ``Figure`` is made, sized for T (``ax.figure`` is it); with
+    ``ax`` it draws there.
     """
     _check(data, layer, head)
     from matplotlib.colors import Normalize
 
     A = data.weights[layer - 1][head - 1]  # (T, T)
+    lo, hi, scale = _scale(A, vmax)
+    allowed = data.mask(layer - 1)
     T = A.shape[0]
     labels = _labels(data.tokens)
     side = _side(T, 3.6, 0.2, 9.0)
@@ -129,15 +164,16 @@ def plot_head(data: AttentionData, layer: int = 1, head: int = 1, ax: Axes | Non
         margin = _margin(labels[::step], font)
         fig = _new_figure(side + margin + 1.5, side + margin + 0.7)
         ax = fig.add_subplot()
-    lo, hi = value_range(A)
-    im = ax.imshow(A, cmap=palette_cmap(), norm=Normalize(lo, hi), interpolation="nearest")
+    im = _image(ax, A, allowed, Normalize(lo, hi))
     _label_axes(ax, labels, font, step, x=True, y=True)
     ax.set_xlabel("attended to (key j)", fontsize=MAX_FONT - 1)
     ax.set_ylabel("attending (query i)", fontsize=MAX_FONT - 1)
     name = f" — {data.title}" if data.title else ""
     ax.set_title(f"Layer {layer}, head {head}{name}", fontsize=MAX_FONT + 1, parse_math=False)
     bar = ax.figure.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
-    bar.set_label(r"attention weight $\alpha_{ij}$", fontsize=MAX_FONT - 1)
+    bar.set_label(f"attention weight $\\alpha_{{ij}}$ (scale: {scale})", fontsize=MAX_FONT - 1)
+    if allowed is not None and not allowed.all():
+        _mask_legend(ax.figure)
     bar.ax.tick_params(labelsize=MAX_FONT - 2)
     if step > 1:
         ax.annotate(_every(step, T), (0.0, 1.0), xycoords="axes fraction",
@@ -151,16 +187,18 @@ def _grid_shape(H: int) -> tuple[int, int]:
     return math.ceil(H / cols), cols
 
 
-def plot_heads(data: AttentionData, layer: int = 1) -> Figure:
+def plot_heads(data: AttentionData, layer: int = 1, *, vmax: float | None = None) -> Figure:
     """Every head of layer ``layer`` (1-based) as a grid of heatmaps sharing one colour scale.
 
     Each head's weights (T, T) as in ``plot_head``; words label the outer axes (left column, bottom
-    row); one colour bar, 0 to the largest weight of the layer, so heads compare directly.
+    row); one colour bar, 0 to the largest weight of the layer (or ``vmax``), so heads compare directly.
     """
     _check(data, layer)
     from matplotlib.colors import Normalize
 
     W = data.weights[layer - 1]  # (H, T, T)
+    lo, hi, scale = _scale(W, vmax)
+    allowed = data.mask(layer - 1)
     H, T, _ = W.shape
     rows, cols = _grid_shape(H)
     labels = _labels(data.tokens)
@@ -169,14 +207,14 @@ def plot_heads(data: AttentionData, layer: int = 1) -> Figure:
     margin = _margin(labels[::step], font)
     fig = _new_figure(cols * (side + 0.15) + margin + 1.0, rows * (side + 0.35) + margin + 0.7)
     axes = fig.subplots(rows, cols, squeeze=False)  # not shared: each axis keeps its own labels
-    norm = Normalize(*value_range(W))
+    norm = Normalize(lo, hi)
     im = None
     for n, ax in enumerate(axes.flat):
         if n >= H:
             ax.set_axis_off()
             continue
         r, c = divmod(n, cols)
-        im = ax.imshow(W[n], cmap=palette_cmap(), norm=norm, interpolation="nearest")
+        im = _image(ax, W[n], allowed, norm)
         ax.set_title(f"head {n + 1}", fontsize=MAX_FONT - 1, pad=3)
         last_row = r == rows - 1 or n + cols >= H  # nothing drawn below this one
         _label_axes(ax, labels, font, step, x=last_row, y=c == 0)
@@ -186,13 +224,15 @@ def plot_heads(data: AttentionData, layer: int = 1) -> Figure:
     fig.suptitle(f"Layer {layer}{name}: {heads}\n(row i: the word attending, column j: the word "
                  f"attended to{note})", fontsize=MAX_FONT, parse_math=False)
     bar = fig.colorbar(im, ax=axes, shrink=0.6, pad=0.01, aspect=30)
-    bar.set_label(r"attention weight $\alpha_{ij}$", fontsize=MAX_FONT - 1)
+    bar.set_label(f"attention weight $\\alpha_{{ij}}$ (scale: {scale})", fontsize=MAX_FONT - 1)
+    if allowed is not None and not allowed.all():
+        _mask_legend(fig)
     bar.ax.tick_params(labelsize=MAX_FONT - 2)
     return fig
 
 
 def save_png(data: AttentionData, path: str | os.PathLike[str], *, layer: int = 1, head: int = 1,
-             all_heads: bool = False, dpi: int = DEFAULT_DPI) -> Path:
+             all_heads: bool = False, dpi: int = DEFAULT_DPI, vmax: float | None = None) -> Path:
     """Write one head (``plot_head``) or, with ``all_heads``, every head of ``layer``
     (``plot_heads``) as a PNG at ``path``, atomically; returns the path.
 
@@ -202,7 +242,8 @@ def save_png(data: AttentionData, path: str | os.PathLike[str], *, layer: int = 
     _check(data, layer, None if all_heads else head)
     if not isinstance(dpi, (int, float)) or not 10 <= dpi <= 1200:
         raise ValueError(f"dpi {dpi} is out of range: expected 10 to 1200")
+    _scale(np.zeros(1), vmax)  # a bad vmax fails before anything is written
     check_path(path)
-    fig = plot_heads(data, layer) if all_heads else plot_head(data, layer, head).figure
+    fig = plot_heads(data, layer, vmax=vmax) if all_heads else plot_head(data, layer, head, vmax=vmax).figure
     return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi,
                                                     metadata={"Software": "selfattention"}))

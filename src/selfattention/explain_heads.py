@@ -1,0 +1,140 @@
+"""``explain --multihead``: one layer's multi-head attention, the step the lecture announces next.
+
+Each head is the lecture's layer with its own W_Q, W_K, W_V: the rows h·d … (h+1)·d − 1 of the
+packed projection's Q, K and V blocks (``MultiHeadAttention.head_projections``/``head_rows`` say
+where; nothing here slices the packed weight). Every head reads the whole input H and gives Z_h
+(d × T) by the per-word loops; the heads' outputs are stacked into C = [Z_1; …; Z_H] (H·d × T), and
+the output projection gives the layer's output O = W_O C + b_O (D × T). O is verified against the
+layer's own output in the model's forward pass (recorded by ``models.variants.Recorded``).
+
+``build_multihead(trace, layer=, word=)`` → a JSON-serializable dict; ``render_multihead`` → text.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import reference
+from ._text import printable
+from .explain import LAYER_TOLERANCE, TOLERANCE, default_word, mask_report, resolve_word
+from .models import DEFAULT_LAYER
+from .models.tracing import Trace
+
+SHOW = 4  # components of a vector shown in text
+
+
+def _np(t) -> np.ndarray | None:
+    return None if t is None else t.detach().double().numpy()
+
+
+def build_multihead(trace: Trace, *, layer: int | None = None, word: str | None = None) -> dict[str, object]:
+    """Every head of ``layer`` (1-based) by the loops, their concatenation, W_O and the output.
+
+    Lecture convention (words are columns): H (D, T); per head Z_h (d, T); C (H·d, T); W_O (D, H·d);
+    O and the layer's own output (D, T). Needs the layer's own output, recorded when ``trace.model``
+    is a ``models.variants.Recorded``; ValueError otherwise.
+    """
+    n = (layer or DEFAULT_LAYER) - 1
+    outputs = getattr(trace.model, "outputs", None)
+    if not outputs or n not in outputs:
+        raise ValueError("build_multihead needs the layer's own output: trace a models.variants.Recorded "
+                         "model")
+    lt, attn, tokens = trace.layers[n], trace.attention(n), trace.tokens.tokens
+    i = resolve_word(word, tokens, default=default_word(trace), unit=trace.model.unit)
+    H = _np(lt.x).T  # (D, T)
+    allowed = None if lt.allowed is None else lt.allowed.numpy()
+    heads, Zs = [], []
+    for h in range(attn.num_heads):
+        W = {k: _np(x) for k, x in attn.head_projections(h).items()}  # W's (d, D), b's (d,) or None
+        s = reference.self_attention(H, W["W_Q"], W["W_K"], W["W_V"], b_Q=W["b_Q"], b_K=W["b_K"],
+                                     b_V=W["b_V"], mask=allowed)
+        rows = attn.head_rows(h)
+        own = _np(lt.z["auto"][h]).T  # (d, T): this head's output in the forward pass
+        top = int(np.argmax(s.A[i]))
+        heads.append({"head": h + 1, "rows": {k: list(rows[k]) for k in ("Q", "K", "V")},
+                      "kv_head": rows["kv_head"] + 1, "Z": s.Z.tolist(), "z": s.Z[:, i].tolist(),
+                      "top": {"j": top + 1, "word": tokens[top], "alpha": float(s.A[i, top])},
+                      "max_abs_diff": float(np.abs(own - s.Z).max(initial=0.0))})
+        Zs.append(s.Z)
+    C = np.concatenate(Zs, axis=0)  # (H·d, T): head 1's d rows, then head 2's, …
+    W_O = _np(attn.out_proj.weight)  # (D, H·d)
+    b_O = _np(attn.out_proj.bias)  # (D,) or None
+    O = W_O @ C + (0.0 if b_O is None else b_O[:, None])  # (D, T)
+    own_O = _np(outputs[n]).T  # (D, T): the layer's output in the forward pass
+    tolerance = TOLERANCE if lt.x.dtype == torch.float64 else LAYER_TOLERANCE  # the toy: float64
+    diffs = {"output": float(np.abs(O - own_O).max(initial=0.0)),
+             "heads": max(x["max_abs_diff"] for x in heads)}
+    return {
+        "model": trace.model.name, "title": getattr(trace.model, "title", trace.model.name),
+        "text": trace.text, "tokens": tokens, "unit": trace.model.unit,
+        "layer": n + 1, "num_layers": trace.num_layers, "num_heads": attn.num_heads,
+        "num_kv_heads": attn.num_kv_heads, "D": H.shape[0], "d": attn.head_dim, "T": H.shape[1],
+        "word": {"index": i + 1, "word": tokens[i]},
+        "mask": mask_report(trace, n),
+        "H": H.tolist(), "heads": heads, "C": C.tolist(),
+        "W_O": W_O.tolist(), "b_O": None if b_O is None else b_O.tolist(),
+        "O": O.tolist(), "layer_output": own_O.tolist(),
+        "verification": {"max_abs_diff": diffs, "tolerance": tolerance,
+                         "ok": all(x < tolerance for x in diffs.values()),
+                         "compared": "the loops' W_O C + b_O (float64) vs the layer's own output in "
+                                     "the model's forward pass; each head's Z vs the layer's own"},
+    }
+
+
+def _vec(x: list[float], n: int = SHOW) -> str:
+    shown = ", ".join(f"{v: .3f}" for v in x[:n])
+    return f"[{shown}{', …' if len(x) > n else ''}]"
+
+
+def render_multihead(r: dict, *, width: int = 100, wide: bool = False) -> str:
+    """The multi-head walk-through as terminal text, lines of at most ``width`` (``wide``: no limit)."""
+    import textwrap
+
+    from .viz.terminal import format_table, truncate
+
+    def para(text: str, indent: str = "", hang: str = "    ") -> list[str]:
+        if wide:
+            return [indent + text]
+        return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=hang,
+                             break_on_hyphens=False)
+
+    Hn, d, D, T = r["num_heads"], r["d"], r["D"], r["T"]
+    i, w = r["word"]["index"], printable(r["word"]["word"])
+    one = {"words": "word", "word pieces": "word piece", "characters": "character"}.get(r["unit"], "token")
+    out = para(f"Multi-head attention, layer {r['layer']} of {r['title']}: {Hn} heads of d = {d}, then W_O")
+    out += para(f"Input: H ({D} × {T}), the layer's input; every head reads all of it. Head h (h = 1…{Hn}) "
+                f"is this lecture's layer with its own W_Q, W_K, W_V: rows (h−1)·{d} … h·{d} − 1 (counted "
+                f"from 0) of the Q, K and V blocks of the packed projection in_proj, as the layer's "
+                f"head_rows(h) says; it gives Z_h ({d} × {T}), which explain --head h derives step by step.",
+                "  ")
+    if r["num_kv_heads"] != Hn:
+        out += para(f"(grouped-query attention: {r['num_kv_heads']} key/value heads, each shared by "
+                    f"{Hn // r['num_kv_heads']} query heads)", "  ")
+    if r.get("mask"):
+        out += para("(masked: every head uses the layer's mask, −∞ before the softmax)", "  ")
+    out.append("")
+    rows = []
+    for h in r["heads"]:
+        q0, q1 = h["rows"]["Q"]
+        top = h["top"]
+        rows.append([str(h["head"]), f"{q0}…{q1 - 1}",
+                     f"{truncate(printable(top['word']), 10)} {top['alpha']:.2f}", _vec(h["z"])])
+    out.append(format_table(["head", "W_Q rows", f'"{truncate(w, 10)}" attends most to', f"z_{i} of head h "
+                             f"(first {min(SHOW, d)} of {d})"], rows, left=3, indent="  "))
+    c = np.array(r["C"])[:, i - 1]
+    out += [""] + para(f"Concatenate: C = [Z_1; Z_2; …; Z_{Hn}] stacks the heads' outputs, {Hn} × {d} = "
+                       f"{Hn * d} rows × {T}: column i is c_i = [z_i of head 1; …; z_i of head {Hn}]")
+    out.append(f"  c_{i} = {_vec(c.tolist(), 6)}  (components 1…{d} are head 1's z_{i}, …)")
+    O, own = np.array(r["O"])[:, i - 1], np.array(r["layer_output"])[:, i - 1]
+    b = " + b_O" if r["b_O"] is not None else ""
+    out += [""] + para(f"Project: O = W_O C{b}  (W_O: {D} × {Hn * d}, the layer's out_proj, learned), "
+                       f"{D} × {T}: each {one}'s output mixes every head")
+    out.append(f"  o_{i} = W_O c_{i}{b} = {_vec(O.tolist(), 6)}")
+    out.append(f"  the layer's own o_{i} (its forward pass) = {_vec(own.tolist(), 6)}")
+    v = r["verification"]
+    mark = f"all < {v['tolerance']:.0e} ✓" if v["ok"] else f"NOT all < {v['tolerance']:.0e} ✗"
+    out += [""] + para(f"verify: max |W_O C{b} − the layer's own output| over all {T} {r['unit']} and {D} "
+                       f"components = {v['max_abs_diff']['output']:.1e}; each head's Z vs the layer's own "
+                       f"per-head output: max {v['max_abs_diff']['heads']:.1e} — {mark}", "", "  ")
+    return "\n".join(out)
