@@ -59,7 +59,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse
                     "torchrun the run is data-parallel (DDP; gloo on CPU, NCCL on CUDA). Options left out "
                     "with --resume keep the checkpoint's values.")
     t.add_argument("task", choices=TASKS, metavar="TASK",
-                   help="copy (abc=abc.), reverse (abc=cba.), sort (cab=abc.), recall (a1b7?b=7.), or text "
+                   help="copy (abc=abc.), reverse (abc=cba.), sort (cab=abc.), recall (a1b7?b7.), or text "
                         "(a character-level language model of --text FILE)")
     t.add_argument("--text", metavar="FILE", help="the UTF-8 text file of the text task")
     t.add_argument("--steps", type=_positive, metavar="N", help="optimizer steps in all (default 2000)")

@@ -2,9 +2,12 @@
 
 Every example is one string the decoder-only model reads left to right,
 
-    prompt "=" answer "."        e.g. reverse:  "hello=olleh."     recall:  "a1b7c3?b=7."
+    prompt "=" answer "."        e.g. reverse:  "hello=olleh."     recall:  "a1b7c3?b7."
 
-and the loss counts only the answer and the final "." (the model must say where it stops). The
+and the loss counts only the answer and the final "." (the model must say where it stops). Recall
+has no "=": its answer follows the query key at once. With an "=" in between, the model would
+first have to move the key one place to the right and then look it up, a two-hop circuit a
+2-layer model did not find in 3000 steps (stuck at chance), where one hop is learnt in ~500. The
 tasks: ``copy`` (answer = prompt), ``reverse``, ``sort`` (letters in alphabetical order) and
 ``recall`` (key-value pairs, a query key, its value). ``length`` is the number of letters of the
 prompt (for recall: of key-value pairs), drawn uniformly from [min_len, max_len].
@@ -76,13 +79,18 @@ class Task:
     description: str
 
     @property
+    def sep(self) -> str:
+        """What comes between prompt and answer: "=", or nothing for recall (see above)."""
+        return "" if self.name == "recall" else SEP
+
+    @property
     def vocab(self) -> Vocabulary:
         extra = QUERY if self.name == "recall" else ""
-        return Vocabulary(self.symbols + extra + SEP + END)
+        return Vocabulary(self.symbols + extra + self.sep + END)
 
     def sequence(self, prompt: str) -> str:
-        """The whole training string: prompt "=" answer "."."""
-        return f"{prompt}{SEP}{self.solve(prompt)}{END}"
+        """The whole training string: prompt, "=" (not for recall), answer, "."."""
+        return f"{prompt}{self.sep}{self.solve(prompt)}{END}"
 
     def length(self, prompt: str) -> int:
         """Letters of a prompt (recall: key-value pairs)."""
@@ -153,7 +161,7 @@ TASKS: dict[str, Task] = {
     "sort": Task("sort", LETTERS, lambda p: "".join(sorted(p)), _letters, lambda n: len(LETTERS) ** n,
                  _all_words, "sort the letters: cab=abc."),
     "recall": Task("recall", LETTERS + DIGITS, _solve_recall, _draw_recall, _count_recall, _all_recall,
-                   "associative recall: key-value pairs, '?', a key; answer its value: a1b7?b=7."),
+                   "associative recall: key-value pairs, '?', a key; answer its value: a1b7?b7."),
 }
 SYNTHETIC = tuple(TASKS)
 
@@ -218,5 +226,6 @@ def encode_batch(task: Task, prompts: list[str]) -> Batch:
     weight = torch.zeros(len(seqs), T - 1, dtype=torch.bool)  # (B, T - 1)
     for b, (p, s) in enumerate(zip(prompts, seqs, strict=True)):
         ids[b, : len(s)] = torch.tensor(s)
-        weight[b, len(p): len(s) - 1] = True  # targets s[len(p)+1 …]: the answer and "."
+        start = len(p) + len(task.sep)  # where the answer begins in s
+        weight[b, start - 1: len(s) - 1] = True  # targets s[start …]: the answer and "."
     return Batch(ids[:, :-1], ids[:, 1:], weight)

@@ -44,7 +44,8 @@ class TrainedModel:
         return torch.tensor([self.vocab.encode(text)], dtype=torch.long)
 
     def prompt_for(self, text: str) -> str:
-        """What the model reads before answering: "<prompt>=" for a task, the text itself for text."""
+        """What the model reads before answering: "<prompt>=" for a task ("<prompt>" for recall), the
+        text itself for text."""
         if self.task == "text":
             return text
         from ..errors import InputError
@@ -55,7 +56,7 @@ class TrainedModel:
         if bad is not None or not text:
             what = f"the character {bad!r}" if bad is not None else "an empty prompt"
             raise InputError(f"--prompt: {what} is not a {self.task} prompt ({task.description})")
-        return text + SEP
+        return text + task.sep
 
 
 def load_trained(path: str | os.PathLike[str]) -> TrainedModel:
