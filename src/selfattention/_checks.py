@@ -46,10 +46,15 @@ def broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...]:
     """
     out = []
     for i in range(-max([0, *(len(s) for s in shapes)]), 0):  # (no max(default=): dynamo lacks it)
-        sizes = {s[i] for s in shapes if len(s) >= -i} - {1}
-        if len(sizes) > 1:
-            raise ValueError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
-        out.append(sizes.pop() if sizes else 1)
+        # Compared one by one, never hashed: a set would pin a symbolic size under torch.compile
+        # (dynamic=True), and every new length would compile again.
+        size = 1
+        for s in shapes:
+            if len(s) >= -i and s[i] != 1:
+                if size != 1 and s[i] != size:
+                    raise ValueError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
+                size = s[i]
+        out.append(size)
     return tuple(out)
 
 

@@ -82,8 +82,6 @@ def test_attention_dynamic_shapes():
         assert_close(f(q, k, v, mask), ref_attention(q, k, v, mask=mask, causal="top_left")[0])
 
 
-@pytest.mark.xfail(strict=True, reason="_checks.broadcast collects sizes in a set; hashing a symbolic size "
-                   "specialises it, so every new length compiles again")
 def test_attention_dynamic_shapes_compile_once():
     from torch._dynamo.backends.debugging import aot_eager
 

@@ -3,7 +3,9 @@
 ``flash_attention`` takes (B, H, T, d) tensors on a CUDA device, or CPU tensors when
 ``TRITON_INTERPRET=1`` was set before Triton was imported (the kernel then runs in Triton's
 interpreter: slow, for checking); with ``block_mask=`` (``selfattention.block_mask``) it skips the
-blocks a mask forbids. ``flash_attention_backward`` is its backward on its own, from (out, lse).
+blocks a mask forbids. ``flash_attention_forward`` and ``flash_attention_backward`` are its two
+directions on their own (outside autograd; the backward from the forward's (out, lse)), for
+callers such as the custom operator of ``integrations.torch_library``.
 Importing ``flash_attention`` imports Triton; ``available()`` says whether that can work here
 without importing anything. Layout: ``flash.py`` (forward), ``flash_bwd.py`` (backward),
 ``tuning.py`` (configurations, length buckets), ``launch.py`` (checks, launches, autograd).
@@ -36,7 +38,7 @@ def available(device: torch.device | str | None = None) -> bool:
 
 def __getattr__(name: str):
     # Triton is imported only when the kernel is used.
-    if name in ("flash_attention", "flash_attention_backward", "FlashAttention"):
+    if name in ("flash_attention", "flash_attention_forward", "flash_attention_backward", "FlashAttention"):
         from . import launch
 
         return getattr(launch, name)
