@@ -53,7 +53,8 @@ def test_relative_paths_are_the_callers(tmp_path: Path, venv: Path):
 
 
 def test_no_setup_message_when_installed_and_errors_pass_through(tmp_path: Path, venv: Path):
-    r = dev("explain", "I am here", "--model", "toy", "--png", "no/such/folder/x.png", cwd=tmp_path, venv=venv)
+    r = dev("explain", "I am here", "--model", "toy", "--png", "no/such/folder/x.png", cwd=tmp_path,
+            venv=venv)
     assert r.returncode == 2 and "setting up" not in r.stderr
     assert r.stderr.startswith("selfattention: error: --png: cannot write no/such/folder/x.png")
 

@@ -97,9 +97,9 @@ def test_payload_without_qkv_has_no_steps():
 # --------------------------------------------------------------------------- in the browser
 
 
-def open_page(driver: Any, data: AttentionData, path: Path) -> float:
+def open_page(driver: Any, data: AttentionData, path: Path, **opening: Any) -> float:
     """Write the page, load it from disk, check it drew cleanly and offline; returns load seconds."""
-    write_html(data, path)
+    write_html(data, path, **opening)
     driver.get("about:blank")
     browser.console_errors(driver)  # reading a log empties it
     browser.requested_urls(driver)
@@ -124,6 +124,7 @@ def shown(driver: Any) -> dict[str, Any]:
                 alpha: cells('#steps td.alpha').map(td => +td.dataset.value),
                 alphaText: cells('#steps td.alpha').map(td => +td.textContent),
                 scores: cells('#steps td.score').map(td => +td.textContent),
+                scoreText: cells('#steps td.score').map(td => td.textContent),
                 z: cells('#z .z').map(s => +s.dataset.value),
                 note: document.getElementById('steps-note').textContent,
                 check: document.getElementById('check').textContent};""")
@@ -258,3 +259,81 @@ def test_weights_only_page_says_the_steps_need_qkv(chrome, tmp_path: Path):
     assert "need q, k and v" in view["note"] and view["scores"] == [] and view["z"] == []
     assert view["word"] == 17 and len(chrome.find_elements("css selector", "canvas.thumb")) == 6
     assert_row(view, data)
+
+
+# --------------------------------------------------------------------------- the lecture's next steps
+
+
+@pytest.fixture(scope="module")
+def full() -> AttentionData:
+    """MiniLM with what the explorer's mask and multi-head views need (as explain --html gives it)."""
+    from selfattention.models import load
+    from selfattention.models.variants import Recorded, attention_data
+
+    return attention_data(trace(Recorded(load("minilm")), SENTENCE))
+
+
+@pytest.fixture(scope="module")
+def causal() -> AttentionData:
+    from selfattention.models import load
+    from selfattention.models.variants import Recorded, attention_data
+
+    return attention_data(trace(Recorded(load("minilm"), causal=True), SENTENCE))
+
+
+def test_the_page_opens_on_the_runs_layer_head_and_word(chrome, tmp_path: Path, full: AttentionData):
+    open_page(chrome, full, tmp_path / "open.html", layer=3, head=5, word=4, vmax=1)
+    view = shown(chrome)
+    assert (view["layer"], view["head"], view["word"]) == (2, 4, 3)
+    assert "layer 3 · head 5 · word 4 “enjoying”" in view["caption"]
+    assert_row(view, full)
+    texts = chrome.execute_script("""return [document.getElementById('legend-max').textContent,
+        document.getElementById('word-unit').textContent, document.getElementById('subtitle').textContent]""")
+    assert "fixed scale" in texts[0] and texts[1] == "word piece" and "7 word pieces" in texts[2]
+    with pytest.raises(ValueError, match="word 8 is out of range"):
+        write_html(full, tmp_path / "bad.html", word=8)
+
+
+def test_a_causal_page_masks_the_future_and_still_checks(chrome, tmp_path: Path, causal: AttentionData):
+    open_page(chrome, causal, tmp_path / "causal.html", layer=1, head=4, word=3)
+    view = shown(chrome)
+    assert view["word"] == 2
+    assert view["scoreText"][3:] == ["−∞"] * 4 and all(t != "−∞" for t in view["scoreText"][:3])
+    assert view["alpha"][3:] == [0, 0, 0, 0] and abs(sum(view["alpha"]) - 1) < 1e-6
+    assert_row(view, causal)  # the model's own (causal) weights
+    assert "✓" in view["check"] and "masked" in view["note"]
+    assert chrome.execute_script("return document.getElementById('legend-mask').hidden") is False
+    # in the matrix a masked cell (row 3, column 6) is the mask's grey, an allowed one (row 3, column 1) not
+    cells = chrome.execute_script("""
+        const cv = document.getElementById('matrix'), ctx = cv.getContext('2d');
+        const dpr = window.devicePixelRatio || 1, cell = +cv.dataset.rowHeight;
+        const top = +cv.dataset.rowTop, left = +cv.dataset.colLeft;
+        const at = (i, j) => Array.from(ctx.getImageData(Math.round((left + (j + 0.5) * cell) * dpr),
+                                                         Math.round((top + (i + 0.5) * cell) * dpr), 1, 1)
+                                           .data.slice(0, 3));
+        return [at(2, 5), at(2, 0)];""")
+    from selfattention.viz.terminal import MASKED
+
+    grey = [int(MASKED[k:k + 2], 16) for k in (1, 3, 5)]
+    assert cells[0] == grey and cells[1] != grey
+
+
+def test_the_multihead_view_stacks_concatenates_and_projects(chrome, tmp_path: Path, full: AttentionData):
+    open_page(chrome, full, tmp_path / "heads.html", layer=2, head=1, word=4)
+    got = chrome.execute_script("""
+        const vals = s => [...document.querySelectorAll(s)].map(e => JSON.parse(e.dataset.values));
+        return {z: vals('#mh td.zh'), concat: vals('#mh-flow .concat')[0], proj: vals('#mh-flow .proj')[0],
+                own: vals('#mh-flow .own')[0], check: document.getElementById('mh-check').textContent};""")
+    l, i = 1, 3
+    v = full.v[l].astype(np.float64)  # (H, T, d)
+    A = full.weights[l].astype(np.float64)[:, i]  # (H, T): every head's row α_i
+    z = np.einsum("ht,htd->hd", A, v)  # each head's z_i = Σ_j α_ij v_j
+    # the page recomputes α from q and k (float64): it agrees with the model's float32 weights to ~1e-6
+    np.testing.assert_allclose(np.array(got["z"]), z, atol=1e-4)
+    c = z.reshape(-1)  # the concatenation: head 1's z_i, then head 2's, …
+    np.testing.assert_allclose(got["concat"], c[:8], atol=1e-4)
+    o = full.w_o[l].astype(np.float64) @ c + full.b_o[l].astype(np.float64)
+    np.testing.assert_allclose(got["proj"], o[:8], atol=1e-4)
+    np.testing.assert_allclose(got["own"], full.outputs[l][i][:8], atol=1e-6)
+    np.testing.assert_allclose(got["proj"], full.outputs[l][i][:8], atol=1e-4)
+    assert got["check"].startswith("✓")

@@ -332,3 +332,60 @@ def test_from_weights_nested_list_and_no_tokens():
     assert d.weights[0][0, 1, 1] == np.float32(0.75)
     with pytest.raises(ValueError, match="no tokens"):
         viz.from_weights(np.ones((1, 0, 0)), [])
+
+
+# --- a fixed scale and masks --------------------------------------------------------------------
+
+
+def _causal(data: AttentionData) -> AttentionData:
+    """The toy data with a causal mask and the weights it would give (rows renormalized over j ≤ i)."""
+    T = len(data.tokens)
+    tril = np.tri(T, dtype=bool)
+    W = np.where(tril, data.weights[0], 0.0)
+    W = (W / W.sum(-1, keepdims=True)).astype(np.float32)
+    out = viz.from_weights([W], data.tokens, title="causal")
+    out.allowed = [tril]
+    return out
+
+
+def test_vmax_fixes_the_scale_and_the_colour_bar_says_which(toy):
+    ax = png.plot_head(toy, 1, 1)
+    label = ax.figure.axes[-1].get_ylabel()
+    hi = float(toy.weights[0][0].max())
+    assert (ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (0.0, pytest.approx(hi))
+    assert f"0 to the largest weight shown, {hi:.3g}" in label
+    ax = png.plot_head(toy, 1, 1, vmax=1)
+    assert (ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (0.0, 1.0)
+    assert "fixed, 0 to 1" in ax.figure.axes[-1].get_ylabel()
+    fig = png.plot_heads(toy, 1, vmax=1)
+    assert {(im.norm.vmin, im.norm.vmax) for ax in fig.axes for im in ax.images} == {(0.0, 1.0)}
+    with pytest.raises(ValueError, match="vmax must be a number > 0"):
+        png.save_png(toy, "never.png", vmax=0)
+    assert not Path("never.png").exists()
+
+
+def test_masked_cells_are_grey_and_named(tmp_path, toy):
+    data = _causal(toy)
+    T = len(data.tokens)
+    ax = png.plot_head(data, 1, 1)
+    shown = ax.images[0].get_array()
+    assert np.ma.isMaskedArray(shown) and np.array_equal(np.ma.getmaskarray(shown), ~np.tri(T, dtype=bool))
+    assert ax.images[0].cmap.get_bad()[:3] == pytest.approx(tuple(rgb(png.MASKED)))
+    texts = [t.get_text() for leg in ax.figure.legends for t in leg.get_texts()]
+    assert texts == ["masked: the score is −∞ before the softmax, so α = 0"]
+    img = read_png(png.save_png(data, tmp_path / "c.png", dpi=60))
+    assert (np.abs(img - rgb(png.MASKED)).max(-1) < 2 / 255).sum() > 1000  # the grey triangle is drawn
+    grid = png.plot_heads(data, 1)
+    assert [t.get_text() for leg in grid.legends for t in leg.get_texts()] == texts
+    assert png.plot_head(toy, 1, 1).figure.legends == []  # nothing masked: no legend
+
+
+def test_cli_png_vmax_and_causal(tmp_path):
+    from conftest import run_cli
+
+    path = tmp_path / "c.png"
+    rc, out, err = run_cli("explain", SENTENCE, "--model", "toy", "--causal", "--png", str(path),
+                           "--vmax", "1")
+    assert (rc, err) == (0, "") and "causal mask" in out
+    img = read_png(path)
+    assert (np.abs(img - rgb(png.MASKED)).max(-1) < 2 / 255).sum() > 1000

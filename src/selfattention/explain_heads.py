@@ -102,7 +102,8 @@ def render_multihead(r: dict, *, width: int = 100, wide: bool = False) -> str:
     Hn, d, D, T = r["num_heads"], r["d"], r["D"], r["T"]
     i, w = r["word"]["index"], printable(r["word"]["word"])
     one = {"words": "word", "word pieces": "word piece", "characters": "character"}.get(r["unit"], "token")
-    out = para(f"Multi-head attention, layer {r['layer']} of {r['title']}: {Hn} heads of d = {d}, then W_O")
+    heads = f"{Hn} heads" if Hn > 1 else "one head (the lecture's; several in a real model)"
+    out = para(f"Multi-head attention, layer {r['layer']} of {r['title']}: {heads} of d = {d}, then W_O")
     out += para(f"Input: H ({D} × {T}), the layer's input; every head reads all of it. Head h (h = 1…{Hn}) "
                 f"is this lecture's layer with its own W_Q, W_K, W_V: rows (h−1)·{d} … h·{d} − 1 (counted "
                 f"from 0) of the Q, K and V blocks of the packed projection in_proj, as the layer's "
@@ -123,8 +124,11 @@ def render_multihead(r: dict, *, width: int = 100, wide: bool = False) -> str:
     out.append(format_table(["head", "W_Q rows", f'"{truncate(w, 10)}" attends most to', f"z_{i} of head h "
                              f"(first {min(SHOW, d)} of {d})"], rows, left=3, indent="  "))
     c = np.array(r["C"])[:, i - 1]
-    out += [""] + para(f"Concatenate: C = [Z_1; Z_2; …; Z_{Hn}] stacks the heads' outputs, {Hn} × {d} = "
-                       f"{Hn * d} rows × {T}: column i is c_i = [z_i of head 1; …; z_i of head {Hn}]")
+    if Hn > 1:
+        out += [""] + para(f"Concatenate: C = [Z_1; Z_2; …; Z_{Hn}] stacks the heads' outputs, {Hn} × {d} = "
+                           f"{Hn * d} rows × {T}: column i is c_i = [z_i of head 1; …; z_i of head {Hn}]")
+    else:
+        out += [""] + para(f"Concatenate: with one head there is nothing to stack, C = Z_1 ({d} × {T})")
     out.append(f"  c_{i} = {_vec(c.tolist(), 6)}  (components 1…{d} are head 1's z_{i}, …)")
     O, own = np.array(r["O"])[:, i - 1], np.array(r["layer_output"])[:, i - 1]
     b = " + b_O" if r["b_O"] is not None else ""

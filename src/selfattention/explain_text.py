@@ -132,15 +132,19 @@ def _sentence(r: dict, v: _View) -> list[str]:
 
 def _wrap(items: list[str], width: int, *, max_lines: int) -> list[str]:
     """items joined by two spaces, indented 2, in lines of at most ``width``; '…' if cut."""
-    lines, cur = [], ""
+    lines, cur = [], []
     for k, item in enumerate(items):
-        if cur and len(cur) + 2 + len(item) > width - 2:
-            if len(lines) + 1 == max_lines:
-                return [*lines, f"  {cur}  … ({len(items) - k} more)"]
-            lines.append(f"  {cur}")
-            cur = ""
-        cur = f"{cur}  {item}" if cur else item
-    return [*lines, f"  {cur}"]
+        if cur and len("  ".join([*cur, item])) > width - 2:
+            if len(lines) + 1 == max_lines:  # the last line: room for the note of what is left out
+                while len(cur) > 1 and len("  ".join(cur)) + len(f"  … ({len(items) - k + 1} more)") \
+                        > width - 2:
+                    cur.pop()
+                    k -= 1
+                return [*lines, f"  {'  '.join(cur)}  … ({len(items) - k} more)"]
+            lines.append("  " + "  ".join(cur))
+            cur = []
+        cur.append(item)
+    return [*lines, "  " + "  ".join(cur)]
 
 
 def _input(r: dict, v: _View) -> list[str]:

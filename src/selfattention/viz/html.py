@@ -34,7 +34,7 @@ import numpy as np
 
 from .._io import write_atomic
 from .data import AttentionData
-from .terminal import PALETTE
+from .terminal import MASKED, PALETTE
 
 TEMPLATE = "explorer.html"  # package data of selfattention.viz
 PROJ_ROWS = 8  # components of a layer's output the multi-head view shows (and recomputes)
@@ -122,7 +122,7 @@ def payload(data: AttentionData, *, layer: int = 1, head: int = 1, word: int = 1
         raise ValueError(f"vmax must be a number > 0, got {vmax!r}")
     out: dict[str, object] = {
         "version": 1, "title": data.title, "tokens": list(data.tokens), "T": T, "layers": L, "heads": H,
-        "unit": data.unit, "palette": PALETTE, "weights": _b64_float32(data.weights),
+        "unit": data.unit, "palette": PALETTE, "masked": MASKED, "weights": _b64_float32(data.weights),
         "q": None, "k": None, "v": None, "dk": None, "dv": None, "scale": None,
         "initial": _selection(data, layer, head, word), "vmax": None if vmax is None else float(vmax),
         "allowed": _mask(data, T), "proj": None,

@@ -25,7 +25,7 @@ import numpy as np
 
 from .._io import check_path, write_atomic
 from .data import AttentionData
-from .terminal import PALETTE, truncate, value_range
+from .terminal import MASKED, PALETTE, truncate, value_range
 
 if TYPE_CHECKING:  # matplotlib is imported lazily at run time
     from matplotlib.axes import Axes
@@ -35,7 +35,6 @@ if TYPE_CHECKING:  # matplotlib is imported lazily at run time
 DEFAULT_DPI = 150
 LABEL_CHARS = 14  # longer word pieces are cut, with '…'
 MIN_FONT, MAX_FONT = 6.0, 11.0  # label font sizes (points)
-MASKED = "#d5d9e0"  # a masked cell (−∞ before the softmax): grey, outside the palette
 
 
 @lru_cache(maxsize=1)

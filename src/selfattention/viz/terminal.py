@@ -29,6 +29,7 @@ of them, so heads compare directly): PALETTE[0] is weight 0, PALETTE[-1] the lar
 every legend or colour bar states that maximum. (lo is below 0 only for data with negative values;
 hi = 1 when everything is 0.) ``value_range`` computes it.
 """
+MASKED = "#d5d9e0"  # a masked cell (−∞ before the softmax, α = 0) in the PNG and HTML views: grey
 SHADES = "·░▒▓█"  # low → high, one character per level; "·" keeps the grid visible
 _RESET = "\x1b[0m"
 _CUBE = (0, 95, 135, 175, 215, 255)  # the 6 levels of xterm's 6×6×6 colour cube

@@ -1,0 +1,123 @@
+"""`explain --model RUN`: a Transformer trained here for a few steps (`selfattention train`), walked
+through the lecture's steps like MiniLM; its numbers re-derived from the checkpoint's safetensors
+file with NumPy. A GRU checkpoint is one error line."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from safetensors.numpy import load_file
+
+SIZES = ["--d-model", "16", "--layers", "2", "--heads", "2", "--d-ff", "32", "--no-progress", "--no-pictures"]
+
+
+def train(out: Path, *argv: str) -> Path:
+    cmd = [sys.executable, "-m", "selfattention", "train", "reverse", "--out", str(out), *SIZES, *argv]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train(tmp_path_factory.mktemp("runs") / "reverse", "--steps", "30", "--checkpoint-every", "30",
+                 "--eval-every", "30")
+
+
+def weights(run: Path) -> dict[str, np.ndarray]:
+    (ckpt,) = sorted((run / "checkpoints").iterdir())
+    return load_file(ckpt / "model.safetensors")
+
+
+def softmax_rows(S: np.ndarray) -> np.ndarray:
+    m = np.max(np.where(np.isinf(S), -1e300, S), axis=1, keepdims=True)
+    e = np.where(np.isinf(S), 0.0, np.exp(S - m))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_a_trained_head_walks_through_the_lecture(run_dir: Path):
+    rc, out, err = run_cli("explain", "abc=", "--model", str(run_dir), "--json")
+    assert rc == 0, err
+    r = json.loads(out)
+    w = weights(run_dir)
+    assert r["tokens"] == list("abc=") and r["unit"] == "characters" and r["T"] == 4
+    assert r["mask"]["kind"] == "causal" and r["mask"]["illustration"] is False  # the decoder's own mask
+    d, h = 8, r["head"] - 1
+    # layer 1's H: LayerNorm(embedding + learned position) of block 1 (pre-norm), from the file
+    (ckpt,) = sorted((run_dir / "checkpoints").iterdir())
+    vocab = json.loads((ckpt / "state.json").read_text())["vocab"]  # the checkpoint's characters ↔ ids
+    ids = [vocab.index(c) for c in "abc="]
+    x = w["embed.weight"][ids] + w["positions.table"][:4]  # (T, D)
+    x = x.astype(np.float64)
+    x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    x = x * w["blocks.0.norm1.weight"] + w["blocks.0.norm1.bias"]
+    np.testing.assert_allclose(np.array(r["H"]), x.T, atol=1e-5)
+    W, b = w["blocks.0.attn.in_proj.weight"], w["blocks.0.attn.in_proj.bias"]  # rows: Q (16), K (16), V (16)
+    rows = [slice(part * 16 + h * d, part * 16 + (h + 1) * d) for part in range(3)]
+    np.testing.assert_array_equal(np.array(r["W_Q"]), W[rows[0]])
+    np.testing.assert_array_equal(np.array(r["W_V"]), W[rows[2]])
+    H = np.array(r["H"])
+    q, k, v = (W[s] @ H + b[s, None] for s in rows)
+    A = softmax_rows(np.where(np.tri(4, dtype=bool), q.T @ k / math.sqrt(d), -np.inf))
+    np.testing.assert_allclose(np.array(r["A"]), A, atol=1e-10)
+    np.testing.assert_allclose(np.array(r["layer_Z"]), v @ A.T, atol=1e-5)  # the model's own pass
+    assert r["verification"]["ok"]
+    parts = r["input"]
+    assert parts["positions"] == "learned" and parts["formula"].startswith("h_i = LayerNorm(")
+    np.testing.assert_allclose(parts["h"], x[r["derivation"]["index"] - 1], atol=1e-5)
+
+
+def test_text_multihead_permute_and_pictures(run_dir: Path, tmp_path: Path):
+    rc, out, err = run_cli("explain", "abc=", "--model", str(run_dir), "--no-color")
+    assert rc == 0 and err == ""
+    assert "(T = 4 characters)" in out and "as this model computes it" in " ".join(out.split())
+    assert max(len(line) for line in out.splitlines()) <= 100
+    rc, out, _ = run_cli("explain", "abc=", "--model", str(run_dir), "--multihead", "--json")
+    m = json.loads(out)
+    assert rc == 0 and m["num_heads"] == 2 and m["verification"]["ok"]
+    C = np.concatenate([np.array(h["Z"]) for h in m["heads"]])
+    w = weights(run_dir)
+    O = w["blocks.0.attn.out_proj.weight"] @ C + w["blocks.0.attn.out_proj.bias"][:, None]
+    np.testing.assert_allclose(np.array(m["layer_output"]), O, atol=1e-5)
+    rc, out, _ = run_cli("explain", "abc=", "--model", str(run_dir), "--permute", "--json")
+    p = json.loads(out)
+    assert rc == 0 and p["masked"] and not p["unchanged"] and p["positions"] == "learned"
+    page, pic = tmp_path / "t.html", tmp_path / "t.png"
+    rc, out, _ = run_cli("explain", "abc=", "--model", str(run_dir), "--html", str(page), "--png", str(pic))
+    assert rc == 0 and "4 characters" in out and page.stat().st_size > 1000 and pic.stat().st_size > 1000
+    # a checkpoint folder itself works too
+    (ckpt,) = sorted((run_dir / "checkpoints").iterdir())
+    assert run_cli("explain", "ab", "--model", str(ckpt))[0] == 0
+
+
+@pytest.mark.parametrize("text, argv, message", [
+    ("ab?", [], "the character '?' is not in this model's vocabulary"),
+    ("ab", ["--dim", "8"], "--dim applies only to the toy model"),
+    ("ab", ["--positions", "sinusoidal"], "--positions applies only to the toy model"),
+    ("ab", ["--layer", "3"], "layer 3 is out of range"),
+    ("a" * 60, ["--no-truncate"], "more than the model's 50 positions"),
+])
+def test_mistakes_are_one_line(run_dir: Path, text, argv, message):
+    rc, out, err = run_cli("explain", text, "--model", str(run_dir), *argv)
+    assert rc == 2 and out == "" and err.count("\n") == 1 and message in err, err
+
+
+def test_a_long_text_is_cut_with_one_warning(run_dir: Path):
+    rc, out, err = run_cli("explain", "a" * 60, "--model", str(run_dir), "--json")
+    assert rc == 0 and json.loads(out)["T"] == 50
+    assert err.count("selfattention: warning:") == 1 and "the last 10 were dropped" in err
+
+
+def test_a_gru_checkpoint_has_no_attention(tmp_path: Path):
+    run = train(tmp_path / "gru", "--model", "gru", "--steps", "2", "--checkpoint-every", "2",
+                "--eval-every", "2")
+    rc, out, err = run_cli("explain", "abc=", "--model", str(run))
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert "holds a GRU model: it has no attention to explain" in err
