@@ -198,12 +198,10 @@ def test_hovering_a_word_shows_its_row_and_steps(chrome, tmp_path: Path, minilm:
     assert_row(shown(chrome), minilm)
 
 
-def test_screenshot_is_not_blank(chrome, tmp_path: Path, minilm: AttentionData):
+def test_screenshot_is_not_blank(chrome, tmp_path: Path, full: AttentionData):
     import matplotlib.image
 
-    open_page(chrome, minilm, tmp_path / "minilm.html")
-    chrome.find_element("css selector", 'canvas.thumb[data-layer="0"][data-head="3"]').click()
-    chrome.find_elements("css selector", "#tokens button")[3].click()
+    open_page(chrome, full, tmp_path / "minilm.html", layer=1, head=4, word=4)  # as explain --html --word 4
     height, frame = chrome.execute_script(
         "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]")
     chrome.set_window_size(1440, height + frame)  # the whole page, no scroll bar

@@ -353,7 +353,7 @@ def test_vmax_fixes_the_scale_and_the_colour_bar_says_which(toy):
     label = ax.figure.axes[-1].get_ylabel()
     hi = float(toy.weights[0][0].max())
     assert (ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (0.0, pytest.approx(hi))
-    assert f"0 to the largest weight shown, {hi:.3g}" in label
+    assert f"0 to the max shown, {hi:.3g}" in label
     ax = png.plot_head(toy, 1, 1, vmax=1)
     assert (ax.images[0].norm.vmin, ax.images[0].norm.vmax) == (0.0, 1.0)
     assert "fixed, 0 to 1" in ax.figure.axes[-1].get_ylabel()

@@ -170,7 +170,7 @@ def _stats(samples: list[float], calls: int) -> dict[str, object]:
 
 def measure_size(
     T: int, *, dim: int = 64, batch: int = 1, loop_max_t: int = LOOP_MAX_T, device: str = "cpu",
-    min_rounds: int = 5, max_rounds: int = 200, target: float = 0.10, budget: float = 5.0,
+    min_rounds: int = 5, max_rounds: int = 1000, target: float = 0.10, budget: float = 5.0,
     on_round: Callable[[int, float], None] | None = None, clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, object]:
     """Every candidate at length T, in alternating rounds (see the module's docstring).
@@ -304,7 +304,7 @@ def scaling(rows: list[dict], method: str, p: str) -> float | None:
 
 def run_bench(
     sizes: list[int], *, dim: int = 64, batch: int = 1, loop_max_t: int = LOOP_MAX_T, device: str = "cpu",
-    min_rounds: int = 5, max_rounds: int = 200, target: float = 0.10, budget: float = 5.0,
+    min_rounds: int = 5, max_rounds: int = 1000, target: float = 0.10, budget: float = 5.0,
     progress: Progress | None = None, clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, object]:
     """Measure every size; a JSON-serializable dict with "config", "machine", "rows", "scaling",
@@ -331,7 +331,7 @@ def run_bench(
         for m, passes in row["ms"].items():
             for p, st in passes.items():
                 if st is not None and st["spread"] > target:
-                    warnings.append(f"T = {row['T']}, {LABELS[m]} {p}: spread {100 * st['spread']:.0f} % "
+                    warnings.append(f"T = {row['T']}, {LABELS[m]} {p}: spread {100 * st['spread']:.1f} % "
                                     f"after {row['rounds']} rounds (target {100 * target:.0f} %)")
     config = {"sizes": list(sizes), "dim": dim, "batch": batch, "loop_max_t": loop_max_t, "device": device,
               "min_rounds": min_rounds, "max_rounds": max_rounds, "target": target, "budget": budget,
@@ -381,8 +381,9 @@ def render_table(result: dict, *, width: int = TABLE_WIDTH) -> str:
     out = [f"bench: one attention head vs GRU and LSTM, B = {c['batch']}, D = {c['dim']}, float32, {where}"]
     if mach.get("load_average"):
         before = mach.get("load_average_start", mach["load_average"])
-        out.append(f"load average (1 min) {before[0]:.2f} before, {mach['load_average'][0]:.2f} after: above "
-                   f"{mach['cpu_count']}, other work shared the cores")
+        busy = max(before[0], mach["load_average"][0]) > (mach["cpu_count"] or 1)
+        out.append(f"load average (1 min) {before[0]:.2f} before, {mach['load_average'][0]:.2f} after, on "
+                   f"{mach['cpu_count']} CPUs" + (": other work shared the cores" if busy else ""))
     out += ["cell: ms per call, median ±spread (interquartile range ÷ median) over rounds alternating the",
            f"candidates, until every spread ≤ {100 * c['target']:.0f} % or {c['budget']:g} s per size "
            "(!: a spread still above)",

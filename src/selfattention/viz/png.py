@@ -61,7 +61,7 @@ def _scale(W: np.ndarray, vmax: float | None) -> tuple[float, float, str]:
     """(lo, hi, what the colour bar says) for weights W under ``vmax`` (None: 0 to W's largest)."""
     if vmax is None:
         lo, hi = value_range(W)
-        return lo, hi, f"0 to the largest weight shown, {hi:.3g}"
+        return lo, hi, f"0 to the max shown, {hi:.3g}"
     if not isinstance(vmax, (int, float, np.floating)) or not np.isfinite(vmax) or vmax <= 0:
         raise ValueError(f"vmax must be a number > 0, got {vmax!r}")
     return 0.0, float(vmax), f"fixed, 0 to {vmax:g}"
