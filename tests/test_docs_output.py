@@ -39,7 +39,8 @@ def _same_magnitude(a: float, b: float) -> bool:
 
 def test_the_docs_show_commands():
     names = [(doc, cmd) for doc, cmd, _ in blocks()]
-    assert sum(doc == "lecture.md" for doc, _ in names) >= 5 and sum(doc == "README.md" for doc, _ in names) >= 2
+    assert sum(doc == "lecture.md" for doc, _ in names) >= 5
+    assert sum(doc == "README.md" for doc, _ in names) >= 2
 
 
 @pytest.mark.parametrize("doc, command, shown", blocks(), ids=lambda x: x if isinstance(x, str) else "")
