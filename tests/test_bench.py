@@ -202,3 +202,28 @@ def test_device_cuda_without_a_gpu_is_one_error_line():
 
 def test_time_ms_measures_wall_time():
     assert time_ms(lambda: time.sleep(0.003), repeats=3, warmup=0) >= 2.9
+
+
+def test_a_kernel_that_fails_is_left_out_and_said(monkeypatch):
+    """The Triton kernel (on CUDA only) is optional: if it fails, the others are still measured."""
+    clock = FakeClock()
+    costs = {f"{m} {p}": (lambda: 0.002) for m in METHODS for p in PASSES}
+    make = fake_candidates(clock, costs, [])
+
+    def with_kernel(T, **kw):
+        fns = make(T, **kw)
+
+        def broken():
+            raise RuntimeError("no kernel for this GPU")
+        fns["triton", "fwd"] = fns["triton", "fwd+bwd"] = broken
+        return fns
+
+    monkeypatch.setattr(bench, "candidates", with_kernel)
+    r = run_bench([8], min_rounds=2, budget=0, clock=clock)
+    assert "triton" not in r["rows"][0]["ms"] and "triton" not in r["scaling"]
+    why = "left out, it failed (RuntimeError: no kernel for this GPU)"
+    assert r["warnings"] == [f"T = 8, triton fwd: {why}", f"T = 8, triton fwd+bwd: {why}"]
+    costs["gru fwd"] = lambda: 1 / 0  # any other candidate failing is a bug, not a note
+    monkeypatch.setattr(bench, "candidates", make)
+    with pytest.raises(ZeroDivisionError):
+        run_bench([8], min_rounds=2, budget=0, clock=clock)

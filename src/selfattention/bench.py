@@ -181,12 +181,19 @@ def measure_size(
     """
     dev = torch.device(device)
     fns = candidates(T, dim=dim, batch=batch, loop_max_t=loop_max_t, device=dev)
-    keys = list(fns)
-    calls = {}
-    for key in keys:  # warm-up (caches, kernels, allocator), then how many calls make a sample
-        fns[key]()
+    calls, skipped = {}, {}
+    for key in list(fns):  # warm-up (caches, kernels, allocator), then how many calls make a sample
+        try:
+            fns[key]()
+        except Exception as err:  # noqa: BLE001 (only the optional kernel may fail; it is left out, said)
+            if key[0] != "triton":
+                raise
+            skipped[key] = f"{type(err).__name__}: {err}".splitlines()[0]
+            del fns[key]
+            continue
         _sync(dev)
         calls[key] = 1 if key[0] == "loop" else _calls(fns[key], dev, clock)
+    keys = list(fns)
     samples: dict[tuple[str, str], list[float]] = {key: [] for key in keys}
     start = clock()
     rounds = 0
@@ -211,7 +218,7 @@ def measure_size(
         for rnn in RNNS:
             ratio[f"{rnn}_{p}"] = _ratio_stats(np.array(samples[rnn, p]) / best)  # paired: one per round
     return {"ms": ms, "ratio": ratio, "fastest_attention": fastest, "rounds": rounds,
-            "seconds": clock() - start}
+            "seconds": clock() - start, "skipped": {f"{m} {p}": why for (m, p), why in skipped.items()}}
 
 
 def _ratio_stats(r: np.ndarray) -> dict[str, object]:
@@ -326,7 +333,8 @@ def run_bench(
                            on_round=on_round, clock=clock)
         rows.append({"T": T, **row})
     methods = [m for m in (*METHODS, "triton") if any(m in row["ms"] for row in rows)]
-    warnings = []
+    warnings = [f"T = {row['T']}, {what}: left out, it failed ({why})" for row in rows
+                for what, why in row["skipped"].items()]
     for row in rows:
         for m, passes in row["ms"].items():
             for p, st in passes.items():

@@ -143,8 +143,8 @@ def _load(args: argparse.Namespace):
     name = args.model or DEFAULT_MODEL
     if name not in ("toy", *PRETRAINED) and not os.path.isdir(name):
         raise ModelError(f"unknown model {name!r}: expected minilm, toy, a directory in Hugging Face BERT "
-                         "layout (config.json, model.safetensors, tokenizer.json), or a `selfattention train` "
-                         "--out folder")
+                         "layout (config.json, model.safetensors, tokenizer.json), or a `selfattention "
+                         "train` --out folder")
     if name != "toy" and os.path.isdir(name):
         from .train.traced import is_training_folder
 
