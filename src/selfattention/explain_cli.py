@@ -206,7 +206,10 @@ def _compute(args: argparse.Namespace, text: str, files: dict[str, str]) -> tupl
     base = _load(args)
     check_layer_head(base, args.layer, args.head)
     model = Recorded(base, causal=args.causal)
-    width = 10**6 if args.wide else max(60, min(shutil.get_terminal_size((FIT, 24)).columns, FIT))
+    # A terminal narrower than FIT gets its own width; a pipe or file gets FIT, whatever the terminal.
+    tty = getattr(sys.stdout, "isatty", lambda: False)()
+    cols = shutil.get_terminal_size((FIT, 24)).columns if tty else FIT
+    width = 10**6 if args.wide else max(60, min(cols, FIT))
     options = {"truncate": not args.no_truncate, "max_tokens": MAX_TOKENS}
     if args.permute:
         from .explain_order import build_order, render_order
