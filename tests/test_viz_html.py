@@ -265,18 +265,12 @@ def test_weights_only_page_says_the_steps_need_qkv(chrome, tmp_path: Path):
 @pytest.fixture(scope="module")
 def full() -> AttentionData:
     """MiniLM with what the explorer's mask and multi-head views need (as explain --html gives it)."""
-    from selfattention.models import load
-    from selfattention.models.variants import Recorded, attention_data
-
-    return attention_data(trace(Recorded(load("minilm")), SENTENCE))
+    return trace("minilm", SENTENCE).attention_data()
 
 
 @pytest.fixture(scope="module")
 def causal() -> AttentionData:
-    from selfattention.models import load
-    from selfattention.models.variants import Recorded, attention_data
-
-    return attention_data(trace(Recorded(load("minilm"), causal=True), SENTENCE))
+    return trace("minilm", SENTENCE, causal=True).attention_data()
 
 
 def test_the_page_opens_on_the_runs_layer_head_and_word(chrome, tmp_path: Path, full: AttentionData):

@@ -25,7 +25,6 @@ from .models import DEFAULT_LAYER, ToyModel
 from .models.heads import default_head, overview
 from .models.positions import input_parts
 from .models.tracing import Trace
-from .models.variants import unwrap
 
 MAX_TOKENS = 512  # the reference loops are O(T²) Python (≈1 s at 512); BERT's positions end there
 TABLE_WORDS = 12  # tables wider than this are cut; the heatmap and --json show everything
@@ -65,8 +64,8 @@ def resolve_word(word: str | None, tokens: list[str], *, default: int = 0, unit:
 
 
 def is_toy(trace: Trace) -> bool:
-    """Whether the trace is of the toy model (possibly run another way, ``models.variants``)."""
-    return isinstance(unwrap(trace.model), ToyModel)
+    """Whether the trace is of the toy model."""
+    return isinstance(trace.model, ToyModel)
 
 
 def mask_report(trace: Trace, layer: int) -> dict[str, object] | None:
@@ -80,11 +79,8 @@ def mask_report(trace: Trace, layer: int) -> dict[str, object] | None:
         return None
     a = allowed.numpy()
     causal = a.shape[0] == a.shape[1] and bool((a == np.tri(*a.shape, dtype=bool)).all())
-    model = trace.model
-    added = bool(getattr(model, "causal", False)) and model is not unwrap(model) \
-        and not getattr(unwrap(model), "causal", False)
     return {"kind": "causal" if causal else "mask", "allowed": a.tolist(), "masked": int((~a).sum()),
-            "illustration": added, "alignment": "top_left"}
+            "illustration": trace.added_causal, "alignment": "top_left"}
 
 
 def default_word(trace: Trace) -> int:

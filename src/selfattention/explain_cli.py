@@ -200,17 +200,15 @@ def _compute(args: argparse.Namespace, text: str, files: dict[str, str]) -> tupl
     from .explain import MAX_TOKENS, build_report, render_text, verify_backends
     from .models import DEFAULT_LAYER, check_layer_head
     from .models.tracing import trace
-    from .models.variants import Recorded
     from .viz.terminal import color_enabled
 
-    base = _load(args)
-    check_layer_head(base, args.layer, args.head)
-    model = Recorded(base, causal=args.causal)
+    model = _load(args)
+    check_layer_head(model, args.layer, args.head)
     # A terminal narrower than FIT gets its own width; a pipe or file gets FIT, whatever the terminal.
     tty = getattr(sys.stdout, "isatty", lambda: False)()
     cols = shutil.get_terminal_size((FIT, 24)).columns if tty else FIT
     width = 10**6 if args.wide else max(60, min(cols, FIT))
-    options = {"truncate": not args.no_truncate, "max_tokens": MAX_TOKENS}
+    options = {"truncate": not args.no_truncate, "max_tokens": MAX_TOKENS, "causal": args.causal}
     if args.permute:
         from .explain_order import build_order, render_order
 
@@ -277,10 +275,8 @@ def _write_files(args: argparse.Namespace, t, files: dict[str, str]) -> list[str
     from .explain import default_word, is_toy, resolve_word
     from .models import DEFAULT_LAYER
     from .models.heads import default_head
-    from .models.variants import attention_data, unwrap
-
-    data = attention_data(t)
-    base = unwrap(t.model)
+    data = t.attention_data()
+    base = t.model
     toy = is_toy(t)
     name = f"the toy model (D = {base.dim}, seed {base.seed})" if toy else data.title
     if toy and args.causal:

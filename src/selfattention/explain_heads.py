@@ -5,7 +5,7 @@ packed projection's Q, K and V blocks (``MultiHeadAttention.head_projections``/`
 where; nothing here slices the packed weight). Every head reads the whole input H and gives Z_h
 (d × T) by the per-word loops; the heads' outputs are stacked into C = [Z_1; …; Z_H] (H·d × T), and
 the output projection gives the layer's output O = W_O C + b_O (D × T). O is verified against the
-layer's own output in the model's forward pass (recorded by ``models.variants.Recorded``).
+layer's own output in the model's forward pass (recorded by the trace).
 
 ``build_multihead(trace, layer=, word=)`` → a JSON-serializable dict; ``render_multihead`` → text.
 """
@@ -32,14 +32,11 @@ def build_multihead(trace: Trace, *, layer: int | None = None, word: str | None 
     """Every head of ``layer`` (1-based) by the loops, their concatenation, W_O and the output.
 
     Lecture convention (words are columns): H (D, T); per head Z_h (d, T); C (H·d, T); W_O (D, H·d);
-    O and the layer's own output (D, T). Needs the layer's own output, recorded when ``trace.model``
-    is a ``models.variants.Recorded``; ValueError otherwise.
+    O and the layer's own output (D, T), as the trace recorded it.
     """
     n = (layer or DEFAULT_LAYER) - 1
-    outputs = getattr(trace.model, "outputs", None)
-    if not outputs or n not in outputs:
-        raise ValueError("build_multihead needs the layer's own output: trace a models.variants.Recorded "
-                         "model")
+    if trace.layers[n].output is None:
+        raise ValueError(f"the trace did not record layer {n + 1}'s output")
     lt, attn, tokens = trace.layers[n], trace.attention(n), trace.tokens.tokens
     i = resolve_word(word, tokens, default=default_word(trace), unit=trace.model.unit)
     H = _np(lt.x).T  # (D, T)
@@ -61,12 +58,12 @@ def build_multihead(trace: Trace, *, layer: int | None = None, word: str | None 
     W_O = _np(attn.out_proj.weight)  # (D, H·d)
     b_O = _np(attn.out_proj.bias)  # (D,) or None
     O = W_O @ C + (0.0 if b_O is None else b_O[:, None])  # (D, T)
-    own_O = _np(outputs[n]).T  # (D, T): the layer's output in the forward pass
+    own_O = _np(trace.layers[n].output).T  # (D, T): the layer's output in the forward pass
     tolerance = TOLERANCE if lt.x.dtype == torch.float64 else LAYER_TOLERANCE  # the toy: float64
     diffs = {"output": float(np.abs(O - own_O).max(initial=0.0)),
              "heads": max(x["max_abs_diff"] for x in heads)}
     return {
-        "model": trace.model.name, "title": getattr(trace.model, "title", trace.model.name),
+        "model": trace.model.name, "title": trace.title,
         "text": trace.text, "tokens": tokens, "unit": trace.model.unit,
         "layer": n + 1, "num_layers": trace.num_layers, "num_heads": attn.num_heads,
         "num_kv_heads": attn.num_kv_heads, "D": H.shape[0], "d": attn.head_dim, "T": H.shape[1],

@@ -46,7 +46,7 @@ def build_order(model: Any, text: str, *, layer: int | None = None,
 
     Per word: its old and new position, z (every head, the layer's own output) in both orders and
     max |Δz| with the word followed to its new place; likewise for h (the layer's input) and α
-    (α'_kl against α_p(k)p(l)). ``options`` go to ``trace`` (truncate, max_tokens). UsageError when
+    (α'_kl against α_p(k)p(l)). ``options`` go to ``trace`` (truncate, max_tokens, causal). UsageError when
     reversing gives the same tokens (nothing to compare).
     """
     n = (layer or DEFAULT_LAYER) - 1
@@ -56,7 +56,8 @@ def build_order(model: Any, text: str, *, layer: int | None = None,
     if moved == a.tokens.tokens:
         raise UsageError(f"reversed, {' '.join(printable(t) for t in moved)!r} is the same sentence: give at "
                          "least two different words")
-    b = run(model, moved, layers=[n], max_tokens=options.get("max_tokens"))
+    b = run(model, moved, layers=[n], max_tokens=options.get("max_tokens"),
+            causal=options.get("causal", False))
     la, lb = a.layers[n], b.layers[n]
     za, zb = (t.z["auto"].double().numpy() for t in (la, lb))  # (H, T, d): every head's z
     xa, xb = (t.x.double().numpy() for t in (la, lb))  # (T, D): the layer's input, h_i as rows
@@ -82,7 +83,7 @@ def build_order(model: Any, text: str, *, layer: int | None = None,
                      "before": before, "after": after}
     kind = parts["before"]["positions"] if parts else _positions_of(model)
     return {
-        "model": model.name, "title": getattr(model, "title", model.name), "unit": model.unit,
+        "model": model.name, "title": a.title, "unit": model.unit,
         "layer": n + 1, "text": a.text, "tokens": a.tokens.tokens, "permuted": moved, "permutation":
         [x + 1 for x in p], "positions": kind, "words": words, "tolerance": tolerance,
         "max_abs_diff": {"z": float(dz.max()), "h": float(dh.max()), "weights": dw},

@@ -28,7 +28,6 @@ def input_parts(model: Any, tokens: Tokens, i: int) -> dict[str, object] | None:
     """How h_i (0-based ``i``) of ``model``'s first attention layer is made, or None."""
     from .pretrained import PretrainedModel
 
-    model = getattr(model, "base", model)  # a variants.Recorded wrapper: the model inside
     if isinstance(model, PretrainedModel):
         return _bert_parts(model, tokens, i)
     parts = getattr(model, "input_parts", None)  # ToyModel, train.traced.TracedDecoder

@@ -67,6 +67,7 @@ class LayerTrace:
     z: dict[str, torch.Tensor]  # backend → (H, T, d), every head's output; "auto": the model's own pass
     allowed: torch.Tensor | None  # (T, T) bool, True = may attend (None: every position)
     auto_backend: str  # the tier "auto" ran for this layer
+    output: torch.Tensor | None = None  # (T, D): the layer's own output (heads concatenated, W_O)
 
 
 @dataclass
@@ -77,6 +78,17 @@ class Trace:
     text: str
     tokens: Tokens
     layers: dict[int, LayerTrace] = field(default_factory=dict)
+    causal: bool = False  # every layer was run causal for this trace (trace(..., causal=True))
+
+    @property
+    def title(self) -> str:
+        """The model's title, and whether a causal mask was added to a model trained without one."""
+        title = getattr(self.model, "title", self.model.name)
+        return f"{title}, causal mask" if self.added_causal else title
+
+    @property
+    def added_causal(self) -> bool:
+        return self.causal and not getattr(self.model, "causal", False)
 
     @property
     def num_layers(self) -> int:
@@ -109,9 +121,17 @@ class Trace:
             q=[t.q for t in ls], k=[per_query_head(t.k, n) for n, t in enumerate(ls)],
             v=[per_query_head(t.v, n) for n, t in enumerate(ls)],
             scale=default_scale(self.attention(0).head_dim),
-            title=getattr(self.model, "title", self.model.name) if title is None else title,
+            title=self.title if title is None else title,
         )
         data.meta["dropped"] = self.tokens.dropped or 0
+        # the explorer's mask and multi-head views: masks, output projections, the layers' outputs
+        data.allowed = [None if t.allowed is None else t.allowed.numpy() for t in ls]
+        proj = [self.attention(n).out_proj for n in order]
+        data.w_o = [p.weight.detach().float().numpy() for p in proj]  # (D, H·d) each
+        data.b_o = [None if p.bias is None else p.bias.detach().float().numpy() for p in proj]
+        if all(t.output is not None for t in ls):
+            data.outputs = [t.output.float().numpy() for t in ls]  # (T, D) each
+        data.unit = self.model.unit
         return data
 
 
@@ -127,9 +147,12 @@ def trace(
     backends: Sequence[str] = (),
     truncate: bool = True,
     max_tokens: int | None = None,
+    causal: bool = False,
 ) -> Trace:
     """Run ``model`` once on ``text`` (a string, or a list of the model's own tokens) and record
     ``layers`` (0-based; None: all). ``backends``: tiers to recompute each traced layer's heads with.
+    ``causal``: run every attention layer causal (word i sees words 1 … i), to show a decoder's
+    mask on any model; the mask is recorded and verified like any other.
 
     Raises ValueError for text the model cannot take (empty, too long when ``truncate`` is False,
     more than ``max_tokens`` tokens, unknown tokens), the model's ``overflow_error`` when a layer's
@@ -147,9 +170,12 @@ def trace(
     seen: dict[int, dict[str, Any]] = {n: {} for n in wanted}
     finite: dict[int, bool] = {}  # every layer up to the last wanted: is its input finite?
     hooks = [attn[n].register_forward_pre_hook(_finite_hook(finite, n)) for n in range(wanted[-1] + 1)]
+    if causal:  # registered first, so every hook below sees the call as the layer receives it
+        hooks += [a.register_forward_pre_hook(_make_causal, prepend=True, with_kwargs=True) for a in attn]
     for n in wanted:
         hooks.append(attn[n].register_forward_pre_hook(_input_hook(seen[n]), with_kwargs=True))
         hooks.append(attn[n].out_proj.register_forward_pre_hook(_heads_hook(seen[n], attn[n])))
+        hooks.append(attn[n].register_forward_hook(_output_hook(seen[n])))
         if n == wanted[-1]:
             hooks.append(attn[n].register_forward_hook(_stop))
     try:
@@ -163,7 +189,7 @@ def trace(
     bad = next((n for n in sorted(finite) if not finite[n]), None)
     if bad is not None:
         raise model.overflow_error(bad)  # the first layer whose output is not finite (0: embeddings)
-    out = Trace(model, text if isinstance(text, str) else " ".join(text), toks)
+    out = Trace(model, text if isinstance(text, str) else " ".join(text), toks, causal=causal)
     for n in wanted:
         out.layers[n] = _layer(model, n, attn[n], seen[n], backends)
     return out
@@ -177,6 +203,19 @@ def _input_hook(store: dict[str, Any]):
         store["causal"] = bool(kwargs.get("causal", False))
         alignment = kwargs.get("causal_alignment")
         store["alignment"] = alignment if alignment is not None else "top_left"
+    return hook
+
+
+def _make_causal(_module, args, kwargs):
+    """Make a self-attention call causal (queries and keys from the same x)."""
+    if len(args) > 1 or kwargs.get("context") is not None:
+        raise ValueError("a causal mask here is for self-attention; this layer is given a context")
+    return args, {**kwargs, "causal": True}
+
+
+def _output_hook(store: dict[str, Any]):
+    def hook(_module, _args, out):  # (1, T, D), or (out, weights) when the model asked for weights
+        store["output"] = (out[0] if isinstance(out, tuple) else out).detach()
     return hook
 
 
@@ -213,6 +252,7 @@ def _layer(model: Traceable, n: int, attn: MultiHeadAttention, seen: dict[str, A
     if not all(torch.isfinite(t).all() for t in (q, k, v, w, *z.values())):
         raise model.overflow_error(n + 1)
     return LayerTrace(
+        output=seen["output"][0] if "output" in seen else None,
         x=x[0], q=q[0], k=k[0], v=v[0], weights=w[0], z={b: t[0] for b, t in z.items()},
         allowed=_allowed(seen, q.shape[2], k.shape[2]), auto_backend=attn.backend_for(q, k, v, **kw),
     )
