@@ -28,7 +28,11 @@ def tiny(task: str = "reverse", **kw) -> TrainConfig:
 
 def env() -> dict[str, str]:
     """The environment of a subprocess: this checkout's sources first, one thread, no spinning."""
-    e = dict(os.environ)
+    # Not what this test process's own imports left behind: torch._inductor (imported by other tests)
+    # sets variables such as _TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR, a pointer into this process,
+    # that no child should inherit.
+    skip = ("_TORCHINDUCTOR", "TORCHINDUCTOR", "PYTEST")
+    e = {k: v for k, v in os.environ.items() if not k.startswith(skip)}
     e["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), e.get("PYTHONPATH", "")])
     e.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     return e

@@ -103,7 +103,8 @@ def test_a_dead_or_hung_rank_makes_the_other_exit_with_a_message(tmp_path: Path,
     assert procs[0].returncode == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
+    # wherever it noticed: in a training step's gradients, or summing the losses for an evaluation
     assert lines[0].startswith("selfattention: error: rank 0 of 2: another training process died or did not "
-                               "answer within 5 s while training step")
+                               "answer within 5 s while ")
     assert "--resume" in lines[0]
     assert waited < 45  # the 5 s timeout, plus a busy machine's slack

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from dataclasses import fields
@@ -71,7 +72,7 @@ def make_config(args: argparse.Namespace):
 def train_command(args: argparse.Namespace) -> int:
     import torch
 
-    from .distributed import PeerError, setup, teardown
+    from .distributed import PeerError, barrier, setup, teardown
 
     if args.out is None:
         args.out = str(Path("runs") / args.task)
@@ -86,14 +87,20 @@ def train_command(args: argparse.Namespace) -> int:
                       progress=False if args.no_progress else None, text=text)
         if dist.main:
             _finish(trainer, Path(args.out), pictures=not args.no_pictures)
+        barrier(dist)  # no process leaves the group while another still uses it
     except PeerError as err:
         print(f"selfattention: error: {err}; stopping (continue from the last checkpoint with --resume)",
               file=sys.stderr, flush=True)
+        if dist.world > 1:
+            # The group is broken: its threads can abort the interpreter's exit ("terminate called
+            # without an active exception", status -6). Checkpoints are written atomically; leave now.
+            sys.stdout.flush()
+            os._exit(1)
         return 1
     finally:
         try:
             teardown(dist)
-        except Exception:  # a broken group cannot always be torn down; the process is ending anyway
+        except Exception:  # a group left by an error cannot always be torn down; the process is ending
             pass
     return 0
 

@@ -106,6 +106,15 @@ def _looks_distributed(message: str) -> bool:
     return any(w in message.lower() for w in words)
 
 
+def barrier(dist: Dist) -> None:
+    """Wait until every process gets here."""
+    if dist.world > 1:
+        import torch.distributed as td
+
+        with guard(dist, "waiting for the others to finish"):
+            td.barrier()
+
+
 def all_sum(values: list[float], dist: Dist) -> list[float]:
     """Element-wise sums over all processes (float64), in every process."""
     if dist.world <= 1:
