@@ -255,9 +255,10 @@ def _similarity(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    # Idle OpenMP threads sleep instead of spinning (unless the user chose): on a busy machine
-    # spinning threads made timings 5-10× slower and far noisier. Effective before torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OpenMP's wait policy is left as the user has it: making idle threads sleep (PASSIVE) steadies
+    # a busy machine, but on a quiet one it adds a wake-up to every parallel region, which made the
+    # small attention calls (several ops each) 3-4× slower at T = 16 and tilted the comparison
+    # against attention (measured). The load line says when the cores were shared.
     from .bench import check_memory, render_table, resolve_device, run_bench
 
     tty = sys.stderr.isatty()
