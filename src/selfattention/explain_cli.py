@@ -74,6 +74,11 @@ def add_parser(sub: argparse._SubParsersAction, int_in: Callable[[int, int], Cal
     e.add_argument("--wide", action="store_true",
                    help=f"print everything: no line wrapped or cut to {FIT} columns, every word in the "
                         "tables")
+    _next_steps(e)
+    _pictures(e)
+
+
+def _next_steps(e: argparse.ArgumentParser) -> None:
     n = e.add_argument_group("the lecture's next steps")
     n.add_argument("--multihead", action="store_true",
                    help="walk the layer's multi-head attention: every head's Z, their concatenation, W_O "
@@ -92,6 +97,9 @@ def add_parser(sub: argparse._SubParsersAction, int_in: Callable[[int, int], Cal
                         "step when one is wrong; exit 0 when all are right, 1 when any is wrong")
     n.add_argument("--answers", metavar="E,ALPHA,Z",
                    help="with --quiz: the three answers, comma-separated, instead of reading stdin")
+
+
+def _pictures(e: argparse.ArgumentParser) -> None:
     f = e.add_argument_group("pictures", "With --png and/or --html the files are written (atomically: "
                              "complete or not at all) and one line per file is printed instead of the "
                              "walk-through (with --json, only the JSON). Colours: viridis, from weight 0 "

@@ -51,6 +51,27 @@ def _quiet_threads() -> None:
 
 def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse.Namespace], int]]:
     """Add this package's subcommands to ``sub``; returns {command: handler(args) -> exit status}."""
+    t = _train_parser(sub)
+    _model_options(t)
+    _running_options(t)
+    _generate_parser(sub)
+
+    def train(args: argparse.Namespace) -> int:
+        _quiet_threads()
+        from .commands import train_command
+
+        return train_command(args)
+
+    def generate(args: argparse.Namespace) -> int:
+        _quiet_threads()
+        from .commands import generate_command
+
+        return generate_command(args)
+
+    return {"train": train, "generate": generate}
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train", help="train a Transformer (or a GRU) on a task and watch attention form",
         description="Train a small decoder-only Transformer (or the GRU baseline) on a synthetic task or "
@@ -77,6 +98,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse
     t.add_argument("--eval-every", type=_positive, metavar="N",
                    help="steps between evaluations (default 100)")
     t.add_argument("--keep", type=_positive, metavar="N", help="checkpoints kept, the newest (default 3)")
+    return t
+
+
+def _model_options(t: argparse.ArgumentParser) -> None:
     m = t.add_argument_group("model and optimizer (identity of the run: fixed once it started)")
     m.add_argument("--d-model", type=_positive, metavar="N",
                    help="D, width of the word vectors (default 64; text 128)")
@@ -102,6 +127,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse
                    help="length generalisation is measured on max-len+1 … this (default 24; recall 12)")
     m.add_argument("--context", type=_positive, metavar="N",
                    help="text: characters per training window (default 128)")
+
+
+def _running_options(t: argparse.ArgumentParser) -> None:
     r = t.add_argument_group("running")
     r.add_argument("--threads", type=_positive, metavar="N",
                    help="CPU threads of this process (default: torch's)")
@@ -111,6 +139,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse
     r.add_argument("--no-pictures", action="store_true",
                    help="do not draw curves.png, attention.png and attention.html at the end")
 
+
+def _generate_parser(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser(
         "generate", help="continue a prompt with a trained model (KV cache)",
         description="Continue --prompt with the newest usable checkpoint of a training --out DIR, one token "
@@ -126,17 +156,3 @@ def add_parsers(sub: argparse._SubParsersAction) -> dict[str, Callable[[argparse
                    help="seed of the sampling (default 0)")
     g.add_argument("--no-cache", action="store_true",
                    help="recompute the whole prefix for every token (slow; for comparison)")
-
-    def train(args: argparse.Namespace) -> int:
-        _quiet_threads()
-        from .commands import train_command
-
-        return train_command(args)
-
-    def generate(args: argparse.Namespace) -> int:
-        _quiet_threads()
-        from .commands import generate_command
-
-        return generate_command(args)
-
-    return {"train": train, "generate": generate}
