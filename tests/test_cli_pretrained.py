@@ -8,8 +8,6 @@ tmp_path with the big files symlinked.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -20,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import model_dir_copy
+from conftest import model_dir_copy, run_cli
 
-from selfattention.cli import main
 from selfattention.embed import PROGRESS_MIN
 from selfattention.models.pretrained import default_model_path
 
@@ -32,23 +29,7 @@ LONG = "word " * 600  # 600 word pieces + [CLS] and [SEP] = 602
 D, HEADS, d = 384, 12, 32
 
 
-def run(*argv: str, stdin: str | None = None, tty: bool = False) -> tuple[int, str, str]:
-    """main(argv) in-process → (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), _Tty() if tty else io.StringIO()
-    old_stdin = sys.stdin
-    try:
-        if stdin is not None:
-            sys.stdin = io.StringIO(stdin)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = main(list(argv))
-    finally:
-        sys.stdin = old_stdin
-    return rc, out.getvalue(), err.getvalue()
-
-
-class _Tty(io.StringIO):
-    def isatty(self) -> bool:
-        return True
+run = run_cli  # main(argv) in-process → (exit status, stdout, stderr)
 
 
 def explain_json(*argv: str) -> dict:
