@@ -189,7 +189,7 @@ def test_sinusoidal_positions_are_added_and_make_order_matter():
     np.testing.assert_allclose(np.array(r["H"]) - np.array(plain["H"]), PE.T, atol=1e-6)  # float32 table
     assert r["input"]["positions"] == "sinusoidal"
     names = [name for name, _ in r["input"]["parts"]]
-    assert names[1].startswith("+ PE(1)")
+    assert names[1].startswith("+ PE(0),")  # word 1: the formula counts p from 0
     order = explain_json(SENTENCE, *TOY, "--positions", "sinusoidal", "--permute")
     assert not order["unchanged"] and min(w["max_abs_diff_z"] for w in order["words"]) > 1e-3
     assert "The z's changed" in flat(explain_text(SENTENCE, *TOY, "--positions", "sinusoidal", "--permute"))
@@ -260,8 +260,9 @@ def test_wide_prints_everything():
 
 def test_learner_notes_are_in_the_walk_through():
     out = flat(explain_text(SENTENCE))
-    for piece in ["([CLS], [SEP]: markers the tokenizer adds; word pieces: its units",
-                  "(T = 7 word pieces)", "(score: per real word piece, its weight on real ones",
+    for piece in ["([CLS], [SEP]: markers the tokenizer adds; word pieces: the tokenizer's units",
+                  "(T = 7 word pieces)",
+                  "(score: the mean over real word pieces of the weight each puts on real word pieces",
                   "The lecture's matrix form Z = softmax(QᵀK/√d_k)·Vᵀ has one row per word, T × d_v",
                   "e_2j = q_2·k_j e_2j / √d_k α_2j"]:
         assert piece in out, piece

@@ -231,19 +231,17 @@ def test_hostile_words_run_nothing(chrome, tmp_path: Path):
     assert browser.console_errors(chrome) == []
 
 
-def test_128_words_stay_responsive(chrome, tmp_path: Path):
+def test_128_words_open_and_answer(chrome, tmp_path: Path):
+    # How fast is benchmarks/explorer_speed.py's question (a timed test fails on a loaded machine);
+    # here: a page of 128 words opens and each interaction lands on the right layer, head, word.
     data = synthetic(128)
-    seconds = open_page(chrome, data, tmp_path / "big.html")
-    render_ms = float(chrome.find_element("css selector", "#explorer").get_attribute("data-render-ms"))
-    assert seconds < 10 and render_ms < 5000, (seconds, render_ms)
-    ms = chrome.execute_script("""
-        const time = f => { const t = performance.now(); f(); return performance.now() - t; };
+    open_page(chrome, data, tmp_path / "big.html")
+    chrome.execute_script("""
         const head = document.getElementById('head'), thumb = document.querySelectorAll('canvas.thumb')[70];
         const word = document.querySelectorAll('#tokens button')[100];
-        return [time(() => { head.value = '7'; head.dispatchEvent(new Event('change')); }),
-                time(() => thumb.dispatchEvent(new MouseEvent('click'))),
-                time(() => word.dispatchEvent(new MouseEvent('mouseenter')))];""")
-    assert max(ms) < 500, ms
+        head.value = '7'; head.dispatchEvent(new Event('change'));
+        thumb.dispatchEvent(new MouseEvent('click'));
+        word.dispatchEvent(new MouseEvent('mouseenter'));""")
     view = shown(chrome)
     assert (view["layer"], view["head"], view["word"]) == (5, 10, 100)
     assert_row(view, data)

@@ -208,12 +208,12 @@ def _describe(trace: Trace, n: int, h: int, why: str) -> dict[str, object]:
     info = model.describe() if hasattr(model, "describe") else {}
     q0, q1 = rows["Q"]
     if attn.num_kv_heads == attn.num_heads:
-        where = f"rows {q0}…{q1 - 1} of the Q, K, V blocks"
+        where = f"rows {q0}…{q1 - 1} (counted from 0) of the Q, K, V blocks"
     else:
         k0, k1 = rows["K"]
-        where = (f"rows {q0}…{q1 - 1} of the Q block and {k0}…{k1 - 1} of the K and V blocks (key/value "
-                 f"head {rows['kv_head'] + 1}, shared by query heads {rows['shared_by'][0] + 1}…"
-                 f"{rows['shared_by'][1]})")
+        where = (f"rows {q0}…{q1 - 1} (counted from 0) of the Q block and {k0}…{k1 - 1} of the K and V "
+                 f"blocks (key/value head {rows['kv_head'] + 1}, shared by query heads "
+                 f"{rows['shared_by'][0] + 1}…{rows['shared_by'][1]})")
     b = " (and b's)" if attn.head_projections(h)["b_Q"] is not None else ""
     entering = getattr(model, "input_description", lambda layer: "")(n + 1)
     return {

@@ -60,15 +60,16 @@ def add_parser(sub: argparse._SubParsersAction, int_in: Callable[[int, int], Cal
                         "sentence it is head 4; head 1 when fewer than two real word pieces)")
     e.add_argument("--word", help="the word (piece) whose z is derived: itself (first occurrence) "
                                   "or a 1-based position ([CLS] is 1); default: the first word "
-                                  "piece after [CLS] (toy: the first word); with --html, the word the "
-                                  "explorer opens on")
+                                  "piece after [CLS] (toy: the first word), under a causal mask the "
+                                  "middle word, which sees some words and not others; with --html, the "
+                                  "word the explorer opens on")
     e.add_argument("--dim", type=int_in(1, MAX_DIM), default=None,
                    help="toy model only: D, the embedding size (default 64, as in the lecture; 4 for --quiz)")
     e.add_argument("--seed", type=int_in(0, 2**63 - 1), default=None,
                    help="toy model only: seed of the random W_Q, W_K, W_V (default 0)")
     e.add_argument("--positions", choices=("none", "sinusoidal"), default=None,
                    help="toy model only: none (default, as in the lecture: the layer is blind to word "
-                        "order) or sinusoidal (h_i = word vector + PE(i), the original Transformer's)")
+                        "order) or sinusoidal (h_i = word vector + PE(i − 1), the original Transformer's)")
     e.add_argument("--json", action="store_true", help="print every number as JSON")
     e.add_argument("--no-color", action="store_true", help="no ANSI colours in the heatmap")
     e.add_argument("--wide", action="store_true",

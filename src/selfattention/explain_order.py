@@ -84,8 +84,9 @@ def build_order(model: Any, text: str, *, layer: int | None = None,
     kind = parts["before"]["positions"] if parts else _positions_of(model)
     return {
         "model": model.name, "title": a.title, "unit": model.unit,
-        "layer": n + 1, "text": a.text, "tokens": a.tokens.tokens, "permuted": moved, "permutation":
-        [x + 1 for x in p], "positions": kind, "words": words, "tolerance": tolerance,
+        "layer": n + 1, "heads": int(za.shape[0]), "text": a.text, "tokens": a.tokens.tokens,
+        "permuted": moved, "permutation": [x + 1 for x in p], "positions": kind, "words": words,
+        "tolerance": tolerance,
         "max_abs_diff": {"z": float(dz.max()), "h": float(dh.max()), "weights": dw},
         "unchanged": bool(dz.max() < tolerance), "parts": parts,
         "masked": la.allowed is not None,  # a causal decoder: order matters through the mask too
@@ -116,12 +117,16 @@ def render_order(r: dict, *, width: int = 100, wide: bool = False) -> str:
                              break_on_hyphens=False)
 
     show = lambda toks: truncate(printable(" ".join(toks)), 10**6 if wide else width - 14)  # noqa: E731
-    out = para(f"Word order: the same {r['unit']} reversed, through layer {r['layer']} of {r['title']}")
+    title = f"the {r['title']}" if r["title"].startswith("toy model") else r["title"]
+    out = para(f"Word order: the same {r['unit']} reversed, through layer {r['layer']} of {title}")
     out += [f"  original: {show(r['tokens'])}", f"  reversed: {show(r['permuted'])}"]
     out += para(_positions_line(r), "  ", "    ") + [""]
     rows = [[truncate(printable(w["word"]), 10), f"{w['old']} → {w['new']}", _vec(w["z_old"]),
              _vec(w["z_new"]), f"{w['max_abs_diff_z']:.1e}"] for w in r["words"]]
-    out.append(format_table(["word", "place", f"z (original, first {SHOW})", "z (reversed)", "max |Δz|"],
+    heads = r.get("heads", 1)
+    z = "z" if heads == 1 else "head 1's z"  # every head is compared; one is shown
+    out.append(format_table(["word", "place", f"{z} (original, first {SHOW})", f"{z} (reversed)",
+                             "max |Δz|" if heads == 1 else f"max |Δz|, {heads} heads"],
                             rows, left=2, indent="  "))
     d = r["max_abs_diff"]
     out.append("")
@@ -152,7 +157,7 @@ def _positions_line(r: dict) -> str:
         return ("positions: none — h_i is the word's vector alone, wherever it stands (add them with "
                 "--positions sinusoidal)")
     if kind == "sinusoidal":
-        return "positions: sinusoidal — h_i = word vector + PE(i), the original Transformer's sinusoids"
+        return "positions: sinusoidal — h_i = word vector + PE(i − 1), the original Transformer's sinusoids"
     if kind == "learned":
         return (f"positions: learned — {r['model']} adds a trained vector p_i for each position i (it "
                 "cannot be switched off); [CLS] and [SEP] stay in place")

@@ -121,8 +121,8 @@ def _sentence(r: dict, v: _View) -> list[str]:
     out += _wrap([f"{n}:{t}" for n, t in enumerate(v.tokens, 1)], max(min(v.width, 400), 60),
                  max_lines=4 if not v.wide else 10**6)
     if v.unit == "word pieces":
-        out += v.para("([CLS], [SEP]: markers the tokenizer adds; word pieces: its units, rare words "
-                      "split: token ##izer)", "  ")
+        out += v.para("([CLS], [SEP]: markers the tokenizer adds; word pieces: the tokenizer's units, a rare "
+                      "word split in parts: tokenizer → token ##izer)", "  ")
     elif v.unit == "characters":
         out += ["  (characters: one character is one token, as the model was trained)"]
     if r.get("dropped"):
@@ -179,7 +179,7 @@ def _shapes(r: dict, v: _View) -> list[str]:
     def dims(name: str) -> str:
         return " × ".join(str(n) for n in sh[name])
 
-    mask = " + mask" if v.allowed is not None else ""
+    masked = v.allowed is not None  # E shows the mask as −∞, so softmax(E / √d_k) applies it
     rows = [
         ["H", dims("H"), f"h_1 … h_T, one column per {one}"],
         ["W_Q, W_K, W_V", f"{dims('W_Q')}",
@@ -188,8 +188,9 @@ def _shapes(r: dict, v: _View) -> list[str]:
         [f"Q = W_Q H{b[0]}", dims("Q"), f"q_i = W_Q h_i{b[0]}: what {one} i is looking for"],
         [f"K = W_K H{b[1]}", dims("K"), f"k_j = W_K h_j{b[1]}: what {one} j offers"],
         [f"V = W_V H{b[2]}", dims("V"), f"v_j = W_V h_j{b[2]}: what {one} j passes on"],
-        ["E = Qᵀ K", dims("E"), "e_ij = q_i · k_j" + (" (−∞ where masked)" if mask else "")],
-        [f"A = softmax(E / √d_k{mask})", dims("A"), "α_ij, softmax over each row j = 1 … T"],
+        ["E = Qᵀ K", dims("E"), "e_ij = q_i · k_j" + (" (−∞ where masked)" if masked else "")],
+        ["A = softmax(E / √d_k)", dims("A"), "α_ij, softmax over each row" + (
+            " (0 where masked)" if masked else " j = 1 … T")],
         ["Z = V Aᵀ", dims("Z"), "z_i = Σ_j α_ij v_j, column i"],
     ]
     out = ["Shapes", format_table(["", "", ""], rows, left=3, indent="  ").split("\n", 1)[1]]

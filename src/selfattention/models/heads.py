@@ -15,7 +15,8 @@ from .tracing import Trace
 MIXING = "the one of this layer mixing the most real {unit} (default)"
 TOO_FEW = "the default when there are fewer than two real {unit} to mix"
 # The rule of ``choose_head`` in one line, for a reader (markers: [CLS], [SEP]).
-HEURISTIC = "score: per real {one}, its weight on real ones × their effective number, averaged"
+HEURISTIC = ("score: the mean over real {unit} of the weight each puts on real {unit} × how many of them "
+             "share that weight, e^entropy")
 
 
 def default_head(trace: Trace, layer: int) -> tuple[int, str]:

@@ -104,7 +104,8 @@ class ToyModel:
         return H
 
     def position_vectors(self, T: int) -> np.ndarray | None:
-        """(D, T): column i is PE(i), the sinusoid added to word i's vector; None without positions.
+        """(D, T): column i (0-based) is PE(i), the sinusoid added to word i + 1's vector; None without
+        positions.
 
         ``transformer.sinusoids`` (float32 values, as every model of this project adds them)."""
         if self.positions == "none":
@@ -114,7 +115,7 @@ class ToyModel:
         return sinusoids(T, self.dim).double().numpy().T  # (D, T)
 
     def inputs(self, tokens: Sequence[str]) -> np.ndarray:
-        """H (D, T), what the layer reads: h_i = word vector (+ PE(i) with sinusoidal positions)."""
+        """H (D, T), what the layer reads: h_i = word vector (+ PE(i − 1) with sinusoidal positions)."""
         H = self.embed(tokens)
         P = self.position_vectors(len(tokens))
         return H if P is None else H + P
@@ -126,10 +127,10 @@ class ToyModel:
         parts = [(f'word vector of "{tokens[i]}" (a fixed function of the word)', word)]
         P = self.position_vectors(len(tokens))
         if P is not None:
-            parts.append((f"+ PE({i + 1}), the sinusoid of position {i + 1}", P[:, i]))
+            parts.append((f"+ PE({i}), the sinusoid of word {i + 1} (the formula counts p from 0)", P[:, i]))
         h = word if P is None else word + P[:, i]
         return {"positions": self.positions,
-                "formula": "h_i = word vector" + (" + PE(i)" if P is not None else " (no positions)"),
+                "formula": "h_i = word vector" + (" + PE(i − 1)" if P is not None else " (no positions)"),
                 "parts": [(name, v.tolist()) for name, v in parts], "h": h.tolist()}
 
     def weights(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -169,7 +170,7 @@ class ToyModel:
             "seed": self.seed,
             "positions": self.positions,
             "embedding": ("h = N(0, I) seeded by sha256(lower-cased word): same word, same vector"
-                          + (" (+ PE(i), the sinusoid of its position)" if self.positions != "none" else
-                             "; no positions")),
+                          + (" (+ PE(i − 1), the sinusoid of its position, counted from 0)"
+                             if self.positions != "none" else "; no positions")),
             "weights": f"W_Q, W_K, W_V ~ N(0, 1/D) from seed {self.seed} (random, untrained)",
         }

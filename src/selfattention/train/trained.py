@@ -55,7 +55,8 @@ class TrainedModel:
         bad = next((c for c in text if c not in allowed), None)
         if bad is not None or not text:
             what = f"the character {bad!r}" if bad is not None else "an empty prompt"
-            raise InputError(f"--prompt: {what} is not a {self.task} prompt ({task.description})")
+            raise InputError(f"--prompt: {what} is not a {self.task} prompt ({task.description}; a prompt "
+                             f"uses only {''.join(sorted(allowed))})")
         return text + task.sep
 
 
