@@ -163,6 +163,33 @@ def flash_rule(out: torch.Tensor, out_pt: torch.Tensor, out_ref, eps: float | No
         f"{what}: error {err:.3g} > {k:g} × same-precision peer error {err_pt:.3g} + {eps:.2g}")
 
 
+def softmax_rows(S: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis in S's own precision; −inf entries get weight 0."""
+    m = np.max(np.where(np.isinf(S), np.finfo(S.dtype).min, S), axis=-1, keepdims=True)
+    e = np.where(np.isinf(S), 0, np.exp(S - m)).astype(S.dtype)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def layer_norm_rows(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm over the last axis in x's own precision (w, b: (D,))."""
+    m = x.mean(-1, keepdims=True)
+    return (x - m) / np.sqrt(((x - m) ** 2).mean(-1, keepdims=True) + eps) * w + b
+
+
+def formula_rule(out, formula, *inputs, k: float = 4.0, what: str = "output") -> None:
+    """FlashAttention's rule for a float32 result checked against the test's own formula, where no
+    library computes the same thing: ``formula`` on ``inputs`` in float64 is the reference, the same
+    formula in float32 (NumPy) is the peer, and ``out`` may err by at most ``k`` × the peer's error
+    plus one float32 rounding of the reference. k = 4 as the transformers peer: ours and the peer
+    are different float32 programs (torch kernels against NumPy), not the same one.
+    """
+    ref = np.asarray(formula(*(np.asarray(x, np.float64) for x in inputs)), np.float64)
+    peer = np.asarray(formula(*(np.asarray(x, np.float32) for x in inputs)))
+    assert peer.dtype == np.float32, f"{what}: the formula left float32 ({peer.dtype})"
+    flash_rule(torch.as_tensor(np.asarray(out, np.float32)), torch.as_tensor(peer), torch.as_tensor(ref),
+               k=k, what=what)
+
+
 # --- hypothesis strategies -------------------------------------------------------------------
 
 seeds = st.integers(0, 2**31 - 1)

@@ -6,6 +6,7 @@ every figure checked here is re-derived from the samples the JSON carries, with 
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 
@@ -192,6 +193,18 @@ def test_steps_and_scaling():
     assert bench.steps("blockwise", 2048) == "4"  # 2048 keys in blocks of 512, folded in one by one
     rows = [{"T": T, "ms": {"m": {"fwd": {"median": 3e-4 * T**2}}}} for T in (8, 16, 64)]
     assert bench.scaling(rows, "m", "fwd") == pytest.approx(2.0)
+    # Noisy times: the slope is the least-squares fit over every measured size (written out here:
+    # cov(log T, log t) / var(log T)), not the line through two of them; unmeasured sizes are skipped.
+    Ts, noise = [8, 16, 64, 256], [1.3, 0.8, 1.1, 0.9]
+    rows = [{"T": T, "ms": {"m": {"fwd": {"median": 3e-4 * T**2 * f}}}}
+            for T, f in zip(Ts, noise, strict=True)]
+    rows.insert(2, {"T": 32, "ms": {"m": {"fwd": None}}})
+    x = [math.log(T) for T in Ts]
+    y = [math.log(3e-4 * T**2 * f) for T, f in zip(Ts, noise, strict=True)]
+    mx, my = sum(x) / 4, sum(y) / 4
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y, strict=True)) / sum((a - mx) ** 2 for a in x)
+    assert bench.scaling(rows, "m", "fwd") == pytest.approx(slope, rel=1e-12)
+    assert abs(slope - 2.0) > 0.05  # the noise moves it: two-point slopes would not match
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

@@ -182,6 +182,9 @@ def _maps(Tq, Tk, B, block):
         "window": block_mask.sliding_window(Tq, Tk, 17, block=block),
         "random": block_mask.from_mask(torch.rand(B, 1, Tq, Tk, generator=g) < 0.5, block=block),
         "padding": block_mask.key_padding(torch.tensor([Tk, 5, 0][:B]), Tq, Tk, block=block),
+        # a key block FULL for the first query block and PARTIAL below it: the tile must be masked
+        "full_then_partial": block_mask.from_predicate(lambda b, h, i, j: (i < block) | (j % 2 == 0),
+                                                       Tq=Tq, Tk=Tk, block=block),
         **(
             {
                 "documents": block_mask.documents(doc, causal=True, block=block),

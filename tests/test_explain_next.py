@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import ATOL64, formula_rule, layer_norm_rows, run_cli, softmax_rows
 from safetensors.numpy import load_file
 
 from selfattention.models.pretrained import default_model_path
@@ -38,18 +38,6 @@ def explain_text(*argv: str) -> str:
 def flat(text: str) -> str:
     """Text with its line wrapping undone (any run of spaces and newlines → one space)."""
     return " ".join(text.split())
-
-
-def softmax_rows(S: np.ndarray) -> np.ndarray:
-    """Row softmax in which −inf entries get weight 0."""
-    m = np.max(np.where(np.isinf(S), -1e300, S), axis=1, keepdims=True)
-    e = np.where(np.isinf(S), 0.0, np.exp(S - m))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
-    x = x.astype(np.float64)
-    return (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps) * w + b
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +91,18 @@ def test_causal_minilm_runs_the_layer_with_the_mask(files):
     assert (A[~tril] == 0).all() and not np.allclose(A, np.array(plain["A"]))
     own = np.array(causal["heads"][h - 1]["A"])  # the layer's own weights in its (causal) forward pass
     assert (own[~tril] == 0).all()
-    np.testing.assert_allclose(own, A, atol=1e-4)
     # the loops (float64) from the model files' W's and the JSON's H
     rows = slice((h - 1) * d, h * d)
     H = np.array(causal["H"])
-    q, k = (files[f"encoder.layer.0.attention.self.{p}.weight"][rows] @ H
-            + files[f"encoder.layer.0.attention.self.{p}.bias"][rows, None] for p in ("query", "key"))
-    np.testing.assert_allclose(A, softmax_rows(np.where(tril, q.T @ k / math.sqrt(d), -np.inf)), atol=1e-5)
+    W = [files[f"encoder.layer.0.attention.self.{p}.{w}"][rows]
+         for p in ("query", "key") for w in ("weight", "bias")]
+
+    def weights(W_Q, b_Q, W_K, b_K, H):  # causal softmax(QᵀK/√d) with words as columns
+        q, k = W_Q @ H + b_Q[:, None], W_K @ H + b_K[:, None]
+        return softmax_rows(np.where(tril, q.T @ k / math.sqrt(d), -np.inf))
+
+    np.testing.assert_allclose(A, weights(*W, H), atol=ATOL64)  # float64 both
+    formula_rule(own, weights, *W, H, what="the layer's causal α")  # float32 layer
     assert causal["verification"]["ok"] and causal["mask"]["illustration"] is True
     out = flat(explain_text(SENTENCE, "--causal"))
     assert "for illustration: all-MiniLM-L6-v2 was trained without it" in out
@@ -130,7 +123,7 @@ def test_multihead_minilm_splits_concatenates_and_projects(files):
                    + files[f"encoder.layer.0.attention.self.{p}.bias"][rows, None]
                    for p in ("query", "key", "value"))
         A = softmax_rows(q.T @ k / math.sqrt(d))
-        np.testing.assert_allclose(np.array(head["Z"]), v @ A.T, atol=1e-5)
+        np.testing.assert_allclose(np.array(head["Z"]), v @ A.T, atol=ATOL64)  # float64 loops
         Zs.append(np.array(head["Z"]))
     C = np.concatenate(Zs, axis=0)  # (12·32, T): head 1's rows first
     np.testing.assert_array_equal(np.array(r["C"]), C)
@@ -138,7 +131,8 @@ def test_multihead_minilm_splits_concatenates_and_projects(files):
     np.testing.assert_array_equal(np.array(r["W_O"]), W_O)
     O = W_O.astype(np.float64) @ C + files["encoder.layer.0.attention.output.dense.bias"][:, None]
     np.testing.assert_allclose(np.array(r["O"]), O, atol=1e-10)
-    np.testing.assert_allclose(np.array(r["layer_output"]), O, atol=1e-4)  # the layer's own forward pass
+    formula_rule(r["layer_output"], lambda W, C, b: W @ C + b[:, None], W_O, C,
+                 files["encoder.layer.0.attention.output.dense.bias"], what="the layer's own output")
     v = r["verification"]
     gap = np.abs(np.array(r["layer_output"]) - O).max()
     assert v["ok"] and v["max_abs_diff"]["output"] == pytest.approx(gap, abs=1e-6)
@@ -203,10 +197,13 @@ def test_minilm_learned_positions_are_shown_where_they_enter_H(files):
     np.testing.assert_array_equal(word, files["embeddings.word_embeddings.weight"][1045])  # "i"
     np.testing.assert_array_equal(pos, files["embeddings.position_embeddings.weight"][1])  # position 2
     np.testing.assert_array_equal(seg, files["embeddings.token_type_embeddings.weight"][0])
-    h = layer_norm(word + pos + seg, files["embeddings.LayerNorm.weight"], files["embeddings.LayerNorm.bias"],
-                   1e-12)
-    np.testing.assert_allclose(r["input"]["h"], h, atol=1e-5)
-    np.testing.assert_allclose(np.array(r["H"])[:, 1], h, atol=1e-5)  # column 2 of H
+    ln = files["embeddings.LayerNorm.weight"], files["embeddings.LayerNorm.bias"]
+
+    def h_2(word, pos, seg, w, b):
+        return layer_norm_rows(word + pos + seg, w, b, 1e-12)
+
+    formula_rule(r["input"]["h"], h_2, word, pos, seg, *ln, what="h_2")
+    formula_rule(np.array(r["H"])[:, 1], h_2, word, pos, seg, *ln, what="column 2 of H")
     order = explain_json(SENTENCE, "--permute")
     assert order["positions"] == "learned" and not order["unchanged"]
     assert order["permuted"] == ["[CLS]", "lecture", "this", "enjoying", "am", "i", "[SEP]"]  # markers stay

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import ATOL64, formula_rule, layer_norm_rows, run_cli, softmax_rows
 from safetensors.numpy import load_file
 
 SIZES = ["--d-model", "16", "--layers", "2", "--heads", "2", "--d-ff", "32", "--no-progress", "--no-pictures"]
@@ -36,12 +36,6 @@ def weights(run: Path) -> dict[str, np.ndarray]:
     return load_file(ckpt / "model.safetensors")
 
 
-def softmax_rows(S: np.ndarray) -> np.ndarray:
-    m = np.max(np.where(np.isinf(S), -1e300, S), axis=1, keepdims=True)
-    e = np.where(np.isinf(S), 0.0, np.exp(S - m))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def test_a_trained_head_walks_through_the_lecture(run_dir: Path):
     rc, out, err = run_cli("explain", "abc=", "--model", str(run_dir), "--json")
     assert rc == 0, err
@@ -54,24 +48,32 @@ def test_a_trained_head_walks_through_the_lecture(run_dir: Path):
     (ckpt,) = sorted((run_dir / "checkpoints").iterdir())
     vocab = json.loads((ckpt / "state.json").read_text())["vocab"]  # the checkpoint's characters ↔ ids
     ids = [vocab.index(c) for c in "abc="]
-    x = w["embed.weight"][ids] + w["positions.table"][:4]  # (T, D)
-    x = x.astype(np.float64)
-    x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
-    x = x * w["blocks.0.norm1.weight"] + w["blocks.0.norm1.bias"]
-    np.testing.assert_allclose(np.array(r["H"]), x.T, atol=1e-5)
+    tables = (w["embed.weight"][ids], w["positions.table"][:4], w["blocks.0.norm1.weight"],
+              w["blocks.0.norm1.bias"])
+
+    def h_rows(e, p, g, b):  # (T, D): h_i as rows
+        return layer_norm_rows(e + p, g, b, 1e-5)
+
+    formula_rule(np.array(r["H"]).T, h_rows, *tables, what="H")  # float32 model, float64 formula
     W, b = w["blocks.0.attn.in_proj.weight"], w["blocks.0.attn.in_proj.bias"]  # rows: Q (16), K (16), V (16)
     rows = [slice(part * 16 + h * d, part * 16 + (h + 1) * d) for part in range(3)]
     np.testing.assert_array_equal(np.array(r["W_Q"]), W[rows[0]])
     np.testing.assert_array_equal(np.array(r["W_V"]), W[rows[2]])
     H = np.array(r["H"])
-    q, k, v = (W[s] @ H + b[s, None] for s in rows)
-    A = softmax_rows(np.where(np.tri(4, dtype=bool), q.T @ k / math.sqrt(d), -np.inf))
-    np.testing.assert_allclose(np.array(r["A"]), A, atol=1e-10)
-    np.testing.assert_allclose(np.array(r["layer_Z"]), v @ A.T, atol=1e-5)  # the model's own pass
+    parts = [x for s in rows for x in (W[s], b[s])]
+
+    def steps(W_Q, b_Q, W_K, b_K, W_V, b_V, H):  # (A, Z), causal, words as columns
+        q, k, v = W_Q @ H + b_Q[:, None], W_K @ H + b_K[:, None], W_V @ H + b_V[:, None]
+        A = softmax_rows(np.where(np.tri(4, dtype=bool), q.T @ k / math.sqrt(d), -np.inf))
+        return A, v @ A.T
+
+    np.testing.assert_allclose(np.array(r["A"]), steps(*parts, H)[0], atol=ATOL64)  # the loops, float64
+    formula_rule(r["layer_Z"], lambda *x: steps(*x)[1], *parts, H, what="the model's own Z")
     assert r["verification"]["ok"]
     parts = r["input"]
     assert parts["positions"] == "learned" and parts["formula"].startswith("h_i = LayerNorm(")
-    np.testing.assert_allclose(parts["h"], x[r["derivation"]["index"] - 1], atol=1e-5)
+    i = r["derivation"]["index"] - 1
+    formula_rule(parts["h"], lambda *t: h_rows(*t)[i], *tables, what="h_i")
 
 
 def test_text_multihead_permute_and_pictures(run_dir: Path, tmp_path: Path):
@@ -84,8 +86,8 @@ def test_text_multihead_permute_and_pictures(run_dir: Path, tmp_path: Path):
     assert rc == 0 and m["num_heads"] == 2 and m["verification"]["ok"]
     C = np.concatenate([np.array(h["Z"]) for h in m["heads"]])
     w = weights(run_dir)
-    O = w["blocks.0.attn.out_proj.weight"] @ C + w["blocks.0.attn.out_proj.bias"][:, None]
-    np.testing.assert_allclose(np.array(m["layer_output"]), O, atol=1e-5)
+    formula_rule(m["layer_output"], lambda W, C, b: W @ C + b[:, None], w["blocks.0.attn.out_proj.weight"], C,
+                 w["blocks.0.attn.out_proj.bias"], what="the layer's output")
     rc, out, _ = run_cli("explain", "abc=", "--model", str(run_dir), "--permute", "--json")
     p = json.loads(out)
     assert rc == 0 and p["masked"] and not p["unchanged"] and p["positions"] == "learned"

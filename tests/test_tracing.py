@@ -131,3 +131,17 @@ def test_explain_runs_the_encoder_once_for_every_view(monkeypatch, tmp_path, cap
         assert len(runs) == 1
     finally:
         handle.remove()
+
+
+def test_a_layer_that_disagrees_with_the_loops_is_reported_not_hidden():
+    """The verification can fail: a tier whose z is off for the shown head (here by 1e-3 in one
+    number, made so on purpose) turns the line into "NOT all < … ✗" and names the tier."""
+    t = trace(GroupedToy(), SENTENCE, backends=["matrix", "torch"])
+    assert build_report(t, layer=1, head=2)["verification"]["ok"]
+    t.layers[0].z["torch"][1, 2, 0] += 1e-3  # head 2, word 3, component 1
+    r = build_report(t, layer=1, head=2)
+    v = r["verification"]
+    assert not v["ok"] and v["max_abs_diff"]["torch"] == pytest.approx(1e-3, rel=1e-6)
+    assert v["max_abs_diff"]["matrix"] < 1e-12
+    text = " ".join(render_text(r, width=100).split())
+    assert "torch 1.0e-03" in text and "NOT all < 1e-10 ✗" in text and "✓" not in text

@@ -167,10 +167,30 @@ def test_generation_samples_reproducibly_and_stops():
 
 def test_generation_past_max_len_slides_the_window():
     lm = _model(DecoderLM, seed=8, max_len=10)
-    out = generate(lm, torch.tensor([[1, 2, 3]]), 25)
-    assert out.shape == (1, 28)
-    with pytest.raises(ValueError, match="beyond max_len=10"):
-        lm(torch.zeros(1, 11, dtype=torch.long))
+    seen, forward = [], lm.forward
+
+    def spy(x, caches=None, **kw):  # what each cached step reads: the cache, then the new tokens
+        before = len(caches[0]) if caches is not None else 0
+        seen.append((seen[-1] if before else []) + x[0].tolist())
+        assert len(seen[-1]) == before + x.shape[1]
+        return forward(x, caches=caches, **kw)
+
+    lm.forward = spy
+    prompt = [1, 2, 3]
+    out = generate(lm, torch.tensor([prompt]), 25)[0].tolist()
+    assert len(out) == 28
+    # The documented window: the context grows until it would pass max_len, then restarts from
+    # the last max_len // 2 tokens (positions from 0 again). Rebuilt here from the tokens made.
+    want, context = [], list(prompt)
+    for k in range(25):
+        want.append(list(context))
+        context.append(out[3 + k])
+        if len(context) > 10:
+            context = context[-5:]
+    assert seen == want
+    lm.forward = forward
+    for k in (5, 12, 24):  # and each token is the greedy choice on that context, computed whole
+        assert out[3 + k] == int(lm(torch.tensor([want[k]]))[0, -1].argmax())
 
 
 def test_trace_gives_each_layers_attention_input_and_weights():

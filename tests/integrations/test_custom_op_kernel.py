@@ -54,7 +54,13 @@ for dtype in (torch.float32, torch.float16):  # bfloat16: the interpreter miscom
     flash_rule(out, peer, ref, what=f"{dtype} out")
     dead = lse.isneginf()
     assert torch.equal(dead, peer_lse.isneginf()) and dead[0, :, 3].all() and (out[dead] == 0).all()
-    flash_rule(lse[~dead], peer_lse[~dead], peer_lse[~dead].double(), eps=1e-5, what=f"{dtype} lse")
+    # lse against its float64 value (logsumexp of the allowed scaled scores), the peer's the same
+    i, j = torch.arange(Tq)[:, None], torch.arange(Tk)
+    allowed = mask & (j <= i + Tk - Tq)  # bottom-right causal
+    s = x64[0].detach() @ x64[1].detach().repeat_interleave(H // Hkv, 1).transpose(-2, -1) * 0.3
+    ref_lse = torch.logsumexp(s.masked_fill(~allowed, float("-inf")), -1)
+    assert torch.equal(dead, ref_lse.isneginf())
+    flash_rule(lse[~dead], peer_lse[~dead], ref_lse[~dead], what=f"{dtype} lse")
     do = dout.to(dtype)
     grads = tl._kernel_backward(do, *x, out, lse, *args, wrap=torch.library.wrap_triton)
     peers = tl._blockwise_backward(do, *x, peer, peer_lse, *args)

@@ -34,6 +34,9 @@ def _maps(B, Tq, Tk):
         "random": block_mask.from_mask((torch.rand(B, 1, Tq, Tk, generator=g) < 0.6).to(DEVICE), block=BLOCK),
         "padding": block_mask.key_padding(torch.tensor([Tk, Tk // 3][:B], device=DEVICE), Tq, Tk,
                                           block=BLOCK),
+        # FULL in the first query block, PARTIAL in the next ones: every block is judged on its own
+        "full_then_partial": block_mask.from_predicate(lambda b, h, i, j: (i < BLOCK) | (j % 2 == 0),
+                                                       Tq=Tq, Tk=Tk, block=BLOCK, device=DEVICE),
     }
     if Tq == Tk:
         out["documents"] = block_mask.documents(doc, causal=True, block=BLOCK)

@@ -146,8 +146,10 @@ def test_block_mask_deterministic_20_runs():
 
 
 def test_new_length_in_a_warm_bucket_costs_no_tuning(monkeypatch):
-    """Issue 13, target 1: after one call in a length bucket, the first fwd+bwd call at a new
-    length of that bucket takes at most twice a warm call (v1 re-tuned: 1.2-1.5 s instead of ms)."""
+    """Issue 13, target 1: after one call in a length bucket, a new length of that bucket runs no
+    tuning (the autotuners' caches do not grow). How long its first call takes against a warm one
+    (target ≤ 2×; v1 re-tuned: 1.2-1.5 s instead of ms) is printed here and judged by
+    ``benchmarks/gpu_masked.py --retune-only``: a timed assert fails on a busy card without a defect."""
     import statistics
     import time
 
@@ -169,11 +171,14 @@ def test_new_length_in_a_warm_bucket_costs_no_tuning(monkeypatch):
         return time.perf_counter() - t0
 
     tune = seconds(*inputs(2000))  # tunes the 2048 bucket
+    tuned = {key: dict(tuner.cache) for key, tuner in tuning._TUNED.items()}
+    assert {kind for kind, _ in tuned} == {"fwd", "dkdv", "dq"} and all(tuned.values())
     report = [f"tuning call at T=2000: {tune * 1e3:.0f} ms"]
     for T in (1999, 2001, 2016, 2047, 1100):  # all in the 2048 bucket, none seen before
         x = inputs(T)
         first = seconds(*x)
         warm = statistics.median(seconds(*x) for _ in range(5))
         report.append(f"T={T}: first {first * 1e3:.2f} ms, warm {warm * 1e3:.2f} ms")
-        assert first <= 2 * warm, "; ".join(report)
+        assert {key: dict(tuner.cache) for key, tuner in tuning._TUNED.items()} == tuned, (
+            f"T={T} was tuned again: " + "; ".join(report))
     print("; ".join(report))
