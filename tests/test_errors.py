@@ -45,12 +45,20 @@ def test_one_dim(fn, which):
 
 
 @pytest.mark.parametrize("which", ["q", "k", "v"])
-@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64, torch.float8_e4m3fn])
 def test_not_floating(fn, which, dtype):
     args = dict(zip("qkv", qkv(), strict=True))
     args[which] = args[which].to(dtype)
     with pytest.raises(TypeError, match=rf"{which} has dtype {dtype}, expected a floating-point"):
         fn(**args)
+
+
+@pytest.mark.parametrize("make", [lambda x: x.to_sparse(), lambda x: torch.nested.nested_tensor(list(x))],
+                         ids=["sparse", "nested"])
+def test_not_dense(fn, make):
+    q, k, v = qkv()
+    with pytest.raises(TypeError, match=r"q is a (torch\.sparse_coo|nested) tensor; expected a dense one"):
+        fn(make(q), k, v)
 
 
 def test_d_mismatch(fn):

@@ -282,6 +282,22 @@ def test_control_characters_are_escaped_everywhere(tmp_path):
     assert "\x1b" not in err and "\x07" not in err
     rc, out, _ = run("embed", text, "--json")
     assert json.loads(out)["embeddings"][0]["text"] == text  # JSON keeps the text exactly, escaped
+    rc, out, err = run("embed", "a", "--out", str(tmp_path / "\x1b[2Jx.npy"))  # a path echoed back
+    assert rc == 0 and "\x1b" not in out and "\\x1b[2Jx.npy" in out
+
+
+def test_embed_refuses_to_overwrite_the_file_it_reads(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("hello\nworld\n")
+    for out in (src, tmp_path / "." / "in.txt"):
+        one_error(*run("embed", "--file", str(src), "--out", str(out)), "is the --file being read")
+    assert src.read_text() == "hello\nworld\n"
+
+
+def test_an_os_error_on_a_named_file_is_one_line_naming_it(tmp_path):
+    long = tmp_path / ("y" * 300)  # longer than any file system's name limit
+    err = one_error(*run("embed", "--file", str(long)))
+    assert str(long) in err and "File name too long" in err
 
 
 # --- 5. damaged or overflowing weights; config fields --------------------------------------------
@@ -408,6 +424,19 @@ def test_errors_never_go_to_stdout_when_stderr_is_closed():
     p = subprocess.run([*CMD, "explain", "", "--model", "toy"], capture_output=True, timeout=120,
                        preexec_fn=lambda: os.close(2))
     assert p.returncode == 2 and p.stdout == b""
+
+
+def test_a_tokenizer_whose_ids_pass_the_embedding_table_is_refused(tmp_path):
+    tok = json.loads((default_model_path() / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["lecture"] = 99999  # the count is unchanged; one id has no embedding row
+    d = model_dir_copy(tmp_path, replace={"tokenizer.json": json.dumps(tok)})
+    one_error(*run("embed", "a lecture", "--model", str(d)), r"ids up to 99999 .* vocab_size 30522")
+
+
+def test_a_config_nested_thousands_deep_is_refused(tmp_path):
+    d = model_dir_copy(tmp_path, replace={"config.json": '{"a": ' + "[" * 100000 + "]" * 100000 + "}"})
+    one_error(*run("embed", "a", "--model", str(d)), "nested too deeply")
 
 
 def test_a_huge_config_is_not_read(tmp_path):

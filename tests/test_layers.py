@@ -372,3 +372,17 @@ def test_module_dropout_accepts_numpy_floats():
     assert m.dropout == pytest.approx(0.25)
     with pytest.raises(ValueError, match="dropout must be a number in"):
         MultiHeadAttention(4, 2, dropout=np.float64(1.0))
+
+
+@pytest.mark.parametrize("layer", [lambda: SelfAttention(8), lambda: MultiHeadAttention(8, 2)],
+                         ids=["SelfAttention", "MultiHeadAttention"])
+def test_x_of_another_dtype_or_device_is_named(layer):
+    m, x = layer(), torch.randn(2, 3, 8)
+    for bad in (x.double(), x.half(), x.long()):
+        with pytest.raises(TypeError, match=rf"x has dtype {bad.dtype} but the layer's weights have"):
+            m(bad)
+    with pytest.raises(ValueError, match="x is on meta but the layer's weights are on cpu"):
+        m(x.to("meta"))
+    if isinstance(m, MultiHeadAttention):
+        with pytest.raises(TypeError, match="context has dtype torch.float16"):
+            m(x, context=x.half())

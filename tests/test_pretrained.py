@@ -147,7 +147,8 @@ def test_tokenizer_larger_than_the_vocabulary(tmp_path):
     d = model_dir_copy(tmp_path, without=(WEIGHTS,), replace={"config.json": json.dumps(config)})
     save_file(tensors, d / WEIGHTS)
     # a word piece past the table (e.g. "world", id 2088) would be an IndexError deep in the encoder
-    _one_line_error(d, r"tokenizer\.json has 30522 word pieces, more than config\.json's vocab_size 1000")
+    _one_line_error(d, r"tokenizer\.json has word-piece ids up to 30521 \(30522 word pieces\), "
+                       r"beyond config\.json's vocab_size 1000")
 
 
 def test_config_the_encoder_cannot_run(tmp_path):

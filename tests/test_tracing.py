@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli
 
 from selfattention import models
 from selfattention.cli import main
@@ -145,3 +146,14 @@ def test_a_layer_that_disagrees_with_the_loops_is_reported_not_hidden():
     assert v["max_abs_diff"]["matrix"] < 1e-12
     text = " ".join(render_text(r, width=100).split())
     assert "torch 1.0e-03" in text and "NOT all < 1e-10 ✗" in text and "✓" not in text
+
+
+def test_what_trace_refuses():
+    from selfattention import models
+
+    with pytest.raises(TypeError, match="model must be a model name or a traceable model"):
+        models.trace(5, "hi")
+    with pytest.raises(ValueError, match="layers is empty"):
+        models.trace("toy", "hi there", layers=[])
+    rc, out, err = run_cli("explain", "hi", "--model", "")
+    assert rc == 2 and out == "" and "unknown model ''" in err

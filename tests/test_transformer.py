@@ -21,6 +21,7 @@ from selfattention.transformer import (
     TransformerConfig,
     generate,
     parameter_count,
+    pick_next,
     sinusoids,
     trace,
 )
@@ -235,3 +236,15 @@ def test_gru_baseline_has_about_the_same_parameter_count():
         t = parameter_count(build_model(c, 30))
         g = parameter_count(build_model(TrainConfig(task=task, model="gru"), 30))
         assert abs(g - t) / t < 0.02, (task, t, g)
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-320, 5e-324])
+def test_a_tiny_temperature_samples_the_argmax(temperature):
+    logits = torch.tensor([[0.5, 3.0, -2.0, 2.999], [1e4, -1e4, 0.0, 9999.0]])
+    got = pick_next(logits, temperature, torch.Generator().manual_seed(0))
+    assert got[:, 0].tolist() == [1, 0]
+
+
+def test_non_finite_logits_are_an_error_not_a_token():
+    with pytest.raises(ValueError, match="inf or NaN"):
+        pick_next(torch.tensor([[0.0, float("nan")]]), 0.0, None)

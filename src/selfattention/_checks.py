@@ -16,6 +16,9 @@ from .block_mask import BlockMask
 from .masks import ALIGNMENTS
 from .reference import default_scale
 
+# What every tier computes in (float8 and complex pass is_floating_point or fail deep inside torch)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -99,8 +102,12 @@ def _check_qkv(q, k, v) -> tuple[int, ...]:
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() < 2:
             raise ValueError(f"{name} has shape {_shape(x)}, expected at least 2 dims (..., T, d)")
-        if not x.is_floating_point():
-            raise TypeError(f"{name} has dtype {x.dtype}, expected a floating-point dtype")
+        if x.dtype not in DTYPES:
+            raise TypeError(f"{name} has dtype {x.dtype}, expected a floating-point dtype: one of "
+                            f"{', '.join(str(t).removeprefix('torch.') for t in DTYPES)}")
+        if x.layout != torch.strided or x.is_nested:
+            raise TypeError(f"{name} is a {'nested' if x.is_nested else str(x.layout)} tensor; expected a "
+                            "dense one (x.to_dense(), or pad nested sequences and pass a mask)")
     for name, x in (("k", k), ("v", v)):
         if x.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {x.dtype} but q has {q.dtype}; expected one dtype")

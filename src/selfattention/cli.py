@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from . import __version__
+from ._text import printable
 from .errors import UsageError, UserError
 
 MAX_DIM = 2048  # bench: D
@@ -178,6 +179,13 @@ def _encoder(name: str):  # -> PretrainedModel
     return load(name)
 
 
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): not the same file
+        return False
+
+
 def _model_name(name: str) -> str:
     from .models import display_name
 
@@ -198,6 +206,8 @@ def _embed(args: argparse.Namespace) -> int:
 
     source = Source(args.sentences, args.file)
     out = check_out(args.out) if args.out is not None else None  # refuse before computing anything
+    if out is not None and args.file not in (None, "-") and _same_file(args.file, out.path):
+        raise UsageError(f"--out {printable(str(out.path))} is the --file being read; give another name")
     model = _encoder(args.model)
     try:
         N = check_all(model, source, truncate=not args.no_truncate)  # every sentence, before any output
@@ -218,7 +228,7 @@ def _embed(args: argparse.Namespace) -> int:
                 pass
         elif out is not None:
             save_npy_stream(out, (X for _, X in chunks), (N, D))
-            print(f"wrote {N} × {D} float32 embeddings to {out.path}")
+            print(f"wrote {N} × {D} float32 embeddings to {printable(str(out.path))}")
         else:
             width = shutil.get_terminal_size((100, 24)).columns
             print(render_header(name, N, D))
@@ -338,6 +348,10 @@ def _main(argv: list[str] | None) -> int:
         except Exception as err:
             if os.environ.get("SELFATTENTION_TRACEBACK"):
                 raise
+            if isinstance(err, OSError) and err.filename is not None:  # a file named by the user
+                _say(f"selfattention: error: {printable(os.fsdecode(err.filename))}: "
+                     f"{_one_line(err.strerror or err)}")
+                return 2
             _say(f"selfattention: error: unexpected {type(err).__name__}: {_one_line(err)} "
                  "(set SELFATTENTION_TRACEBACK=1 for the traceback)")
             return 1

@@ -149,7 +149,7 @@ def _load(args: argparse.Namespace):
     directory, or a training folder."""
     from .models import DEFAULT_MODEL, PRETRAINED, ToyModel, load
 
-    name = args.model or DEFAULT_MODEL
+    name = DEFAULT_MODEL if args.model is None else args.model  # '' is refused by load, not taken as minilm
     if name not in ("toy", *PRETRAINED) and not os.path.isdir(name):
         raise ModelError(f"unknown model {name!r}: expected minilm, toy, a directory in Hugging Face BERT "
                          "layout (config.json, model.safetensors, tokenizer.json), or a `selfattention "

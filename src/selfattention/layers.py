@@ -16,11 +16,18 @@ from ._checks import broadcast
 from .functional import attention, resolve_backend
 
 
-def _check_x(name: str, x: object, d_model: int) -> torch.Tensor:
+def _check_x(name: str, x: object, d_model: int, weight: torch.Tensor) -> torch.Tensor:
+    """x must be (B, T, d_model) with the layer's ``weight``'s dtype and device (torch would say
+    only "mat1 and mat2 must have the same dtype")."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 3 or x.shape[-1] != d_model:
         raise ValueError(f"{name} has shape {tuple(x.shape)}, expected (B, T, {d_model})")
+    if x.dtype != weight.dtype:
+        hint = f"{name}.to({weight.dtype})" + (f" or layer.to({x.dtype})" if x.is_floating_point() else "")
+        raise TypeError(f"{name} has dtype {x.dtype} but the layer's weights have {weight.dtype}: {hint}")
+    if x.device != weight.device:
+        raise ValueError(f"{name} is on {x.device} but the layer's weights are on {weight.device}")
     return x
 
 
@@ -75,7 +82,7 @@ class SelfAttention(nn.Module):
         ``mask`` is boolean (True = may attend) or additive, broadcastable to (B, T, T); a
         (B, 1, T|1, T) mask such as ``masks.from_lengths`` builds is accepted too.
         """
-        _check_x("x", x, self.d_model)
+        _check_x("x", x, self.d_model, self.w_q.weight)
         B, T, _ = x.shape
         if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.shape[1] == 1:
             mask = mask.squeeze(1)  # the head dim of a multi-head mask; this layer has one head
@@ -174,11 +181,11 @@ class MultiHeadAttention(nn.Module):
         self, x: torch.Tensor, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q (B, H, Tq, d) from x (B, Tq, D); k, v (B, Hkv, Tk, d) from context (B, Tk, D), or x."""
-        _check_x("x", x, self.d_model)
+        _check_x("x", x, self.d_model, self.in_proj.weight)
         if context is None:
             q, k, v = self.in_proj(x).split(self._sizes, dim=-1)  # (B, T, D), (B, T, Dkv) ×2
         else:
-            _check_x("context", context, self.d_model)
+            _check_x("context", context, self.d_model, self.in_proj.weight)
             if context.shape[0] != x.shape[0]:
                 raise ValueError(f"context has batch {context.shape[0]}, x has {x.shape[0]}")
             w, b = self.in_proj.weight, self.in_proj.bias

@@ -291,9 +291,14 @@ def trace(model: DecoderLM | Encoder, tokens: torch.Tensor) -> list[dict[str, to
 
 def pick_next(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
     """Next token ids (B, 1) from last-position logits (B, V): argmax at temperature 0, else sampled."""
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("the model's logits are inf or NaN: its weights or input overflow")
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)  # (B, 1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
+    # Shifted so that the largest is 0 before dividing: a tiny temperature then gives 0 and −∞
+    # (the argmax), never ∞ − ∞.
+    shifted = logits.double() - logits.double().amax(-1, keepdim=True)
+    probs = torch.softmax(shifted / temperature, dim=-1)  # (B, V)
     return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
 
 

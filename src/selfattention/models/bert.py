@@ -58,6 +58,8 @@ class BertConfig:
             raw = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ModelError(f"cannot read {path}: {e}") from None
+        except RecursionError:  # arrays nested thousands deep: not a config
+            raise ModelError(f"cannot read {path}: JSON nested too deeply") from None
         if not isinstance(raw, dict):
             raise ModelError(f"{path} is not a JSON object")
         return cls.from_dict(raw, source=str(path))

@@ -174,10 +174,14 @@ class PretrainedModel:
             self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
         except Exception as e:  # tokenizers raises its own Exception type for a bad file
             raise ModelError(f"{self.path / 'tokenizer.json'} cannot be loaded: {e}") from None
-        if self.tokenizer.get_vocab_size() > self.config.vocab_size:
+        # Every id the tokenizer can give must have a row in the embedding table (a count alone does
+        # not say so: ids may be sparse).
+        top = max(self.tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+        if top >= self.config.vocab_size or self.tokenizer.get_vocab_size() > self.config.vocab_size:
             raise ModelError(
-                f"{self.path / 'tokenizer.json'} has {self.tokenizer.get_vocab_size()} word pieces, "
-                f"more than config.json's vocab_size {self.config.vocab_size}"
+                f"{self.path / 'tokenizer.json'} has word-piece ids up to {top} "
+                f"({self.tokenizer.get_vocab_size()} word pieces), beyond config.json's vocab_size "
+                f"{self.config.vocab_size}"
             )
         self.tokenizer.no_truncation()  # we truncate ourselves, to say how much was dropped
         self.tokenizer.no_padding()

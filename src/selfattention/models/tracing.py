@@ -158,6 +158,11 @@ def trace(
     more than ``max_tokens`` tokens, unknown tokens), the model's ``overflow_error`` when a layer's
     numbers are not finite; warns (``TruncationWarning``, one message) when the text is cut.
     """
+    if not all(hasattr(model, a) for a in ("tokenize", "tokens_from", "attention_layers")):
+        raise TypeError("model must be a model name or a traceable model (models.load), got "
+                        f"{type(model).__name__}")
+    if layers is not None and len(layers) == 0:
+        raise OptionError("layers is empty: give at least one layer (0-based), or None for all")
     toks = model.tokenize(text, truncate=truncate) if isinstance(text, str) else model.tokens_from(text)
     if max_tokens is not None and len(toks.tokens) > max_tokens:
         raise InputError(f"the text has {len(toks.tokens)} {model.unit}, more than the {max_tokens} "
