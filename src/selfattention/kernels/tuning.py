@@ -64,7 +64,8 @@ def candidates(kind: str, d_pad: int) -> list[Cfg]:
     # dK/dV: the accumulators are (BLOCK_N, d) tiles; 8 warps share them. At d = 128 the first
     # spills in no variant (dense, causal, block map; descriptors or pointers); the others spill
     # in some (64 x 64 x 2 stages: 216 B through pointers, 96 B causal) and are left to the
-    # autotuner's clock; 4 warps or BLOCK_M = 128 spilled 144-528 B (docs/kernel-report-v2.md).
+    # autotuner's clock; 4 warps or BLOCK_M = 128 spilled 48-528 B (8-40 at 128 x 32, which has no
+    # HGMMA at all; docs/kernel-report-v2.md, last section).
     if d_pad <= 64:
         return [Cfg(64, 64, 8, 2), Cfg(32, 128, 8, 2), Cfg(64, 128, 8, 2)]
     if d_pad <= 128:
