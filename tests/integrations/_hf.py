@@ -2,11 +2,14 @@
 
 The accuracy rule (FlashAttention's, as in tests/conftest.py): run the model in float64 as the
 reference; our float32 error against it must be at most K × the error of the same model's
-``eager`` attention in float32 against it. K = 2: our attention changes only the rounding inside
-attention (summation order, SDPA's or the blockwise tier's tiling), while every other layer is the
-same code with the same weights, so the two float32 errors are of one size (measured 0.6–1.4× on
-all-MiniLM-L6-v2 and on tiny Llama and GPT-2 models); a wrong mask, alignment or head mapping
-gives errors orders of magnitude larger.
+``eager`` attention in float32 against it, plus one float32 rounding of the reference's largest
+value (for an eager error that happens to be 0). K = 4, as in the transformers peer test: our
+attention changes only the rounding inside attention (summation order, SDPA's or the blockwise
+tier's tiling), while every other layer is the same code with the same weights, so the two float32
+errors are of one size (measured 0.6–1.4× on all-MiniLM-L6-v2 and on tiny Llama and GPT-2 models,
+on this project's AMD machine; K leaves room for another CPU's kernels); a wrong mask, alignment
+or head mapping gives errors orders of magnitude larger (the mutants in the tests are asserted to
+break the rule).
 
 The float64 reference runs each sequence alone, without padding (positions given explicitly, so
 padding cannot shift them), so no padding mask takes part in it. Llama's ``eager`` attention
@@ -35,7 +38,7 @@ if _v < MIN_VERSION:
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
-K = 2  # see the module docstring
+K = 4  # see the module docstring
 VOCAB = 97
 
 
@@ -105,5 +108,8 @@ def error(x: torch.Tensor, ref: torch.Tensor, where: torch.Tensor) -> float:
     return (x.double() - ref)[where].abs().max().item()
 
 
-def within_rule(ours: float, eager: float, what: str) -> None:
-    assert ours <= K * eager, f"{what}: error {ours:.3g} > {K} × eager float32's error {eager:.3g}"
+def within_rule(ours: float, eager: float, what: str, scale: float = 1.0) -> None:
+    """ours ≤ K × eager + ε₃₂ · scale (scale: the reference's magnitude; 1 for values of unit size)."""
+    floor = torch.finfo(torch.float32).eps * scale
+    assert ours <= K * eager + floor, (
+        f"{what}: error {ours:.3g} > {K} × eager float32's error {eager:.3g} + {floor:.2g}")
