@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import re
 import secrets
 import shutil
+import stat
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,8 +84,19 @@ def listing(out: str | os.PathLike[str]) -> list[Path]:
     d = folder(out)
     if not d.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name)) and _usable_dir(p)]
     return [p for _, p in sorted(found, reverse=True)]
+
+
+def _usable_dir(p: Path) -> bool:
+    """A folder (a link to one counts); CheckpointError for a link that leads nowhere usable (a loop)."""
+    try:
+        return stat.S_ISDIR(p.stat().st_mode)
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise CheckpointError(f"checkpoint {p}: cannot be read ({err.strerror or err}); remove it or move "
+                              "it away") from None
 
 
 def _sha256(path: Path) -> str:
@@ -176,17 +189,90 @@ def _read_state(path: Path) -> dict:
                               "truncated or corrupted") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {f}: not a selfattention training checkpoint")
-    if state.get("version") != VERSION:
-        raise CheckpointError(f"checkpoint {f}: format version {state.get('version')!r}, this program reads "
-                              f"version {VERSION}")
+    version = state.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"checkpoint {f}: 'version' must be an integer, got {version!r}")
+    if version != VERSION:
+        raise CheckpointError(f"checkpoint {f}: format version {version}, this program reads version "
+                              f"{VERSION}")
     for key in ("step", "config", "files", "vocab"):
         if key not in state:
             raise CheckpointError(f"checkpoint {f}: has no {key!r} entry")
-    try:
-        TrainConfig.from_dict(state["config"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {f}: its config cannot be read ({err})") from None
+    check_state(f, state)
     return state
+
+
+def _finite(x: object) -> bool:
+    """True for JSON without NaN or infinity anywhere (json.loads accepts them; json.dumps refuses)."""
+    if isinstance(x, float):
+        return math.isfinite(x)
+    if isinstance(x, dict):
+        return all(_finite(v) for v in x.values())
+    if isinstance(x, list):
+        return all(_finite(v) for v in x)
+    return True
+
+
+def _count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_state(f: Path, state: dict) -> None:
+    """CheckpointError naming ``f`` (a state.json) and the first field that is not what ``save`` writes."""
+    def bad(field: str, what: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {f}: {field!r} must be {what}, got {_short(state.get(field))}")
+
+    if not _count(state["step"]):
+        raise bad("step", "an integer ≥ 0")
+    vocab = state["vocab"]
+    if not isinstance(vocab, list) or not vocab or len(set(map(repr, vocab))) != len(vocab) \
+            or not all(isinstance(c, str) and len(c) == 1 for c in vocab):
+        raise bad("vocab", "a non-empty list of distinct one-character strings")
+    if not isinstance(state["files"], dict):
+        raise bad("files", "an object naming each file's bytes and sha256")
+    last = state.get("last_record")
+    if last is not None and (not isinstance(last, dict) or not _count(last.get("step")) or not _finite(last)
+                             or not all(_number(v) for k, v in last.items()
+                                        if k in ("loss", "eval_loss", "accuracy", "longer_accuracy",
+                                                 "char_accuracy", "longer_loss", "lr", "elapsed_s"))):
+        raise bad("last_record", "null or an evaluation (step, finite losses and accuracies)")
+    for key in ("loss_tokens", "tokens_seen"):
+        if key in state and not _count(state[key]):
+            raise bad(key, "an integer ≥ 0")
+    for key in ("loss_sum", "elapsed_s"):
+        if key in state and not _number(state[key]):
+            raise bad(key, "a finite number")
+    config = state["config"]
+    if not isinstance(config, dict):
+        raise bad("config", "an object")
+    try:
+        c = TrainConfig.from_dict(config).check()
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {f}: its config cannot be used ({err})") from None
+    if c.task != "text":
+        from .tasks import get_task
+
+        if vocab != get_task(c.task).vocab.tokens:
+            raise bad("vocab", f"the {c.task} task's characters")
+
+
+def _short(x: object) -> str:
+    r = repr(x)
+    return r if len(r) <= 60 else r[:57] + "…"
+
+
+def check_finite(f: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """CheckpointError naming the first tensor of ``f`` holding NaN or infinity, and how many."""
+    for k, t in tensors.items():
+        if t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise CheckpointError(f"checkpoint {f}: {k} has {bad} of {t.numel()} values NaN or infinite "
+                                      "(the run diverged, or the file was damaged)")
 
 
 def _read_tensors(path: Path, name: str, state: dict) -> dict[str, torch.Tensor]:
@@ -203,9 +289,11 @@ def _read_tensors(path: Path, name: str, state: dict) -> dict[str, torch.Tensor]
     if _sha256(f) != want.get("sha256"):
         raise CheckpointError(f"checkpoint {f}: corrupted (its sha256 does not match state.json)")
     try:
-        return load_file(f)
+        tensors = load_file(f)
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"checkpoint {f}: not a readable safetensors file ({err})") from None
+    check_finite(f, tensors)
+    return tensors
 
 
 def check_match(path: Path, saved: TrainConfig, expected: TrainConfig) -> None:

@@ -41,6 +41,45 @@ def _number(s: str) -> float:
     return x
 
 
+def _positive_number(s: str) -> float:
+    x = _number(s)
+    if x == 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {s!r}")
+    return x
+
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
+
+
+def _seed(s: str) -> int:
+    n = _non_negative(s)
+    if n > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer in 0 … 2**63-1 (9223372036854775807), got {s}")
+    return n
+
+
+def max_threads() -> int:
+    """The most --threads taken: far more than cores only slows a run down, and torch crashes
+    (a segmentation fault) when asked for tens of thousands."""
+    return max(256, 4 * (os.cpu_count() or 1))
+
+
+def _threads(s: str) -> int:
+    n = _positive(s)
+    if n > max_threads():
+        raise argparse.ArgumentTypeError(f"expected 1 … {max_threads()} threads "
+                                         f"(this machine has {os.cpu_count() or 'an unknown number of'} "
+                                         "cores), "
+                                         f"got {n}")
+    return n
+
+
+def _folder(s: str) -> str:
+    if not s:
+        raise argparse.ArgumentTypeError("expected a folder name, got ''")
+    return s
+
+
 def _quiet_threads() -> None:
     """Let idle OpenMP threads sleep instead of spin (unless the user chose): on a machine whose cores
     are busy with other work, spinning threads made a training step of the default model 5-10× slower
@@ -88,9 +127,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="sequences per step, all processes together (default 64 for tasks, 32 for text)")
     t.add_argument("--model", choices=("transformer", "gru"),
                    help="transformer (default), or gru: the recurrent baseline with about as many parameters")
-    t.add_argument("--seed", type=_non_negative, metavar="S",
+    t.add_argument("--seed", type=_seed, metavar="S",
                    help="seed of the initial weights and of every batch (default 0)")
-    t.add_argument("--out", metavar="DIR", help="where the run is written (default runs/TASK)")
+    t.add_argument("--out", type=_folder, metavar="DIR", help="where the run is written (default runs/TASK)")
     t.add_argument("--checkpoint-every", type=_positive, metavar="N",
                    help="steps between checkpoints (default 500)")
     t.add_argument("--resume", action="store_true",
@@ -115,7 +154,7 @@ def _model_options(t: argparse.ArgumentParser) -> None:
     m.add_argument("--dropout", type=_number, metavar="P",
                    help="dropout on attention weights, feed-forward units and residual branches (default 0; "
                         "text 0.1)")
-    m.add_argument("--lr", type=_number, metavar="LR",
+    m.add_argument("--lr", type=_positive_number, metavar="LR",
                    help="peak learning rate of AdamW (default 3e-3; text 1e-3)")
     m.add_argument("--decay-steps", type=_positive, metavar="N",
                    help="cosine decay to lr/10 ends at this step (default 2000); it does not depend on "
@@ -131,7 +170,7 @@ def _model_options(t: argparse.ArgumentParser) -> None:
 
 def _running_options(t: argparse.ArgumentParser) -> None:
     r = t.add_argument_group("running")
-    r.add_argument("--threads", type=_positive, metavar="N",
+    r.add_argument("--threads", type=_threads, metavar="N",
                    help="CPU threads of this process (default: torch's)")
     r.add_argument("--timeout", type=_number, default=120.0, metavar="SECONDS",
                    help="torchrun: seconds to wait for another process before stopping (default 120)")
@@ -152,7 +191,7 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
                    help="tokens to generate at most (default: a task's longest answer; text 200)")
     g.add_argument("--temperature", type=_number, default=None, metavar="T",
                    help="0 = always the likeliest token (default for tasks); text default 0.8")
-    g.add_argument("--seed", type=_non_negative, default=0, metavar="S",
+    g.add_argument("--seed", type=_seed, default=0, metavar="S",
                    help="seed of the sampling (default 0)")
     g.add_argument("--no-cache", action="store_true",
                    help="recompute the whole prefix for every token (slow; for comparison)")

@@ -38,8 +38,9 @@ def _peek_config(out: Path):
 
     for p in listing(out):
         try:
-            return TrainConfig.from_dict(json.loads((p / "state.json").read_text(encoding="utf-8"))["config"])
-        except (OSError, ValueError, KeyError, TypeError):
+            state = json.loads((p / "state.json").read_text(encoding="utf-8"))
+            return TrainConfig.from_dict(state["config"]).check()
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             continue
     return None
 
@@ -142,6 +143,7 @@ def generate_command(args: argparse.Namespace) -> int:
         temperature = 0.0 if args.temperature is None else args.temperature
         from .tasks import get_task
 
+        t.prompt_for(args.prompt)  # a prompt the task cannot take is an error, before any warning
         n, c = get_task(t.task).length(args.prompt), t.config
         if not c.min_len <= n <= c.max_len:
             unit = "pairs" if t.task == "recall" else "letters"
@@ -149,5 +151,13 @@ def generate_command(args: argparse.Namespace) -> int:
                           f"{n}, so the answer tests length generalisation", stacklevel=1)
     out = continue_text(t, args.prompt, max_new, temperature=temperature, seed=args.seed,
                         use_cache=not args.no_cache)
-    print(args.prompt + out if t.task == "text" else out)
+    print(shown(args.prompt + out if t.task == "text" else out))
     return 0
+
+
+def shown(text: str) -> str:
+    """``text`` for the terminal: line breaks kept (a text model writes lines), every other control
+    or format character escaped (ESC, BEL, a carriage return, U+202E, …)."""
+    from .._text import printable
+
+    return "\n".join(printable(line) for line in text.split("\n"))

@@ -8,16 +8,19 @@ others (how long, how often to evaluate or save) may change on ``--resume``.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
 
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import OptionError, UsageError
 from ..transformer import DecoderLM, TransformerConfig, parameter_count
 from .baseline import GRULM, matched_hidden
 
 MODELS = ("transformer", "gru")
 DTYPES = ("float32", "float64")
+TASKS = ("copy", "reverse", "sort", "recall", "text")
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
 
 
 @dataclass(frozen=True)
@@ -57,18 +60,28 @@ class TrainConfig:
     RUNTIME = ("steps", "eval_every", "eval_size", "checkpoint_every", "keep", "text")
 
     def check(self) -> TrainConfig:
+        if self.task not in TASKS:
+            raise UsageError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"seed must be an integer in 0 … 2**63-1, got {self.seed!r}")
+        for name in ("text", "text_sha256"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise UsageError(f"{name} must be a string, got {getattr(self, name)!r}")
         for name in ("steps", "batch_size", "d_model", "num_heads", "num_layers", "d_ff", "min_len",
                      "max_len", "longer_len", "context", "eval_every", "eval_size", "checkpoint_every",
                      "keep", "decay_steps"):
             n = getattr(self, name)
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise UsageError(f"{name} must be a positive integer, got {n!r}")
-        if self.warmup < 0 or not isinstance(self.warmup, int):
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise UsageError(f"warmup must be an integer ≥ 0, got {self.warmup!r}")
         for name in ("lr", "clip"):
             x = getattr(self, name)
-            if not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
                 raise UsageError(f"{name} must be a positive number, got {x!r}")
+        x = self.weight_decay
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
+            raise UsageError(f"weight_decay must be a number ≥ 0, got {x!r}")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
                 or not 0 <= self.dropout < 1:
             raise UsageError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
@@ -83,11 +96,13 @@ class TrainConfig:
         if self.task == "recall" and self.longer_len > 26:
             raise UsageError(f"recall has at most 26 pairs (distinct letter keys), "
                              f"got longer_len={self.longer_len}")
-        if self.model == "transformer":
-            try:
-                self.transformer(2).check()
-            except ValueError as err:
-                raise UsageError(str(err)) from None
+        try:
+            # The GRU is sized to match this Transformer, so its sizes must make one too.
+            self.transformer(2).check()
+        except ValueError as err:
+            gru = " (--model gru is sized to match the Transformer of these sizes)" \
+                if self.model == "gru" else ""
+            raise UsageError(f"{err}{gru}") from None
         return self
 
     def to_dict(self) -> dict[str, object]:
@@ -128,6 +143,68 @@ class TrainConfig:
             return self.lr * step / self.warmup
         t = min(1.0, (step - self.warmup) / max(1, self.decay_steps - self.warmup))
         return self.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+def parameters_estimate(config: TrainConfig, vocab_size: int) -> int:
+    """The parameter count of ``config``'s Transformer, computed without building it (the GRU is
+    matched to it)."""
+    D, F, L, V, T = config.d_model, config.d_ff, config.num_layers, vocab_size, config.sequence_len()
+    block = 3 * D * D + 3 * D + D * D + D + D * F + F + F * D + D + 4 * D
+    return V * D + (T * D if config.positions == "learned" else 0) + L * block + 2 * D + D * V + V
+
+
+def memory_needed(config: TrainConfig, vocab_size: int, *, training: bool = True) -> int:
+    """Bytes a training step (or, with ``training=False``, a loaded model) needs, on the high side:
+    the parameters (and, training, their gradients and AdamW's two moments), and the activations of
+    the largest batch that runs at once: about 12·D + 2·d_ff numbers per token and layer, the
+    logits, and the attention weights B·H·T² per layer (kept, with their gradients, for backward)."""
+    size = 8 if config.dtype == "float64" else 4
+    params = parameters_estimate(config, vocab_size)
+    if not training:
+        return 2 * params * size  # the file's tensors and the model's
+    B, T = max(config.batch_size, min(config.eval_size, 256)), config.sequence_len()
+    L, D, H = config.num_layers, config.d_model, config.num_heads
+    vectors = B * T * L * (12 * D + 2 * config.d_ff) + 3 * B * T * vocab_size
+    weights = 3 * B * H * T * T * L if config.model == "transformer" else 0
+    return (4 * params + vectors + weights) * size
+
+
+def available_memory(device: object = "cpu") -> int | None:
+    """Bytes free on ``device`` (a CUDA GPU's free memory, else the machine's MemAvailable)."""
+    import torch
+
+    if getattr(device, "type", device) == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])  # type: ignore[arg-type]
+        except (RuntimeError, AssertionError, ValueError):
+            return None
+    # As bench.available_memory reads it (not imported: train sits below the commands).
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(config: TrainConfig, vocab_size: int, *, training: bool = True, device: object = "cpu",
+                 what: str = "") -> None:
+    """OptionError, with the estimate and what is available, when ``config`` would not fit."""
+    need, have = memory_needed(config, vocab_size, training=training), available_memory(device)
+    if have is not None and need > have:
+        c = config
+        sizes = (f"batch {c.batch_size}, sequences of {c.sequence_len()}, " if training else "") + \
+            f"{c.num_layers} layers, D = {c.d_model}, d_ff = {c.d_ff}, {c.num_heads} heads"
+        raise OptionError(f"{what}{'training' if training else 'loading'} this model ({sizes}; about "
+                          f"{parameters_estimate(c, vocab_size):,} parameters) needs about "
+                          f"{need / 2**30:.3g} GiB but {have / 2**30:.1f} GiB are available"
+                          + ("; lower --batch-size, --layers, --d-model, --d-ff, --max-len/--longer-len or "
+                             "--context" if training else ""))
 
 
 def build_model(config: TrainConfig, vocab_size: int) -> nn.Module:

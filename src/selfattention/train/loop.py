@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -20,16 +21,21 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .._text import printable
 from ..errors import UsageError
 from ..transformer import DecoderLM, parameter_count
 from . import checkpoint, metrics
-from .config import TrainConfig, build_model
+from .config import TrainConfig, build_model, check_memory
 from .data import SyntheticData, TextData, make_data
 from .distributed import Dist, all_sum, broadcast_int, guard
 from .tasks import Batch
 
 EVAL_CHUNK = 256  # sequences per forward pass in evaluation
 BETAS = (0.9, 0.98)
+
+
+class TrainingDiverged(UsageError):
+    """The loss (or a weight) became NaN or infinite: nothing more can be learnt, nothing is saved."""
 
 
 class Trainer:
@@ -80,13 +86,22 @@ class Trainer:
             logits = self.net(batch.inputs.to(self.device))  # (b, T, V)
             loss_sum = F.cross_entropy(logits[weight], batch.targets.to(self.device)[weight], reduction="sum")
             (loss_sum * (self.dist.world / tokens)).backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        # The gradient norm is the same on every process (the gradients are averaged): all stop together.
+        if not (torch.isfinite(loss_sum) and torch.isfinite(norm)):
+            what = "loss" if not torch.isfinite(loss_sum) else "gradient"
+            self.diverged(s, f"the {what} is {float(loss_sum if what == 'loss' else norm)}")
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step = s
         self.loss_sum += float(loss_sum.detach())
         self.loss_tokens += tokens
         self.tokens_seen += tokens
+
+    def diverged(self, step: int, what: str) -> None:
+        raise TrainingDiverged(f"training diverged at step {step}: {what}; nothing from this step on is "
+                               "saved "
+                               f"(try a lower --lr than {self.config.lr:g})")
 
     def train_loss(self) -> float:
         """Mean training loss per token since the last evaluation, over all processes (collective)."""
@@ -132,6 +147,9 @@ class Trainer:
             record["evaluated_on"] = "training text (too short to hold any out)"
         record.update(lr=c.lr_at(self.step), tokens=self.tokens_seen, elapsed_s=round(self.elapsed, 3),
                       model=c.model, processes=self.dist.world)
+        bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            self.diverged(self.step, f"{bad[0]} is {record[bad[0]]}")
         self.last_record = record
         return record
 
@@ -165,14 +183,54 @@ class Trainer:
             "elapsed_s": self.elapsed, "last_record": self.last_record, "processes": self.dist.world,
             "data": {"kind": "batches drawn from (seed, step)", "next_step": self.step + 1},
         }
-        return checkpoint.save(out, self.step, state, self.model.state_dict(), train, self.config.keep)
+        weights = self.model.state_dict()
+        for k, t in (*weights.items(), *train.items()):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                self.diverged(self.step, f"{k} holds NaN or infinite values")
+        if not math.isfinite(loss_sum):
+            self.diverged(self.step, f"the loss summed since the last evaluation is {loss_sum}")
+        return checkpoint.save(out, self.step, state, weights, train, self.config.keep)
+
+    def check_checkpoint(self, ckpt: checkpoint.Checkpoint) -> checkpoint.Checkpoint:
+        """CheckpointError unless ``ckpt`` fits this run: its vocabulary, every weight's shape, and in
+        train.safetensors each parameter's AdamW state (step, exp_avg, exp_avg_sq of the parameter's
+        shape) and torch's RNG state, nothing missing and nothing else."""
+        path = ckpt.path
+        if ckpt.state["vocab"] != self.data.vocab.tokens:
+            raise checkpoint.CheckpointError(f"checkpoint {path / 'state.json'}: its vocabulary differs "
+                                             "from this run's data")
+        checkpoint.check_tensors(path, ckpt.model, self.model.state_dict())
+        assert ckpt.train is not None
+        f, train = path / "train.safetensors", ckpt.train
+        rng = torch.get_rng_state()
+        got = train.get("rng.torch")
+        if got is None or got.dtype != rng.dtype or got.shape != rng.shape:
+            what = "is missing" if got is None else f"is {tuple(got.shape)} {got.dtype}, expected " \
+                f"{tuple(rng.shape)} {rng.dtype}"
+            raise checkpoint.CheckpointError(f"checkpoint {f}: the RNG state rng.torch {what}")
+        expected = {"rng.torch"}
+        for n, p in self.model.named_parameters():
+            want = {"step": (), "exp_avg": tuple(p.shape), "exp_avg_sq": tuple(p.shape)}
+            keys = {k: f"adamw.{n}.{k}" for k in want}
+            present = [k for k, name in keys.items() if name in train]
+            if present and len(present) < len(want):
+                missing = next(name for name in keys.values() if name not in train)
+                raise checkpoint.CheckpointError(f"checkpoint {f}: {missing} is missing")
+            for k in present:
+                t = train[keys[k]]
+                if tuple(t.shape) != want[k] or not t.is_floating_point():
+                    raise checkpoint.CheckpointError(f"checkpoint {f}: {keys[k]} is {tuple(t.shape)} "
+                                                     f"{t.dtype}, "
+                                                     f"expected {want[k]} floating point")
+                expected.add(keys[k])
+        extra = sorted(set(train) - expected)
+        if extra:
+            raise checkpoint.CheckpointError(f"checkpoint {f}: unexpected tensors {extra[:3]}")
+        return ckpt
 
     def restore(self, ckpt: checkpoint.Checkpoint) -> None:
         """Continue from ``ckpt`` exactly: weights, AdamW's moments, RNG, counters."""
-        if ckpt.state["vocab"] != self.data.vocab.tokens:
-            raise checkpoint.CheckpointError(f"checkpoint {ckpt.path / 'state.json'}: its vocabulary differs "
-                                             "from this run's data")
-        checkpoint.check_tensors(ckpt.path, ckpt.model, self.model.state_dict())
+        self.check_checkpoint(ckpt)
         self.model.load_state_dict(ckpt.model)
         assert ckpt.train is not None
         names = dict(self.model.named_parameters())
@@ -189,14 +247,14 @@ class Trainer:
         s = ckpt.state
         self.step = ckpt.step
         # The saved sum is all processes' together: give it to rank 0 so the next all_sum is right.
-        self.loss_sum = float(s["loss_sum"]) if self.dist.main else 0.0
-        self.loss_tokens, self.tokens_seen = int(s["loss_tokens"]), int(s["tokens_seen"])
-        self.elapsed_before, self.started = float(s["elapsed_s"]), time.perf_counter()
+        self.loss_sum = float(s.get("loss_sum", 0.0)) if self.dist.main else 0.0
+        self.loss_tokens, self.tokens_seen = int(s.get("loss_tokens", 0)), int(s.get("tokens_seen", 0))
+        self.elapsed_before, self.started = float(s.get("elapsed_s", 0.0)), time.perf_counter()
         self.last_record = s.get("last_record")
 
 
-def _loader(config: TrainConfig) -> Callable[[Path], checkpoint.Checkpoint]:
-    return lambda p: checkpoint.load(p, expected=config)
+def _loader(config: TrainConfig, trainer: Trainer) -> Callable[[Path], checkpoint.Checkpoint]:
+    return lambda p: trainer.check_checkpoint(checkpoint.load(p, expected=config))
 
 
 def run(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False, dist: Dist | None = None,
@@ -216,22 +274,23 @@ def run(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fals
                          f"over {dist.world} processes")
     out = Path(out)
     data = make_data(config, text)
+    check_memory(config, len(data.vocab), device=dist.device)
     if dist.main:
         _prepare(out)
+        if not resume and checkpoint.listing(out):
+            raise UsageError(f"{printable(str(out))} already holds checkpoints of a run: add --resume to "
+                             "continue it, or give another --out")
+    trainer = Trainer(config, data, dist)
     ckpt = None
     if resume:
         step = -1
         if dist.main:
             checkpoint.clean_temporary(out)
-            ckpt = checkpoint.newest_valid(out, _loader(config))
+            ckpt = checkpoint.newest_valid(out, _loader(config, trainer))
             step = ckpt.step if ckpt else -1
         step = broadcast_int(step, dist)
         if step >= 0 and not dist.main:
-            ckpt = checkpoint.load(checkpoint.folder(out) / checkpoint.step_name(step), expected=config)
-    elif dist.main and checkpoint.listing(out):
-        raise UsageError(f"{out} already holds checkpoints of a run: add --resume to continue it, or give "
-                         "another --out")
-    trainer = Trainer(config, data, dist)
+            ckpt = _loader(config, trainer)(checkpoint.folder(out) / checkpoint.step_name(step))
     if ckpt is not None:
         trainer.restore(ckpt)
         if dist.main:
@@ -240,7 +299,7 @@ def run(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fals
         metrics.reset(out)
     trainer.distribute()
     if echo and dist.main:
-        what = f"resumed from {ckpt.path} at step {ckpt.step}" if ckpt else "from scratch"
+        what = f"resumed from {printable(str(ckpt.path))} at step {ckpt.step}" if ckpt else "from scratch"
         echo(f"training {config.model} on {config.task} ({parameter_count(trainer.model):,} parameters, "
              f"{dist.world} process{'es' if dist.world > 1 else ''}, {trainer.device}) {what}")
     _loop(trainer, out, echo if dist.main else None, progress if dist.main else False)
@@ -248,14 +307,30 @@ def run(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fals
 
 
 def _prepare(out: Path) -> None:
+    """Make ``out`` (a writable folder) and check what it holds is of the right kind, before any
+    line is printed or file written."""
+    shown = printable(str(out))
     if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: is a file, expected a folder")
+        raise UsageError(f"--out {shown}: is a file, expected a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UsageError(f"--out {out}: cannot create it ({err.strerror or err})") from None
+        raise UsageError(f"--out {shown}: cannot create it ({err.strerror or err})") from None
     if not os.access(out, os.W_OK):
-        raise UsageError(f"--out {out}: the folder is not writable")
+        raise UsageError(f"--out {shown}: the folder is not writable")
+    for name, folder in ((checkpoint.folder(out).name, True), (metrics.SNAPSHOTS, True),
+                         (metrics.METRICS, False)):
+        p = out / name
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            raise UsageError(f"--out {shown}: {name} cannot be read ({err.strerror or err})") from None
+        if stat.S_ISDIR(st.st_mode) != folder:
+            raise UsageError(f"--out {shown}: {name} is {'not a folder' if folder else 'a folder'}; a run "
+                             f"keeps {'its' if folder else 'a file'} {name} there (move it away or give "
+                             "another --out)")
 
 
 def _loop(trainer: Trainer, out: Path, echo: Callable[[str], None] | None, progress: bool | None) -> None:

@@ -32,19 +32,26 @@ def append(out: Path, record: dict) -> None:
 
 
 def read(out: Path) -> list[dict]:
-    """The records of ``out``/metrics.jsonl; a last line cut short by a crash is ignored."""
+    """The records of ``out``/metrics.jsonl. A line that is not one (a last line cut short by a crash,
+    bytes that are not UTF-8 or JSON, an object without an integer step) is dropped, as is a line
+    holding NaN or infinity (which this program never writes)."""
     p = out / METRICS
     if not p.is_file():
         return []
     records = []
-    for line in p.read_text(encoding="utf-8").splitlines():
+    for line in p.read_bytes().splitlines():
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
+            rec = json.loads(line.decode("utf-8"), parse_constant=_no_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError):
             continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+        step = rec.get("step") if isinstance(rec, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool):
             records.append(rec)
     return records
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
 
 
 def rewind(out: Path, step: int, last: dict | None) -> None:
@@ -71,7 +78,7 @@ def snapshot_files(out: Path) -> list[tuple[int, Path]]:
     d = out / SNAPSHOTS
     if not d.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _SNAP.match(p.name))]
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _SNAP.match(p.name)) and p.is_file()]
     return sorted(found)
 
 
@@ -93,8 +100,14 @@ def load_snapshots(out: Path) -> list[tuple[int, list[str], np.ndarray]]:
         try:
             with safe_open(os.fspath(p), framework="pt") as f:
                 tokens = json.loads((f.metadata() or {})["tokens"])
-            weights = load_bytes(p.read_bytes())["weights"].numpy()
-        except (SafetensorError, OSError, KeyError, ValueError):
+            weights = load_bytes(p.read_bytes())["weights"].float().numpy()
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError):
             continue  # a snapshot is a picture's input, not a reason to fail the run
+        ok = isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens)
+        if not (ok and weights.ndim == 4 and weights.shape[2:] == (len(tokens), len(tokens))
+                and np.isfinite(weights).all()):
+            continue  # not what save_snapshot writes: left out of the pictures
+        if result and result[-1][2].shape[:2] != weights.shape[:2]:
+            continue  # another run's layers or heads
         result.append((step, tokens, weights))
     return result

@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 from .._io import write_atomic
+from .._text import printable
 from . import metrics
 
 
@@ -60,16 +61,19 @@ def write_pictures(out: Path, title: str = "") -> list[str]:
     from ..viz.steps import save_steps_png, write_steps_html
 
     lines = []
-    records = metrics.read(out)
+    shown = printable(str(out))
+    records = [r for r in metrics.read(out)
+               if all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                      for k in ("loss", "eval_loss", "elapsed_s"))]
     if records:
         _save(plot_curves({title or "run": records}, title), out / "curves.png")
-        lines.append(f"wrote {out / 'curves.png'}: loss and accuracy against steps and seconds")
+        lines.append(f"wrote {shown}/curves.png: loss and accuracy against steps and seconds")
     snaps = metrics.load_snapshots(out)
     if snaps:
         data = [(step, from_weights(list(w), tokens)) for step, tokens, w in snaps]
         save_steps_png(data, out / "attention.png")
         write_steps_html(data, out / "attention.html", title)
-        lines.append(f"wrote {out / 'attention.png'}: every head at {min(5, len(data))} of the steps")
-        lines.append(f"wrote {out / 'attention.html'}: a slider over {len(data)} snapshots (steps "
+        lines.append(f"wrote {shown}/attention.png: every head at {min(5, len(data))} of the steps")
+        lines.append(f"wrote {shown}/attention.html: a slider over {len(data)} snapshots (steps "
                      f"{data[0][0]}-{data[-1][0]})")
     return lines

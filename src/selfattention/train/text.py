@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 
+from .._text import printable
 from ..errors import InputError
 
 MAX_BYTES = 512 * 1024 * 1024  # a character-level toy model has no use for more
+_CHUNK = 1 << 20
 MIN_CHARS = 2  # one character to read, one to predict
 
 
@@ -15,31 +17,45 @@ def read_text(path: str | os.PathLike[str]) -> tuple[str, str]:
     """(the text, the sha256 of its bytes). InputError, naming the file, when it is missing, not a
     file, unreadable, empty, binary (a NUL byte), not UTF-8 or too short."""
     name = os.fspath(path)
+    shown = printable(name)
+    chunks, total = [], 0
     try:
-        size = os.path.getsize(name)
         if os.path.isdir(name):
-            raise InputError(f"--text {name}: is a directory, expected a UTF-8 text file")
+            raise InputError(f"--text {shown}: is a directory, expected a UTF-8 text file")
+        size = os.path.getsize(name)
         if size > MAX_BYTES:
-            raise InputError(f"--text {name}: {size} bytes is more than this trainer takes "
+            raise InputError(f"--text {shown}: {size} bytes is more than this trainer takes "
                              f"({MAX_BYTES} bytes)")
+        # Read in chunks and never more than MAX_BYTES + 1, whatever the file is: a device or a pipe
+        # reports size 0 (/dev/zero, /dev/urandom would never end); a NUL byte stops it at once.
         with open(name, "rb") as f:
-            data = f.read()
+            while total <= MAX_BYTES:
+                chunk = f.read(min(_CHUNK, MAX_BYTES + 1 - total))
+                if not chunk:
+                    break
+                nul = chunk.find(b"\x00")
+                if nul >= 0:
+                    raise InputError(f"--text {shown}: looks binary (a NUL byte at offset {total + nul}), "
+                                     "expected UTF-8 text")
+                chunks.append(chunk)
+                total += len(chunk)
     except FileNotFoundError:
-        raise InputError(f"--text {name}: no such file") from None
+        raise InputError(f"--text {shown}: no such file") from None
     except OSError as err:
-        raise InputError(f"--text {name}: cannot read it ({err.strerror or err})") from None
+        raise InputError(f"--text {shown}: cannot read it ({err.strerror or err})") from None
+    if total > MAX_BYTES:
+        raise InputError(f"--text {shown}: more than {MAX_BYTES} bytes, more than this trainer takes")
+    data = b"".join(chunks)
+    del chunks
     if not data:
-        raise InputError(f"--text {name}: the file is empty")
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise InputError(f"--text {name}: looks binary (a NUL byte at offset {nul}), expected UTF-8 text")
+        raise InputError(f"--text {shown}: the file is empty")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise InputError(f"--text {name}: not UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start} "
+        raise InputError(f"--text {shown}: not UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start} "
                          f"cannot be decoded)") from None
     text = text.removeprefix("\ufeff")  # a byte-order mark is not part of the text
     if len(text) < MIN_CHARS:
-        raise InputError(f"--text {name}: {len(text)} character is too short to learn from "
+        raise InputError(f"--text {shown}: {len(text)} character is too short to learn from "
                          f"(at least {MIN_CHARS})")
     return text, hashlib.sha256(data).hexdigest()

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ModelError
+from ..errors import InputError, ModelError, OptionError
 from . import checkpoint
 from .baseline import GRULM
-from .config import TrainConfig, build_model
+from .config import TrainConfig, build_model, check_memory
 from .tasks import END, SEP, Vocabulary, get_task
 
 
@@ -48,8 +48,6 @@ class TrainedModel:
         text itself for text."""
         if self.task == "text":
             return text
-        from ..errors import InputError
-
         task = get_task(self.task)
         allowed = set(task.vocab.tokens) - {SEP, END}
         bad = next((c for c in text if c not in allowed), None)
@@ -78,11 +76,19 @@ def load_trained(path: str | os.PathLike[str]) -> TrainedModel:
                              "checkpoints/step-*)")
     config = ckpt.config
     vocab = Vocabulary(ckpt.state["vocab"])
+    try:
+        check_memory(config, len(vocab), training=False)
+    except OptionError as err:
+        raise checkpoint.CheckpointError(f"checkpoint {ckpt.path / 'state.json'}: {err}") from None
     model = build_model(config, len(vocab))
     checkpoint.check_tensors(ckpt.path, ckpt.model, model.state_dict())
     model.load_state_dict(ckpt.model)
     model = model.float().eval()
     return TrainedModel(model, config, vocab, ckpt.step, ckpt.path, ckpt.state.get("last_record"))
+
+
+class NonFiniteOutput(ModelError):
+    """The model's logits became NaN or infinite while generating."""
 
 
 @torch.no_grad()
@@ -95,11 +101,25 @@ def continue_text(t: TrainedModel, prompt: str, max_new: int, *, temperature: fl
     ids = t.encode(t.prompt_for(prompt))  # (1, T0)
     stop = t.vocab.index[END] if t.task != "text" else None
     gen = torch.Generator().manual_seed(seed)
-    if isinstance(t.model, DecoderLM):
-        out = generate(t.model, ids, max_new, stop=stop, temperature=temperature, generator=gen,
-                       use_cache=use_cache)[0, ids.shape[1]:]
-    else:
-        out = _generate_rnn(t.model, ids, max_new, stop, temperature, gen)
+    calls = [0]
+
+    def finite(module, inputs, output):  # noqa: ARG001
+        # One forward per generated token (the first one also reads the prompt).
+        calls[0] += 1
+        logits = output[0] if isinstance(output, tuple) else output
+        if not bool(torch.isfinite(logits[:, -1]).all()):
+            raise NonFiniteOutput(f"checkpoint {t.path}: the model gives inf or NaN at token {calls[0]} of "
+                                  "the continuation (its weights are too large: the run diverged)")
+
+    hook = t.model.register_forward_hook(finite)
+    try:
+        if isinstance(t.model, DecoderLM):
+            out = generate(t.model, ids, max_new, stop=stop, temperature=temperature, generator=gen,
+                           use_cache=use_cache)[0, ids.shape[1]:]
+        else:
+            out = _generate_rnn(t.model, ids, max_new, stop, temperature, gen)
+    finally:
+        hook.remove()
     text = t.vocab.decode(out.tolist())
     return text[:-1] if stop is not None and text.endswith(END) else text
 
