@@ -144,6 +144,8 @@ def test_from_predicate_with_heads():
         (lambda: block_mask.from_predicate(lambda b, h, i, j: i - j, Tq=4, Tk=4), TypeError, "bool tensor"),
         (lambda: block_mask.documents(torch.zeros(2, 3)), ValueError, "doc_ids"),
         (lambda: block_mask.prefix_lm(torch.zeros(2, 2, dtype=torch.long), 3), ValueError, "prefix_lengths"),
+        (lambda: block_mask.prefix_lm(torch.tensor([2, -1]), 3), ValueError, r"prefix_lengths must .* ≥ 0"),
+        (lambda: block_mask.key_padding(torch.tensor([-1]), 4, 4), ValueError, r"lengths must be .* ≥ 0"),
     ],
 )
 def test_bad_arguments(call, exc, match):

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from . import reference
+from ._system import available_memory
 from .blockwise import DEFAULT_BLOCK
 from .layers import SelfAttention
 
@@ -240,21 +241,6 @@ def memory_needed(T: int, *, dim: int = 64, batch: int = 1, loop_max_t: int = LO
     loop = 3 * T * T * 8 if T <= loop_max_t else 0
     vectors = 16 * batch * T * dim * 4
     return max(weights, loop) + vectors
-
-
-def available_memory() -> int | None:
-    """Bytes this machine can still give (MemAvailable of /proc/meminfo), or None if unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_memory(sizes: list[int], *, dim: int, batch: int, loop_max_t: int) -> None:

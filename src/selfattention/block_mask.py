@@ -281,6 +281,12 @@ def documents(doc_ids: torch.Tensor, *, causal: bool = False, block=DEFAULT_BLOC
     return from_predicate(same_doc, B=B, Tq=T, Tk=T, block=block, device=doc_ids.device)
 
 
+def _check_counts(name: str, counts: torch.Tensor) -> None:
+    """Counts of tokens are ≥ 0 (one past the length means no padding, and is allowed)."""
+    if counts.dtype == torch.bool or (len(counts) and bool((counts < 0).any())):
+        raise ValueError(f"{name} must be integers ≥ 0, got {counts.tolist()[:8]}")
+
+
 def prefix_lm(prefix_lengths: torch.Tensor, T: int, *, block=DEFAULT_BLOCK) -> BlockMask:
     """Prefix-LM (T5, UL2): every token sees the first ``prefix_lengths[b]`` tokens (the prefix,
     attended bidirectionally) and, causally, every earlier token. (B, 1, T, T)."""
@@ -290,6 +296,7 @@ def prefix_lm(prefix_lengths: torch.Tensor, T: int, *, block=DEFAULT_BLOCK) -> B
         or prefix_lengths.is_floating_point()
     ):
         raise ValueError(f"prefix_lengths must be a 1-D integer tensor, got {prefix_lengths!r}")
+    _check_counts("prefix_lengths", prefix_lengths)
     p = prefix_lengths.view(-1, 1, 1, 1)
     return from_predicate(
         lambda b, h, i, j: (j <= i) | (j < p[b.view(-1)]), B=len(prefix_lengths), Tq=T, Tk=T, block=block,
@@ -302,6 +309,7 @@ def key_padding(lengths: torch.Tensor, Tq: int, Tk: int, *, block=DEFAULT_BLOCK)
     ``lengths`` directly, which needs no map; this is for combining padding with another rule.)"""
     if not isinstance(lengths, torch.Tensor) or lengths.dim() != 1 or lengths.is_floating_point():
         raise ValueError(f"lengths must be a 1-D integer tensor, got {lengths!r}")
+    _check_counts("lengths", lengths)
     n = lengths.view(-1, 1, 1, 1)
     return from_predicate(
         lambda b, h, i, j: j < n[b.view(-1)], B=len(lengths), Tq=Tq, Tk=Tk, block=block, device=lengths.device

@@ -9,6 +9,8 @@ def grouped_mask(mask: torch.Tensor | None, H: int, Hkv: int) -> torch.Tensor | 
     """A mask or bias broadcastable to (B, H, Tq, Tk) → broadcastable to (B, Hkv, G, Tq, Tk), the
     layout in which q is (B, Hkv, G, Tq, d) and k, v are (B, Hkv, 1, Tk, d): query head h reads
     key/value head h // G, G = H / Hkv."""
+    if Hkv < 1 or H % Hkv:
+        raise ValueError(f"{H} query heads cannot share {Hkv} key/value heads: expected a divisor of {H}")
     if mask is None:
         return None
     m = mask.reshape(*([1] * (4 - mask.dim())), *mask.shape)  # (b, h, tq, tk), h in {1, H}

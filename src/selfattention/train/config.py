@@ -8,7 +8,6 @@ others (how long, how often to evaluate or save) may change on ``--resume``.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, fields, replace
 
 from torch import nn
@@ -178,18 +177,9 @@ def available_memory(device: object = "cpu") -> int | None:
             return int(torch.cuda.mem_get_info(device)[0])  # type: ignore[arg-type]
         except (RuntimeError, AssertionError, ValueError):
             return None
-    # As bench.available_memory reads it (not imported: train sits below the commands).
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    from .._system import available_memory as machine
+
+    return machine()
 
 
 def check_memory(config: TrainConfig, vocab_size: int, *, training: bool = True, device: object = "cpu",

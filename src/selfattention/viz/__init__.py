@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 def to_bertviz(data: AttentionData) -> list[torch.Tensor]:
     """The weights in bertviz's layout: a list with one (1, H, T, T) float32 tensor per layer,
     for ``bertviz.head_view(attention, tokens)`` / ``model_view``."""
+    if not isinstance(data, AttentionData):
+        raise TypeError(f"data must be an AttentionData (viz.from_weights, or a trace's attention_data()), "
+                        f"got {type(data).__name__}")
     return data.to_bertviz()
 
 
