@@ -147,6 +147,7 @@ def test_long_sentence_abbreviates_tables_not_json(capsys):
     [],
     ["bench", "--sizes", "0,4"],
     ["bench", "--sizes", "a,b"],
+    ["bench", "--sizes", "16,16"],
     ["bench", "--repeats", "0"],
 ])
 def test_user_errors_exit_2_with_one_line(capsys, argv):

@@ -48,7 +48,7 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
 
 
 def _sizes(s: str) -> list[int]:
-    """'16,64,256' → [16, 64, 256], each in [1, MAX_T]."""
+    """'16,64,256' → [16, 64, 256], each in [1, MAX_T], each once."""
     try:
         sizes = [int(x) for x in s.replace(" ", "").split(",") if x]
     except ValueError:
@@ -56,6 +56,8 @@ def _sizes(s: str) -> list[int]:
             f"expected comma-separated integers like 16,64,256, got {s!r}") from None
     if not sizes or not all(1 <= n <= MAX_T for n in sizes):
         raise argparse.ArgumentTypeError(f"each size must be between 1 and {MAX_T}, got {s!r}")
+    if len(set(sizes)) != len(sizes):
+        raise argparse.ArgumentTypeError(f"each size once, got {s!r}")
     return sizes
 
 

@@ -176,5 +176,5 @@ def _ask(n: int, read: Callable[[], str | None], say: Callable[..., None], inter
         except ValueError:
             pass
         if not interactive:
-            raise UsageError(f"answer {n + 1} is not a number: {printable(line.strip())!r}")
+            raise UsageError(f"answer {n + 1} is not a number: '{printable(line.strip())}'")
         say("   that is not a number; try again (e.g. 0.25)")
