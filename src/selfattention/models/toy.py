@@ -42,6 +42,7 @@ def word_vector(word: str, dim: int) -> np.ndarray:
 
 
 TOY_DIM, TOY_SEED = 64, 0  # the lecture's D, and the default seed of the random W's
+TOY_MAX_DIM = 2048  # W's are D × D float64: 3 · 2048² · 8 B ≈ 100 MB
 TOY_POSITIONS = ("none", "sinusoidal")
 
 
@@ -58,8 +59,8 @@ class ToyModel:
     unit = "words"
 
     def __init__(self, dim: int = TOY_DIM, seed: int = TOY_SEED, positions: str = "none"):
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= TOY_MAX_DIM:
+            raise ValueError(f"dim must be an int in 1 … {TOY_MAX_DIM}, got {dim!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if positions not in TOY_POSITIONS:
