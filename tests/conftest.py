@@ -166,6 +166,13 @@ def flash_rule(out: torch.Tensor, out_pt: torch.Tensor, out_ref, eps: float | No
         f"{what}: error {err:.3g} > {k:g} × same-precision peer error {err_pt:.3g} + {eps:.2g}")
 
 
+EPS32 = float(np.finfo(np.float32).eps)
+# |‖x‖ − 1| of a float32 vector normalized in float32: a sum of D = 384 squares, each rounded,
+# then a square root and a division: a few ε₃₂ · √D at most. Two float32 runs of the encoder that
+# differ only in batching (padding, summation order) give unit vectors within the same bound.
+NORM_TOL = 4 * EPS32 * np.sqrt(384)
+
+
 def softmax_rows(S: np.ndarray) -> np.ndarray:
     """Softmax over the last axis in S's own precision; −inf entries get weight 0."""
     m = np.max(np.where(np.isinf(S), np.finfo(S.dtype).min, S), axis=-1, keepdims=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import model_dir_copy
+from conftest import EPS32, NORM_TOL, model_dir_copy
 from safetensors.torch import load_file, save_file
 
 from selfattention.errors import ModelError
@@ -61,10 +61,6 @@ def test_missing_file(tmp_path, name):
 
 
 UNREADABLE = rf"{WEIGHTS} is not a readable safetensors file"
-EPS32 = float(np.finfo(np.float32).eps)
-# |‖x‖ − 1| of a float32 vector normalized in float32: a sum of D = 384 squares, each rounded,
-# then a square root and a division: a few ε₃₂ · √D at most.
-NORM_TOL = 4 * EPS32 * np.sqrt(384)
 
 
 def test_truncated_header(tmp_path):
