@@ -467,3 +467,23 @@ def test_ctrl_c_during_a_write_undoes_it_even_where_the_command_exits_at_once(tm
         assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler and seen == []
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def test_library_arguments_of_the_wrong_kind_are_named():
+    import torch
+
+    from selfattention import blockwise_attention, masks, models, reference, viz
+
+    x = torch.randn(2, 3)
+    cases = [
+        (lambda: reference.self_attention(np.ones((2, 3)) * 1j, *[np.eye(2)] * 3), TypeError, "H is complex"),
+        (lambda: masks.from_lengths(["a"], 3), TypeError, "lengths must be a list or 1-D tensor of ints"),
+        (lambda: blockwise_attention(x, x, x, return_lse=1), TypeError, "return_lse must be True or False"),
+        (lambda: models.trace("toy", "hi there", causal="yes"), TypeError, "causal must be True or False"),
+        (lambda: viz.from_weights([np.full((1, 2, 2), -0.5)], ["a", "b"]), ValueError, "weights must be ≥ 0"),
+        (lambda: viz.to_bertviz("x"), TypeError, "data must be an AttentionData"),
+        (lambda: models.load("toy", dim=40000), ValueError, r"dim must be an int in 1 … 2048"),
+    ]
+    for call, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            call()

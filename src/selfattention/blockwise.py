@@ -206,6 +206,8 @@ def blockwise_attention(
         raise TypeError(f"block_size must be a positive int, got {block_size!r}")
     if block_size < 1:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be True or False, got {return_lse!r}")
     if isinstance(mask, BlockMask):
         p = dataclasses.replace(check_inputs(q, k, v, None, causal, causal_alignment, scale), mask=mask)
     else:

@@ -48,7 +48,10 @@ def from_lengths(lengths: torch.Tensor | list[int], T: int) -> torch.Tensor:
     ``lengths[b]`` real tokens come first in sequence b; the rest is padding.
     """
     if not isinstance(lengths, torch.Tensor):
-        lengths = torch.as_tensor(lengths)
+        try:
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"lengths must be a list or 1-D tensor of ints, got {lengths!r:.80}") from None
         if lengths.numel() == 0:
             lengths = lengths.long()  # [] would otherwise become a float tensor
     if lengths.dim() != 1 or lengths.is_floating_point() or lengths.dtype == torch.bool:

@@ -48,6 +48,8 @@ def default_scale(d_k: int) -> float:
 
 
 def _matrix(name: str, x: object) -> np.ndarray:
+    if np.iscomplexobj(x):  # float64 would drop the imaginary part with only a warning
+        raise TypeError(f"{name} is complex; self-attention here is over real numbers")
     a = np.asarray(x, dtype=np.float64)
     if a.ndim != 2:
         raise ValueError(f"{name} has shape {a.shape}, expected a 2-D matrix")

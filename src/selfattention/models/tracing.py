@@ -161,6 +161,8 @@ def trace(
     if not all(hasattr(model, a) for a in ("tokenize", "tokens_from", "attention_layers")):
         raise TypeError("model must be a model name or a traceable model (models.load), got "
                         f"{type(model).__name__}")
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be True or False, got {causal!r}")
     if layers is not None and len(layers) == 0:
         raise OptionError("layers is empty: give at least one layer (0-based), or None for all")
     toks = model.tokenize(text, truncate=truncate) if isinstance(text, str) else model.tokens_from(text)

@@ -113,8 +113,11 @@ def from_weights(
     w = layers("weights", weights, T)
     if any(a.shape[0] != w[0].shape[0] for a in w):
         raise ValueError("every layer must have the same number of heads")
-    if not np.isfinite(np.concatenate([a.ravel() for a in w])).all():
+    flat = np.concatenate([a.ravel() for a in w])
+    if not np.isfinite(flat).all():
         raise ValueError("weights contain NaN or inf")
+    if (flat < 0).any():
+        raise ValueError(f"weights must be ≥ 0 (softmax outputs), got {flat.min():.3g}")
     given = [x is not None for x in (q, k, v)]
     if any(given) and not all(given):
         raise ValueError("give q, k and v together, or none of them")
