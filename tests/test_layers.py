@@ -386,3 +386,14 @@ def test_x_of_another_dtype_or_device_is_named(layer):
     if isinstance(m, MultiHeadAttention):
         with pytest.raises(TypeError, match="context has dtype torch.float16"):
             m(x, context=x.half())
+
+
+def test_a_layer_too_big_for_the_machine_is_refused_before_allocating(monkeypatch):
+    from selfattention import _system
+
+    monkeypatch.setattr(_system, "available_memory", lambda: 2**30)
+    with pytest.raises(ValueError, match=r"MultiHeadAttention\(16384, 8\)'s float32 weights needs 4 GiB"):
+        MultiHeadAttention(16384, 8)  # 4 bytes · 16384 · 4 · 16384: W_Q, W_K, W_V and W_O
+    with pytest.raises(ValueError, match=r"SelfAttention\(10000, d_k=10000, d_v=10000\)'s float32 weights"):
+        SelfAttention(10000)
+    assert MultiHeadAttention(512, 8).in_proj.weight.shape == (1536, 512)  # small: not asked

@@ -159,3 +159,14 @@ def test_from_attn_mask_bad(bad, match):
 
 def test_causal_accepts_numpy_integers():
     assert torch.equal(masks.causal(np.int64(2), np.int64(3)), masks.causal(2, 3))
+
+
+def test_a_mask_too_big_for_the_machine_is_refused_before_allocating(monkeypatch):
+    from selfattention import _system
+
+    monkeypatch.setattr(_system, "available_memory", lambda: 2**30)
+    with pytest.raises(ValueError, match=r"a causal mask of 40000 × 40000 needs 1.49 GiB but 1.0 GiB"):
+        masks.causal(40000, 40000)
+    with pytest.raises(ValueError, match=r"a padding mask of 2 × 200000000 needs 1.86 GiB"):
+        masks.from_lengths([1, 2], 200_000_000)
+    assert masks.causal(300, 300).shape == (300, 300)  # small masks are not asked about

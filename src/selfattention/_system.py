@@ -5,6 +5,16 @@ from __future__ import annotations
 import os
 
 
+def check_fits(nbytes: int, what: str) -> None:
+    """ValueError when ``what`` (a description) would take more than the memory available now;
+    asked only past 256 MiB, so that ordinary sizes never read /proc."""
+    if nbytes < 1 << 28:
+        return
+    have = available_memory()
+    if have is not None and nbytes > have:
+        raise ValueError(f"{what} needs {nbytes / 2**30:.3g} GiB but {have / 2**30:.1f} GiB are available")
+
+
 def available_memory() -> int | None:
     """Bytes this machine can still give (MemAvailable of /proc/meminfo), or None if unknown."""
     try:

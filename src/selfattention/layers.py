@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ._checks import broadcast
+from ._system import check_fits
 from .functional import attention, resolve_backend
 
 
@@ -63,6 +64,8 @@ class SelfAttention(nn.Module):
         self.d_model = _positive("d_model", d_model)
         self.d_k = _positive("d_k", d_k if d_k is not None else d_model)
         self.d_v = _positive("d_v", d_v if d_v is not None else d_model)
+        check_fits(4 * d_model * (2 * self.d_k + self.d_v), f"SelfAttention({d_model}, d_k={self.d_k}, "
+                   f"d_v={self.d_v})'s float32 weights")
         self.w_q = nn.Linear(d_model, self.d_k, bias=bias)
         self.w_k = nn.Linear(d_model, self.d_k, bias=bias)
         self.w_v = nn.Linear(d_model, self.d_v, bias=bias)
@@ -160,6 +163,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         self.head_dim = d_model // num_heads
         self.dropout = float(dropout)
+        check_fits(4 * d_model * (2 * d_model + 2 * self._d_kv),
+                   f"MultiHeadAttention({d_model}, {num_heads})'s float32 weights")
         # One matrix for q, k and v: a single matmul when x is also the context.
         self.in_proj = nn.Linear(d_model, d_model + 2 * self._d_kv, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)

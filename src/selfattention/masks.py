@@ -13,6 +13,18 @@ import torch
 ALIGNMENTS = ("top_left", "bottom_right")
 
 
+def _check_fits(nbytes: int, what: str, shape: tuple[int, int], device: torch.device | str | None) -> None:
+    """ValueError, before allocating, when a CPU mask would not fit in the memory available
+    (asked only past 256 MiB: the masks of every call are far smaller, and stay free of file reads)."""
+    if torch.compiler.is_compiling():
+        return  # traced: a size test would become a guard, and a new graph past it
+    if nbytes < 1 << 28 or torch.device(device or "cpu").type != "cpu":
+        return  # small, or a GPU, which reports its own out-of-memory error with sizes
+    from ._system import check_fits
+
+    check_fits(nbytes, f"{what} of {shape[0]} × {shape[1]}")
+
+
 def causal_offset(alignment: str, Tq: int, Tk: int) -> int:
     """Query i may see keys j <= i + offset: 0 for ``top_left``, Tk - Tq for ``bottom_right``.
 
@@ -37,6 +49,8 @@ def causal(
             raise ValueError(f"{name} must be a non-negative int, got {n!r}")
     Tq, Tk = int(Tq), int(Tk)
     offset = causal_offset(alignment, Tq, Tk)
+    _check_fits(Tq * Tk + 8 * (Tq + Tk), "a causal mask", (Tq, Tk), device)  # (no f-string: under
+    # torch.compile, formatting a symbolic size would fix it)
     i = torch.arange(Tq, device=device).unsqueeze(-1)  # (Tq, 1)
     j = torch.arange(Tk, device=device)  # (Tk,)
     return j <= i + offset  # (Tq, Tk)
@@ -63,6 +77,7 @@ def from_lengths(lengths: torch.Tensor | list[int], T: int) -> torch.Tensor:
         raise ValueError(f"T must be a non-negative int, got {T!r}")
     if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > T):
         raise ValueError(f"lengths must lie in [0, T={T}], got {lengths.tolist()}")
+    _check_fits((8 + len(lengths)) * T, "a padding mask", (len(lengths), T), lengths.device)
     keep = torch.arange(T, device=lengths.device) < lengths.unsqueeze(-1)  # (B, T)
     return keep[:, None, None, :]  # (B, 1, 1, T)
 
