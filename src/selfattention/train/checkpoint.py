@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
+from .._text import printable
 from ..errors import ModelError
 from .config import TrainConfig
 
@@ -43,6 +44,11 @@ FORMAT = "selfattention-train-checkpoint"
 VERSION = 1
 FILES = ("model.safetensors", "train.safetensors")
 _NAME = re.compile(r"^step-(\d{8,})$")
+MAX_STATE_BYTES = 32 * 1024 * 1024  # state.json: a vocabulary of every Unicode character fits in ~20 MB
+# What ``save`` writes at the top of state.json (and ``Trainer.save``'s state); nothing else is read.
+STATE_KEYS = frozenset({"format", "version", "step", "files", "versions", "config", "task", "vocab",
+                        "model_class", "parameters", "loss_sum", "loss_tokens", "tokens_seen", "elapsed_s",
+                        "last_record", "processes", "data"})
 
 
 class CheckpointWarning(UserWarning):
@@ -82,7 +88,10 @@ def step_name(step: int) -> str:
 def listing(out: str | os.PathLike[str]) -> list[Path]:
     """The checkpoint folders of a run, newest (highest step) first."""
     d = folder(out)
-    if not d.is_dir():
+    try:
+        if not d.is_dir():
+            return []
+    except OSError:  # a name too long, …: said with --out's name where the folder is checked
         return []
     found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name)) and _usable_dir(p)]
     return [p for _, p in sorted(found, reverse=True)]
@@ -174,12 +183,44 @@ def clean_temporary(out: str | os.PathLike[str]) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+def _kind(mode: int) -> str:
+    return ("a FIFO (a named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or
+            stat.S_ISBLK(mode) else "a folder" if stat.S_ISDIR(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "not a regular file")
+
+
+def regular_size(f: Path) -> int:
+    """The size of ``f``, a regular file (a symlink to one counts); CheckpointError when it is missing
+    or anything else (a FIFO would block its reader forever, a device never ends)."""
+    try:
+        st = os.stat(f)
+    except (FileNotFoundError, NotADirectoryError):
+        where = f"{f.parent}: {f.name} is" if f.name == "state.json" else f"{f}: the file is"
+        raise CheckpointError(f"checkpoint {where} missing") from None
+    except OSError as err:
+        raise CheckpointError(f"checkpoint {f}: cannot read it ({err.strerror or err})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"checkpoint {f}: is {_kind(st.st_mode)}, not a regular file")
+    return st.st_size
+
+
+def read_state(path: Path) -> dict:
+    """The checked state.json of checkpoint folder ``path`` (CheckpointError naming what is wrong)."""
+    return _read_state(Path(path))
+
+
 def _read_state(path: Path) -> dict:
     f = path / "state.json"
+    size = regular_size(f)
+    if size > MAX_STATE_BYTES:
+        raise CheckpointError(f"checkpoint {f}: {size} bytes, more than a state.json can be "
+                              f"({MAX_STATE_BYTES} bytes)")
     try:
-        text = f.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path}: {f.name} is missing") from None
+        with open(f, "rb") as fh:
+            data = fh.read(MAX_STATE_BYTES + 1)
+        if len(data) > MAX_STATE_BYTES:
+            raise CheckpointError(f"checkpoint {f}: more than a state.json can be ({MAX_STATE_BYTES} bytes)")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise CheckpointError(f"checkpoint {f}: cannot read it ({err})") from None
     try:
@@ -187,6 +228,9 @@ def _read_state(path: Path) -> dict:
     except json.JSONDecodeError as err:
         raise CheckpointError(f"checkpoint {f}: not valid JSON ({err.msg} at line {err.lineno}), "
                               "truncated or corrupted") from None
+    except RecursionError:
+        raise CheckpointError(f"checkpoint {f}: not a selfattention training checkpoint (JSON nested too "
+                              "deep)") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {f}: not a selfattention training checkpoint")
     version = state.get("version")
@@ -258,6 +302,9 @@ def check_state(f: Path, state: dict) -> None:
 
         if vocab != get_task(c.task).vocab.tokens:
             raise bad("vocab", f"the {c.task} task's characters")
+    unknown = sorted(set(state) - STATE_KEYS)
+    if unknown:
+        raise CheckpointError(f"checkpoint {f}: unknown fields {_short(unknown)}")
 
 
 def _short(x: object) -> str:
@@ -280,9 +327,7 @@ def _read_tensors(path: Path, name: str, state: dict) -> dict[str, torch.Tensor]
     want = state["files"].get(name)
     if not isinstance(want, dict):
         raise CheckpointError(f"checkpoint {path / 'state.json'}: lists no {name}")
-    if not f.is_file():
-        raise CheckpointError(f"checkpoint {f}: the file is missing")
-    size = f.stat().st_size
+    size = regular_size(f)
     if size != want.get("bytes"):
         raise CheckpointError(f"checkpoint {f}: {size} bytes, expected {want.get('bytes')} (truncated or "
                               "overwritten)")
@@ -326,6 +371,10 @@ def load(path: str | os.PathLike[str], *, with_train: bool = True,
     if not p.is_dir():
         raise CheckpointError(f"checkpoint {p}: no such folder")
     state = _read_state(p)
+    if _NAME.match(p.name) and p.name != step_name(state["step"]):
+        raise CheckpointError(f"checkpoint {p / 'state.json'}: says step {state['step']}, but its folder is "
+                              f"named {printable(p.name)} (expected {step_name(state['step'])}); renamed or "
+                              "moved by hand")
     if expected is not None:
         check_match(p, TrainConfig.from_dict(state["config"]), expected)
     model = _read_tensors(p, "model.safetensors", state)

@@ -11,9 +11,17 @@ TASKS = ("copy", "reverse", "sort", "recall", "text")
 POSITIONS = ("learned", "sinusoidal", "none")
 
 
+def _ascii(s: str) -> str:
+    """``s`` when it is ASCII: int() and float() also take other scripts' digits (``١٠`` is 10), which
+    a user reading the command back would not recognise as a number."""
+    if not s.isascii():
+        raise ValueError(s)
+    return s
+
+
 def _positive(s: str) -> int:
     try:
-        n = int(s)
+        n = int(_ascii(s))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
     if n < 1:
@@ -23,7 +31,7 @@ def _positive(s: str) -> int:
 
 def _non_negative(s: str) -> int:
     try:
-        n = int(s)
+        n = int(_ascii(s))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {s!r}") from None
     if n < 0:
@@ -33,7 +41,7 @@ def _non_negative(s: str) -> int:
 
 def _number(s: str) -> float:
     try:
-        x = float(s)
+        x = float(_ascii(s))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
     if not x >= 0 or x == float("inf"):
@@ -49,6 +57,22 @@ def _positive_number(s: str) -> float:
 
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
+MIN_TIMEOUT, MAX_TIMEOUT = 1.0, 7 * 24 * 3600.0  # --timeout: below 1 s a healthy group cannot even form
+MAX_NEW = 100_000  # generate --max-new: a character-level toy model has nothing more to say
+
+
+def _timeout(s: str) -> float:
+    x = _number(s)
+    if not MIN_TIMEOUT <= x <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"expected {MIN_TIMEOUT:g} … {MAX_TIMEOUT:g} seconds, got {s}")
+    return x
+
+
+def _max_new(s: str) -> int:
+    n = _non_negative(s)
+    if n > MAX_NEW:
+        raise argparse.ArgumentTypeError(f"expected an integer in 0 … {MAX_NEW:,}, got {s}")
+    return n
 
 
 def _seed(s: str) -> int:
@@ -172,8 +196,9 @@ def _running_options(t: argparse.ArgumentParser) -> None:
     r = t.add_argument_group("running")
     r.add_argument("--threads", type=_threads, metavar="N",
                    help="CPU threads of this process (default: torch's)")
-    r.add_argument("--timeout", type=_number, default=120.0, metavar="SECONDS",
-                   help="torchrun: seconds to wait for another process before stopping (default 120)")
+    r.add_argument("--timeout", type=_timeout, default=120.0, metavar="SECONDS",
+                   help="torchrun: seconds to wait for another process before stopping (1 … 604800; "
+                        "default 120)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal)")
     r.add_argument("--no-pictures", action="store_true",
                    help="do not draw curves.png, attention.png and attention.html at the end")
@@ -187,8 +212,9 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
                     "reverse) and the answer is printed; for text, the continuation.")
     g.add_argument("dir", metavar="DIR", help="a training --out folder, or one of its checkpoints")
     g.add_argument("--prompt", required=True, help="the text to continue")
-    g.add_argument("--max-new", type=_non_negative, default=None, metavar="N",
-                   help="tokens to generate at most (default: a task's longest answer; text 200)")
+    g.add_argument("--max-new", type=_max_new, default=None, metavar="N",
+                   help="tokens to generate at most, up to 100,000 (default: a task's longest answer; text "
+                        "200)")
     g.add_argument("--temperature", type=_number, default=None, metavar="T",
                    help="0 = always the likeliest token (default for tasks); text default 0.8")
     g.add_argument("--seed", type=_seed, default=0, metavar="S",

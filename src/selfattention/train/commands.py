@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -33,14 +32,13 @@ def _given(args: argparse.Namespace) -> dict[str, object]:
 
 def _peek_config(out: Path):
     """The config of the newest checkpoint whose state.json reads (for options not given on --resume)."""
-    from .checkpoint import listing
+    from .checkpoint import CheckpointError, listing, read_state
     from .config import TrainConfig
 
     for p in listing(out):
-        try:
-            state = json.loads((p / "state.json").read_text(encoding="utf-8"))
-            return TrainConfig.from_dict(state["config"]).check()
-        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        try:  # read as a checkpoint is (a regular file, bounded, checked): never a FIFO's hang
+            return TrainConfig.from_dict(read_state(p)["config"]).check()
+        except (CheckpointError, OSError, ValueError, KeyError, TypeError, RecursionError):
             continue
     return None
 
@@ -73,15 +71,16 @@ def make_config(args: argparse.Namespace):
 def train_command(args: argparse.Namespace) -> int:
     import torch
 
-    from .distributed import PeerError, barrier, setup, teardown
+    from .distributed import Dist, PeerError, barrier, setup, teardown
 
     if args.out is None:
         args.out = str(Path("runs") / args.task)
     config, text = make_config(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dist = setup(args.timeout)
+    dist = Dist(timeout_s=args.timeout)
     try:
+        dist = setup(args.timeout)
         from .loop import run
 
         trainer = run(config, args.out, resume=args.resume, dist=dist, echo=print,
@@ -106,17 +105,32 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finish(trainer, out: Path, pictures: bool) -> None:
+def summary(trainer) -> str:
+    """The last line of a run: its step, its last evaluation (named when it was not at this step;
+    never NaN) and its seconds."""
+    import math
+
     r = trainer.last_record or {}
     c = trainer.config
-    if "accuracy" in r:
-        print(f"done: step {trainer.step}, held-out accuracy {r['accuracy']:.3f} "
-              f"(lengths {c.min_len}-{c.max_len})"
-              + (f", longer {r['longer_accuracy']:.3f}" if "longer_accuracy" in r else "")
-              + f", {trainer.elapsed:.1f} s")
+
+    def good(key: str) -> bool:
+        v = r.get(key)
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    when = "" if r.get("step") == trainer.step else f" (evaluated at step {r.get('step')})"
+    if c.task != "text" and good("accuracy"):
+        what = (f"held-out accuracy {r['accuracy']:.3f} (lengths {c.min_len}-{c.max_len})"
+                + (f", longer {r['longer_accuracy']:.3f}" if good("longer_accuracy") else "") + when)
+    elif c.task == "text" and good("eval_loss"):
+        what = f"eval_loss {r['eval_loss']:.4f}{when}"
     else:
-        loss = r.get("eval_loss", float("nan"))
-        print(f"done: step {trainer.step}, eval_loss {loss:.4f}, {trainer.elapsed:.1f} s")
+        what = "no evaluation yet"
+    return f"done: step {trainer.step}, {what}, {trainer.elapsed:.1f} s"
+
+
+def _finish(trainer, out: Path, pictures: bool) -> None:
+    c = trainer.config
+    print(summary(trainer))
     if pictures:
         from .report import write_pictures
 
@@ -138,6 +152,7 @@ def generate_command(args: argparse.Namespace) -> int:
     if t.task == "text":
         max_new = 200 if args.max_new is None else args.max_new
         temperature = 0.8 if args.temperature is None else args.temperature
+        t.prompt_for(args.prompt)  # an empty prompt is an error before any work
     else:
         max_new = 2 * t.config.longer_len + 2 if args.max_new is None else args.max_new
         temperature = 0.0 if args.temperature is None else args.temperature

@@ -20,6 +20,11 @@ MODELS = ("transformer", "gru")
 DTYPES = ("float32", "float64")
 TASKS = ("copy", "reverse", "sort", "recall", "text")
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
+# Upper bounds of the counts that size work but not memory (memory is checked by ``check_memory``):
+# a run stops in finite time and a hand-edited state.json cannot ask for an endless evaluation.
+MAX_STEPS = 10**9  # steps, eval_every, checkpoint_every, warmup, decay_steps
+MAX_EVAL_SIZE = 100_000  # held-out sequences (or text windows) per evaluation
+MAX_KEEP = 1000  # checkpoints kept
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,11 @@ class TrainConfig:
                 raise UsageError(f"{name} must be a positive integer, got {n!r}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise UsageError(f"warmup must be an integer ≥ 0, got {self.warmup!r}")
+        for name, most in (("steps", MAX_STEPS), ("eval_every", MAX_STEPS), ("checkpoint_every", MAX_STEPS),
+                           ("warmup", MAX_STEPS), ("decay_steps", MAX_STEPS), ("eval_size", MAX_EVAL_SIZE),
+                           ("keep", MAX_KEEP)):
+            if getattr(self, name) > most:
+                raise UsageError(f"{name} must be at most {most:,}, got {getattr(self, name)!r}")
         for name in ("lr", "clip"):
             x = getattr(self, name)
             if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
@@ -152,20 +162,33 @@ def parameters_estimate(config: TrainConfig, vocab_size: int) -> int:
     return V * D + (T * D if config.positions == "learned" else 0) + L * block + 2 * D + D * V + V
 
 
+EVAL_CHUNK = 256  # sequences per forward pass in evaluation (``loop.Trainer.evaluate``)
+
+
 def memory_needed(config: TrainConfig, vocab_size: int, *, training: bool = True) -> int:
     """Bytes a training step (or, with ``training=False``, a loaded model) needs, on the high side:
-    the parameters (and, training, their gradients and AdamW's two moments), and the activations of
-    the largest batch that runs at once: about 12·D + 2·d_ff numbers per token and layer, the
-    logits, and the attention weights B·H·T² per layer (kept, with their gradients, for backward)."""
+    the parameters (and, training, their gradients and AdamW's two moments), the held-out batches
+    (three numbers per token), and the larger of a training step and an evaluation chunk: about
+    12·D + 2·d_ff numbers per token and layer, the attention weights B·H·T² per layer (kept, with
+    their gradients, for backward), and the B·T·V logits — training: the logits, the selected ones,
+    their log-softmax and the gradients of the three; evaluation: the logits, their float64 copy on
+    the CPU, the selected ones and their log-softmax (float64)."""
     size = 8 if config.dtype == "float64" else 4
     params = parameters_estimate(config, vocab_size)
     if not training:
         return 2 * params * size  # the file's tensors and the model's
-    B, T = max(config.batch_size, min(config.eval_size, 256)), config.sequence_len()
+    T, V = config.sequence_len(), vocab_size
     L, D, H = config.num_layers, config.d_model, config.num_heads
-    vectors = B * T * L * (12 * D + 2 * config.d_ff) + 3 * B * T * vocab_size
-    weights = 3 * B * H * T * T * L if config.model == "transformer" else 0
-    return (4 * params + vectors + weights) * size
+    transformer = config.model == "transformer"
+
+    def activations(B: int) -> int:
+        return B * T * L * (12 * D + 2 * config.d_ff) + (3 * B * H * T * T * L if transformer else 0)
+
+    B, E = config.batch_size, min(config.eval_size, EVAL_CHUNK)
+    train = (activations(B) + 6 * B * T * V) * size
+    evaluation = activations(E) * size + E * T * V * (size + 3 * 8)
+    held_out = 2 * config.eval_size * T * (8 + 8 + 1)  # inputs, targets, weights (and the longer set)
+    return 4 * params * size + max(train, evaluation) + held_out
 
 
 def available_memory(device: object = "cpu") -> int | None:

@@ -17,11 +17,11 @@ from datetime import timedelta
 
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, UserError
 
 
-class PeerError(RuntimeError):
-    """Another training process died, hung or could not be reached."""
+class PeerError(UserError):
+    """Another training process died, hung or could not be reached (one line, never a traceback)."""
 
 
 @dataclass(frozen=True)

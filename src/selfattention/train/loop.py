@@ -25,12 +25,11 @@ from .._text import printable
 from ..errors import UsageError
 from ..transformer import DecoderLM, parameter_count
 from . import checkpoint, metrics
-from .config import TrainConfig, build_model, check_memory
+from .config import EVAL_CHUNK, TrainConfig, build_model, check_memory
 from .data import SyntheticData, TextData, make_data
 from .distributed import Dist, all_sum, broadcast_int, guard
 from .tasks import Batch
 
-EVAL_CHUNK = 256  # sequences per forward pass in evaluation
 BETAS = (0.9, 0.98)
 
 
@@ -90,7 +89,7 @@ class Trainer:
         # The gradient norm is the same on every process (the gradients are averaged): all stop together.
         if not (torch.isfinite(loss_sum) and torch.isfinite(norm)):
             what = "loss" if not torch.isfinite(loss_sum) else "gradient"
-            self.diverged(s, f"the {what} is {float(loss_sum if what == 'loss' else norm)}")
+            self.diverged(s, f"the {what} is {float((loss_sum if what == 'loss' else norm).detach())}")
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.step = s
@@ -289,6 +288,9 @@ def run(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fals
             ckpt = checkpoint.newest_valid(out, _loader(config, trainer))
             step = ckpt.step if ckpt else -1
         step = broadcast_int(step, dist)
+        if step > config.steps:  # every process stops here, before anything is changed
+            raise UsageError(f"--resume: the run in {printable(str(out))} is already at step {step}; give "
+                             f"--steps ≥ {step} (more to train on)")
         if step >= 0 and not dist.main:
             ckpt = _loader(config, trainer)(checkpoint.folder(out) / checkpoint.step_name(step))
     if ckpt is not None:
@@ -310,27 +312,54 @@ def _prepare(out: Path) -> None:
     """Make ``out`` (a writable folder) and check what it holds is of the right kind, before any
     line is printed or file written."""
     shown = printable(str(out))
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {shown}: is a file, expected a folder")
+    try:
+        st = os.stat(out)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None
+    except OSError as err:
+        raise UsageError(f"--out {shown}: cannot use it ({err.strerror or err})") from None
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        what = checkpoint._kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else "a file"
+        raise UsageError(f"--out {shown}: is {what}, expected a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UsageError(f"--out {shown}: cannot create it ({err.strerror or err})") from None
     if not os.access(out, os.W_OK):
         raise UsageError(f"--out {shown}: the folder is not writable")
+    # What the run writes there must be its own: a symlink would have the run write (or delete) a
+    # file elsewhere, a FIFO block it forever, a device swallow it.
     for name, folder in ((checkpoint.folder(out).name, True), (metrics.SNAPSHOTS, True),
-                         (metrics.METRICS, False)):
-        p = out / name
-        try:
-            st = p.stat()
-        except FileNotFoundError:
-            continue
-        except OSError as err:
-            raise UsageError(f"--out {shown}: {name} cannot be read ({err.strerror or err})") from None
-        if stat.S_ISDIR(st.st_mode) != folder:
-            raise UsageError(f"--out {shown}: {name} is {'not a folder' if folder else 'a folder'}; a run "
-                             f"keeps {'its' if folder else 'a file'} {name} there (move it away or give "
-                             "another --out)")
+                         (metrics.METRICS, False), *((p, False) for p in PICTURES)):
+        _own(out / name, f"--out {shown}: {name}", folder)
+    snaps = out / metrics.SNAPSHOTS
+    if snaps.is_dir():
+        for p in snaps.iterdir():
+            if metrics.is_snapshot_name(p.name):
+                _own(p, f"--out {shown}: {metrics.SNAPSHOTS}/{printable(p.name)}", False)
+
+
+PICTURES = ("curves.png", "attention.png", "attention.html")
+
+
+def _own(p: Path, what: str, folder: bool) -> None:
+    """UsageError unless ``p`` is missing, or a folder (``folder``) or a regular file, not a symlink."""
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise UsageError(f"{what} cannot be read ({err.strerror or err})") from None
+    fix = "(move it away or give another --out)"
+    if stat.S_ISLNK(st.st_mode):
+        raise UsageError(f"{what} is a symbolic link; a run writes its own {'folder' if folder else 'file'} "
+                         f"there, not through a link {fix}")
+    if stat.S_ISDIR(st.st_mode) != folder:
+        kind = "not a folder" if folder else "a folder"
+        keeps = "its" if folder else "a file"
+        raise UsageError(f"{what} is {kind}; a run keeps {keeps} {p.name} there {fix}")
+    if not folder and not stat.S_ISREG(st.st_mode):
+        raise UsageError(f"{what} is {checkpoint._kind(st.st_mode)}, not a regular file {fix}")
 
 
 def _loop(trainer: Trainer, out: Path, echo: Callable[[str], None] | None, progress: bool | None) -> None:

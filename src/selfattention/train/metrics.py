@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from .._io import write_atomic
+from .._text import printable
 
 METRICS = "metrics.jsonl"
 SNAPSHOTS = "snapshots"
@@ -74,6 +77,10 @@ def reset(out: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def is_snapshot_name(name: str) -> bool:
+    return _SNAP.match(name) is not None
+
+
 def snapshot_files(out: Path) -> list[tuple[int, Path]]:
     d = out / SNAPSHOTS
     if not d.is_dir():
@@ -92,22 +99,45 @@ def save_snapshot(out: Path, step: int, tokens: list[str], weights: torch.Tensor
 
 
 def load_snapshots(out: Path) -> list[tuple[int, list[str], np.ndarray]]:
-    """Every readable snapshot of the run, oldest first: (step, tokens, weights (L, H, T, T))."""
+    """Every usable snapshot of the run, oldest first: (step, tokens, weights (L, H, T, T)).
+
+    A snapshot is a picture's input, not a reason to fail the run: one that is not what
+    ``save_snapshot`` writes (unreadable, weights not float or outside [0, 1] or not finite, another
+    shape) or that shows another sequence or model than the newest one is left out, with one
+    warning naming the steps left out."""
     from safetensors import safe_open
 
-    result = []
+    found, damaged = [], []
     for step, p in snapshot_files(out):
         try:
+            if not stat.S_ISREG(os.stat(p).st_mode):
+                raise OSError("not a regular file")
             with safe_open(os.fspath(p), framework="pt") as f:
                 tokens = json.loads((f.metadata() or {})["tokens"])
-            weights = load_bytes(p.read_bytes())["weights"].float().numpy()
-        except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError):
-            continue  # a snapshot is a picture's input, not a reason to fail the run
+            raw = load_bytes(p.read_bytes())["weights"]
+            if not raw.is_floating_point():
+                raise TypeError(f"weights of dtype {raw.dtype}")
+            weights = raw.float().numpy()
+        except (SafetensorError, OSError, KeyError, ValueError, TypeError, RuntimeError, RecursionError):
+            damaged.append(step)
+            continue
         ok = isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens)
         if not (ok and weights.ndim == 4 and weights.shape[2:] == (len(tokens), len(tokens))
-                and np.isfinite(weights).all()):
-            continue  # not what save_snapshot writes: left out of the pictures
-        if result and result[-1][2].shape[:2] != weights.shape[:2]:
-            continue  # another run's layers or heads
-        result.append((step, tokens, weights))
+                and weights.shape[0] >= 1 and weights.shape[1] >= 1 and np.isfinite(weights).all()
+                and weights.min() >= 0 and weights.max() <= 1):
+            damaged.append(step)  # not what save_snapshot writes
+            continue
+        found.append((step, tokens, weights))
+    result = found
+    if found:  # the newest snapshot is the one this run has just written: the others must match it
+        _, tokens, weights = found[-1]
+        result = [f for f in found if f[1] == tokens and f[2].shape == weights.shape]
+        kept = {f[0] for f in result}
+        damaged += [f[0] for f in found if f[0] not in kept]
+    if damaged:
+        damaged.sort()
+        listed = ", ".join(map(str, damaged[:5])) + (", …" if len(damaged) > 5 else "")
+        warnings.warn(f"{len(damaged)} attention snapshot{'s' if len(damaged) > 1 else ''} of "
+                      f"{printable(str(out / SNAPSHOTS))} left out of the pictures (damaged, or of another "
+                      f"sequence or model): step{'s' if len(damaged) > 1 else ''} {listed}", stacklevel=2)
     return result

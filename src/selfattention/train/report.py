@@ -5,6 +5,7 @@ every snapshot)."""
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 from .._io import write_atomic
@@ -70,7 +71,12 @@ def write_pictures(out: Path, title: str = "") -> list[str]:
         lines.append(f"wrote {shown}/curves.png: loss and accuracy against steps and seconds")
     snaps = metrics.load_snapshots(out)
     if snaps:
-        data = [(step, from_weights(list(w), tokens)) for step, tokens, w in snaps]
+        try:
+            data = [(step, from_weights(list(w), tokens)) for step, tokens, w in snaps]
+        except ValueError as err:  # a by-product: never a failure after the training is done
+            warnings.warn(f"attention.png and attention.html not drawn: the snapshots of "
+                          f"{printable(str(out / metrics.SNAPSHOTS))} cannot be drawn ({err})", stacklevel=2)
+            return lines
         save_steps_png(data, out / "attention.png")
         write_steps_html(data, out / "attention.html", title)
         lines.append(f"wrote {shown}/attention.png: every head at {min(5, len(data))} of the steps")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 
 from .._text import printable
 from ..errors import InputError
@@ -20,8 +21,15 @@ def read_text(path: str | os.PathLike[str]) -> tuple[str, str]:
     shown = printable(name)
     chunks, total = [], 0
     try:
-        if os.path.isdir(name):
+        mode = os.stat(name).st_mode  # follows symlinks: what would be read
+        if stat.S_ISDIR(mode):
             raise InputError(f"--text {shown}: is a directory, expected a UTF-8 text file")
+        if not stat.S_ISREG(mode):
+            # A FIFO blocks until someone writes (forever, if nobody does); a device never ends.
+            what = "a FIFO (a named pipe)" if stat.S_ISFIFO(mode) else "a device" \
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+            raise InputError(f"--text {shown}: is {what}; give a regular UTF-8 text file (save a "
+                             "stream to a file first)")
         size = os.path.getsize(name)
         if size > MAX_BYTES:
             raise InputError(f"--text {shown}: {size} bytes is more than this trainer takes "
@@ -39,7 +47,7 @@ def read_text(path: str | os.PathLike[str]) -> tuple[str, str]:
                                      "expected UTF-8 text")
                 chunks.append(chunk)
                 total += len(chunk)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise InputError(f"--text {shown}: no such file") from None
     except OSError as err:
         raise InputError(f"--text {shown}: cannot read it ({err.strerror or err})") from None
@@ -56,6 +64,7 @@ def read_text(path: str | os.PathLike[str]) -> tuple[str, str]:
                          f"cannot be decoded)") from None
     text = text.removeprefix("\ufeff")  # a byte-order mark is not part of the text
     if len(text) < MIN_CHARS:
-        raise InputError(f"--text {shown}: {len(text)} character is too short to learn from "
+        n = len(text)
+        raise InputError(f"--text {shown}: {n} character{'' if n == 1 else 's'}, too short to learn from "
                          f"(at least {MIN_CHARS})")
     return text, hashlib.sha256(data).hexdigest()

@@ -47,6 +47,9 @@ class TrainedModel:
         """What the model reads before answering: "<prompt>=" for a task ("<prompt>" for recall), the
         text itself for text."""
         if self.task == "text":
+            if not text:
+                raise InputError("--prompt: an empty prompt; a text model continues a text of at least one "
+                                 "character")
             return text
         task = get_task(self.task)
         allowed = set(task.vocab.tokens) - {SEP, END}
@@ -80,7 +83,8 @@ def load_trained(path: str | os.PathLike[str]) -> TrainedModel:
         check_memory(config, len(vocab), training=False)
     except OptionError as err:
         raise checkpoint.CheckpointError(f"checkpoint {ckpt.path / 'state.json'}: {err}") from None
-    model = build_model(config, len(vocab))
+    # In the dtype it was trained in (as --resume builds it): weights of another dtype are refused alike.
+    model = build_model(config, len(vocab)).to(getattr(torch, config.dtype))
     checkpoint.check_tensors(ckpt.path, ckpt.model, model.state_dict())
     model.load_state_dict(ckpt.model)
     model = model.float().eval()
