@@ -397,3 +397,11 @@ def test_a_layer_too_big_for_the_machine_is_refused_before_allocating(monkeypatc
     with pytest.raises(ValueError, match=r"SelfAttention\(10000, d_k=10000, d_v=10000\)'s float32 weights"):
         SelfAttention(10000)
     assert MultiHeadAttention(512, 8).in_proj.weight.shape == (1536, 512)  # small: not asked
+
+
+def test_autocast_takes_mixed_floating_dtypes_as_torch_does():
+    m, x = MultiHeadAttention(8, 2), torch.randn(1, 3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m(x.bfloat16()).dtype == torch.bfloat16 and m(x).dtype == torch.bfloat16
+        with pytest.raises(TypeError, match="x has dtype torch.int64"):
+            m(x.long())

@@ -24,7 +24,8 @@ def _check_x(name: str, x: object, d_model: int, weight: torch.Tensor) -> torch.
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 3 or x.shape[-1] != d_model:
         raise ValueError(f"{name} has shape {tuple(x.shape)}, expected (B, T, {d_model})")
-    if x.dtype != weight.dtype:
+    if x.dtype != weight.dtype and not (x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
+        # (under autocast, Linear takes mixed floating dtypes by design)
         hint = f"{name}.to({weight.dtype})" + (f" or layer.to({x.dtype})" if x.is_floating_point() else "")
         raise TypeError(f"{name} has dtype {x.dtype} but the layer's weights have {weight.dtype}: {hint}")
     if x.device != weight.device:
