@@ -79,7 +79,7 @@ def test_deterministic_50_runs():
         torch.randn(2, 4, 1025, 128, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3)
     )
     q, k, v = (x.requires_grad_() for x in (q, k, v))
-    dout = torch.randn_like(q)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(3)).to(q.device, q.dtype)
     first = None
     for _ in range(50):
         out = flash_attention(q, k, v, causal=True)
@@ -134,7 +134,7 @@ def test_block_mask_deterministic_20_runs():
     shape = (2, 4, 2049, 128)
     q, k, v = (torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
     q, k, v = (x.requires_grad_() for x in (q, k, v))
-    dout = torch.randn_like(q)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(3)).to(q.device, q.dtype)
     bm = block_mask.sliding_window(2049, 2049, 700, device="cuda")
     first = None
     for _ in range(20):

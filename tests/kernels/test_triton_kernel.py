@@ -13,7 +13,7 @@ import pytest
 import torch
 
 pytest.importorskip("triton", reason="Triton is not installed")
-from _kernel_cases import naive, reference, within_flash_rule  # noqa: E402
+from _kernel_cases import exp2_amplification, naive, reference, within_flash_rule  # noqa: E402
 
 from selfattention import MultiHeadAttention, attention, available_backends, masks  # noqa: E402
 from selfattention.kernels import available, flash_attention  # noqa: E402
@@ -40,6 +40,12 @@ def _inputs(B, H, Hkv, Tq, Tk, d, dtype=torch.float32, seed=0):
     return q, k, v
 
 
+def _dout(out, seed=2):
+    """The upstream gradient, seeded: the same numbers whatever ran before in the session."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(out.shape, generator=g, dtype=torch.float32).to(out.device, out.dtype)
+
+
 def _grads(out, inputs, dout):
     return torch.autograd.grad(out, inputs, dout)
 
@@ -52,13 +58,14 @@ def test_float32_matches_reference(case):
     ref, ref_in = reference(q, k, v, causal=causal, alignment=alignment)
     assert out.shape == (B, H, Tq, d) and out.dtype == torch.float32
     pt = naive(q, k, v, causal=causal, alignment=alignment)  # float32, the peer's own error
-    within_flash_rule(out, pt, ref, "out")
-    dout = torch.randn_like(out)
+    amp = exp2_amplification(q, k)
+    within_flash_rule(out, pt, ref, "out", amp=amp)
+    dout = _dout(out)
     ours, theirs = _grads(out, (q, k, v), dout), _grads(pt, (q, k, v), dout)
     refs = _grads(ref, ref_in, dout.double())
     for name, g, gp, gr in zip("qkv", ours, theirs, refs, strict=True):
         assert torch.isfinite(g).all(), name
-        within_flash_rule(g, gp, gr, f"d{name}")
+        within_flash_rule(g, gp, gr, f"d{name}", amp=amp)
 
 
 @pytest.mark.parametrize("case", CASES[1:5], ids=lambda c: "Tq{}Tk{}d{}-{}".format(*c[3:6], c[7]))
@@ -70,7 +77,7 @@ def test_float16_by_flash_rule(case):
     ref, ref_in = reference(q, k, v, causal=causal, alignment=alignment, dtype=torch.float32)
     pt = naive(q, k, v, causal=causal, alignment=alignment)
     within_flash_rule(out, pt, ref, "out")
-    dout = torch.randn_like(out)
+    dout = _dout(out)
     ours = _grads(out, (q, k, v), dout)
     theirs = _grads(pt, (q, k, v), dout)
     refs = _grads(ref, ref_in, dout.float())
@@ -90,7 +97,7 @@ def test_lengths_mask_and_empty_rows(causal):
     pt = naive(q, k, v, causal=causal, mask=full)  # float32, the peer's own error
     within_flash_rule(out, pt, ref, "out")
     assert (out[2] == 0).all()  # nothing to attend to: zeros, not NaN
-    dout = torch.randn_like(out)
+    dout = _dout(out)
     grads = _grads(out, (q, k, v), dout)
     theirs = _grads(pt, (q, k, v), dout)
     for name, g, gp, gr in zip("qkv", grads, theirs, _grads(ref, ref_in, dout.double()), strict=True):
