@@ -397,6 +397,8 @@ def test_a_layer_too_big_for_the_machine_is_refused_before_allocating(monkeypatc
     with pytest.raises(ValueError, match=r"SelfAttention\(10000, d_k=10000, d_v=10000\)'s float32 weights"):
         SelfAttention(10000)
     assert MultiHeadAttention(512, 8).in_proj.weight.shape == (1536, 512)  # small: not asked
+    with torch.device("meta"):  # no memory is taken: not asked either
+        assert MultiHeadAttention(16384, 8).in_proj.weight.is_meta
 
 
 def test_autocast_takes_mixed_floating_dtypes_as_torch_does():

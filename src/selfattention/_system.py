@@ -7,8 +7,13 @@ import os
 
 def check_fits(nbytes: int, what: str) -> None:
     """ValueError when ``what`` (a description) would take more than the memory available now;
-    asked only past 256 MiB, so that ordinary sizes never read /proc."""
+    asked only past 256 MiB, so that ordinary sizes never read /proc, and only when tensors are
+    made on the CPU (not under ``with torch.device("meta")`` or a GPU default)."""
     if nbytes < 1 << 28:
+        return
+    import torch
+
+    if torch.get_default_device().type != "cpu":
         return
     have = available_memory()
     if have is not None and nbytes > have:
