@@ -80,21 +80,17 @@ def build_multihead(trace: Trace, *, layer: int | None = None, word: str | None 
 
 
 def _vec(x: list[float], n: int = SHOW) -> str:
-    shown = ", ".join(f"{v: .3f}" for v in x[:n])
-    return f"[{shown}{', …' if len(x) > n else ''}]"
+    from .viz.terminal import short_vector
+
+    return short_vector(x, n)
 
 
 def render_multihead(r: dict, *, width: int = 100, wide: bool = False) -> str:
     """The multi-head walk-through as terminal text, lines of at most ``width`` (``wide``: no limit)."""
-    import textwrap
-
-    from .viz.terminal import format_table, truncate
+    from .viz.terminal import format_table, paragraph, truncate
 
     def para(text: str, indent: str = "", hang: str = "    ") -> list[str]:
-        if wide:
-            return [indent + text]
-        return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=hang,
-                             break_on_hyphens=False)
+        return paragraph(text, width, wide=wide, indent=indent, hang=hang)
 
     Hn, d, D, T = r["num_heads"], r["d"], r["D"], r["T"]
     i, w = r["word"]["index"], printable(r["word"]["word"])

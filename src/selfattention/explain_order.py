@@ -13,7 +13,6 @@ own output) word by word; ``render_order`` prints it.
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -103,18 +102,17 @@ def _positions_of(model: Any) -> str:
 
 
 def _vec(x: list[float], n: int = SHOW) -> str:
-    return "[" + ", ".join(f"{v: .3f}" for v in x[:n]) + (", …]" if len(x) > n else "]")
+    from .viz.terminal import short_vector
+
+    return short_vector(x, n)
 
 
 def render_order(r: dict, *, width: int = 100, wide: bool = False) -> str:
     """The comparison as terminal text, lines of at most ``width`` (``wide``: no limit)."""
-    from .viz.terminal import format_table, truncate
+    from .viz.terminal import format_table, paragraph, truncate
 
     def para(text: str, indent: str = "", hang: str = "  ") -> list[str]:
-        if wide:
-            return [indent + text]
-        return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=hang,
-                             break_on_hyphens=False)
+        return paragraph(text, width, wide=wide, indent=indent, hang=hang)
 
     show = lambda toks: truncate(printable(" ".join(toks)), 10**6 if wide else width - 14)  # noqa: E731
     title = f"the {r['title']}" if r["title"].startswith("toy model") else r["title"]

@@ -7,13 +7,11 @@ fit and say how many are left out; ``wide=True`` prints everything, unwrapped an
 
 from __future__ import annotations
 
-import textwrap
-
 import numpy as np
 
 from ._text import printable
 from .explain import DERIVATION_ROWS, SHOW, TABLE_WORDS
-from .viz.terminal import format_table, heatmap, truncate
+from .viz.terminal import format_table, heatmap, paragraph, short_vector, truncate
 
 NEG_INF = "−∞"
 WIDE = 10**6  # "no limit" for --wide
@@ -42,16 +40,12 @@ class _View:
 
     def para(self, text: str, indent: str = "", hang: str | None = None) -> list[str]:
         """``text`` as lines of at most ``width``; continuation lines indented by ``hang``."""
-        if self.wide:
-            return [indent + text]
-        hang = indent + "  " if hang is None else hang
-        return textwrap.wrap(text, self.width, initial_indent=indent, subsequent_indent=hang,
-                             break_on_hyphens=False) or [indent]
+        return paragraph(text, self.width, wide=self.wide, indent=indent,
+                         hang=indent + "  " if hang is None else hang)
 
 
 def _vec(x: list[float], n: int = SHOW) -> str:
-    shown = ", ".join(f"{v: .3f}" for v in x[:n])
-    return f"[{shown}{', …' if len(x) > n else ''}]"
+    return short_vector(x, n)
 
 
 def render(report: dict, *, color: bool = False, width: int = 100, wide: bool = False,

@@ -9,6 +9,7 @@ ramp ``SHADES``.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -85,6 +86,21 @@ def color_enabled(stream: TextIO, no_color: bool = False) -> bool:
 def truncate(label: str, width: int) -> str:
     """label cut to ``width`` characters, marking the cut with '…'."""
     return label if len(label) <= width else label[: max(width - 1, 0)] + "…"
+
+
+def short_vector(x: Sequence[float], n: int) -> str:
+    """The first ``n`` components, 3 decimals, '…' when there are more: "[ 0.164, -0.188, …]"."""
+    shown = ", ".join(f"{v: .3f}" for v in x[:n])
+    return f"[{shown}{', …' if len(x) > n else ''}]"
+
+
+def paragraph(text: str, width: int, *, wide: bool = False, indent: str = "", hang: str = "  ") -> list[str]:
+    """``text`` as lines of at most ``width`` (``wide``: one line), continuation lines indented by
+    ``hang``; never split at hyphens (they are minus signs here)."""
+    if wide:
+        return [indent + text]
+    return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=hang,
+                         break_on_hyphens=False) or [indent]
 
 
 def value_range(M: np.ndarray) -> tuple[float, float]:
