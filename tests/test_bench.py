@@ -16,7 +16,8 @@ import torch
 from conftest import run_cli
 
 from selfattention import bench
-from selfattention.bench import ATTENTION, LABELS, METHODS, PASSES, RNNS, render_table, run_bench, time_ms
+from selfattention.bench import ATTENTION, LABELS, METHODS, PASSES, RNNS, run_bench, time_ms
+from selfattention.bench_table import render_table
 
 FAST = ["--rounds", "2", "--budget", "0", "--device", "cpu"]
 

@@ -38,6 +38,18 @@ class Target:
     owner: tuple[int, int] | None  # (uid, gid) of the file replaced
 
 
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, for a message: "a FIFO (a named pipe)", "a device",
+    "a folder", "a socket", or "not a regular file"."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (a named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    return "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+
+
 def check_path(path: str | os.PathLike[str], example: str = "out.png") -> Target:
     """How ``path`` would be written; OSError naming why it cannot be.
 

@@ -271,7 +271,8 @@ def _bench(args: argparse.Namespace) -> int:
     # a busy machine, but on a quiet one it adds a wake-up to every parallel region, which made the
     # small attention calls (several ops each) 3-4× slower at T = 16 and tilted the comparison
     # against attention (measured). The load line says when the cores were shared.
-    from .bench import check_memory, render_table, resolve_device, run_bench
+    from .bench import check_memory, resolve_device, run_bench
+    from .bench_table import render_table
 
     tty = sys.stderr.isatty()
 

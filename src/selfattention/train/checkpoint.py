@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
+from .._io import file_kind
 from .._text import printable
 from ..errors import ModelError
 from .config import TrainConfig
@@ -183,12 +184,6 @@ def clean_temporary(out: str | os.PathLike[str]) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def _kind(mode: int) -> str:
-    return ("a FIFO (a named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or
-            stat.S_ISBLK(mode) else "a folder" if stat.S_ISDIR(mode) else "a socket" if stat.S_ISSOCK(mode)
-            else "not a regular file")
-
-
 def regular_size(f: Path) -> int:
     """The size of ``f``, a regular file (a symlink to one counts); CheckpointError when it is missing
     or anything else (a FIFO would block its reader forever, a device never ends)."""
@@ -200,17 +195,13 @@ def regular_size(f: Path) -> int:
     except OSError as err:
         raise CheckpointError(f"checkpoint {f}: cannot read it ({err.strerror or err})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"checkpoint {f}: is {_kind(st.st_mode)}, not a regular file")
+        raise CheckpointError(f"checkpoint {f}: is {file_kind(st.st_mode)}, not a regular file")
     return st.st_size
 
 
 def read_state(path: Path) -> dict:
     """The checked state.json of checkpoint folder ``path`` (CheckpointError naming what is wrong)."""
-    return _read_state(Path(path))
-
-
-def _read_state(path: Path) -> dict:
-    f = path / "state.json"
+    f = Path(path) / "state.json"
     size = regular_size(f)
     if size > MAX_STATE_BYTES:
         raise CheckpointError(f"checkpoint {f}: {size} bytes, more than a state.json can be "
@@ -370,7 +361,7 @@ def load(path: str | os.PathLike[str], *, with_train: bool = True,
     p = Path(path)
     if not p.is_dir():
         raise CheckpointError(f"checkpoint {p}: no such folder")
-    state = _read_state(p)
+    state = read_state(p)
     if _NAME.match(p.name) and p.name != step_name(state["step"]):
         raise CheckpointError(f"checkpoint {p / 'state.json'}: says step {state['step']}, but its folder is "
                               f"named {printable(p.name)} (expected {step_name(state['step'])}); renamed or "

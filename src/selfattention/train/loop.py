@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import stat
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from . import checkpoint, metrics
 from .config import EVAL_CHUNK, TrainConfig, build_model, check_memory
 from .data import SyntheticData, TextData, make_data
 from .distributed import Dist, all_sum, broadcast_int, guard
+from .run_folder import prepare
 from .tasks import Batch
 
 BETAS = (0.9, 0.98)
@@ -275,7 +275,7 @@ def run(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fals
     data = make_data(config, text)
     check_memory(config, len(data.vocab), device=dist.device)
     if dist.main:
-        _prepare(out)
+        prepare(out)
         if not resume and checkpoint.listing(out):
             raise UsageError(f"{printable(str(out))} already holds checkpoints of a run: add --resume to "
                              "continue it, or give another --out")
@@ -306,60 +306,6 @@ def run(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fals
              f"{dist.world} process{'es' if dist.world > 1 else ''}, {trainer.device}) {what}")
     _loop(trainer, out, echo if dist.main else None, progress if dist.main else False)
     return trainer
-
-
-def _prepare(out: Path) -> None:
-    """Make ``out`` (a writable folder) and check what it holds is of the right kind, before any
-    line is printed or file written."""
-    shown = printable(str(out))
-    try:
-        st = os.stat(out)
-    except (FileNotFoundError, NotADirectoryError):
-        st = None
-    except OSError as err:
-        raise UsageError(f"--out {shown}: cannot use it ({err.strerror or err})") from None
-    if st is not None and not stat.S_ISDIR(st.st_mode):
-        what = checkpoint._kind(st.st_mode) if not stat.S_ISREG(st.st_mode) else "a file"
-        raise UsageError(f"--out {shown}: is {what}, expected a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"--out {shown}: cannot create it ({err.strerror or err})") from None
-    if not os.access(out, os.W_OK):
-        raise UsageError(f"--out {shown}: the folder is not writable")
-    # What the run writes there must be its own: a symlink would have the run write (or delete) a
-    # file elsewhere, a FIFO block it forever, a device swallow it.
-    for name, folder in ((checkpoint.folder(out).name, True), (metrics.SNAPSHOTS, True),
-                         (metrics.METRICS, False), *((p, False) for p in PICTURES)):
-        _own(out / name, f"--out {shown}: {name}", folder)
-    snaps = out / metrics.SNAPSHOTS
-    if snaps.is_dir():
-        for p in snaps.iterdir():
-            if metrics.is_snapshot_name(p.name):
-                _own(p, f"--out {shown}: {metrics.SNAPSHOTS}/{printable(p.name)}", False)
-
-
-PICTURES = ("curves.png", "attention.png", "attention.html")
-
-
-def _own(p: Path, what: str, folder: bool) -> None:
-    """UsageError unless ``p`` is missing, or a folder (``folder``) or a regular file, not a symlink."""
-    try:
-        st = os.lstat(p)
-    except FileNotFoundError:
-        return
-    except OSError as err:
-        raise UsageError(f"{what} cannot be read ({err.strerror or err})") from None
-    fix = "(move it away or give another --out)"
-    if stat.S_ISLNK(st.st_mode):
-        raise UsageError(f"{what} is a symbolic link; a run writes its own {'folder' if folder else 'file'} "
-                         f"there, not through a link {fix}")
-    if stat.S_ISDIR(st.st_mode) != folder:
-        kind = "not a folder" if folder else "a folder"
-        keeps = "its" if folder else "a file"
-        raise UsageError(f"{what} is {kind}; a run keeps {keeps} {p.name} there {fix}")
-    if not folder and not stat.S_ISREG(st.st_mode):
-        raise UsageError(f"{what} is {checkpoint._kind(st.st_mode)}, not a regular file {fix}")
 
 
 def _loop(trainer: Trainer, out: Path, echo: Callable[[str], None] | None, progress: bool | None) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import os
 import stat
 
+from .._io import file_kind
 from .._text import printable
 from ..errors import InputError
 
@@ -26,9 +27,7 @@ def read_text(path: str | os.PathLike[str]) -> tuple[str, str]:
             raise InputError(f"--text {shown}: is a directory, expected a UTF-8 text file")
         if not stat.S_ISREG(mode):
             # A FIFO blocks until someone writes (forever, if nobody does); a device never ends.
-            what = "a FIFO (a named pipe)" if stat.S_ISFIFO(mode) else "a device" \
-                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
-            raise InputError(f"--text {shown}: is {what}; give a regular UTF-8 text file (save a "
+            raise InputError(f"--text {shown}: is {file_kind(mode)}; give a regular UTF-8 text file (save a "
                              "stream to a file first)")
         size = os.path.getsize(name)
         if size > MAX_BYTES:
