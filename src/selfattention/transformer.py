@@ -302,6 +302,26 @@ def pick_next(logits: torch.Tensor, temperature: float, generator: torch.Generat
     return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
 
 
+def context_limit(model: _Stack) -> int | None:
+    """The most tokens ``model`` reads at once: ``max_len``, where its positions end; None for
+    positions "none" (no position to run out of: it reads any length)."""
+    return model.config.max_len if model.config.positions != "none" else None
+
+
+def restart_window(length: int, limit: int | None) -> int:
+    """How many of the newest tokens generation reads next, its context having grown to ``length``.
+
+    The one window rule, for the cached and the uncached path alike: the context grows one token at
+    a time up to ``limit`` (max_len) and, when one more would pass it, restarts from the last
+    max(1, limit // 2) tokens, at position 0 again. Why not slide by one token: positions are
+    absolute, so every sliding step would move every cached key to a new position and cost the whole
+    window again; a restart recomputes limit // 2 tokens once per limit - limit // 2 new ones, so
+    with the cache a token still costs about two positions' work per layer, amortized."""
+    if limit is None or length <= limit:
+        return length
+    return max(1, limit // 2)
+
+
 @torch.no_grad()
 def generate(
     model: DecoderLM,
@@ -315,10 +335,12 @@ def generate(
 ) -> torch.Tensor:
     """Continue ``prompt`` (B, T0) by up to ``max_new`` tokens → (B, T0 + n).
 
-    With ``use_cache`` the prompt is run once and every new token attends to the cached keys and
-    values; without, the whole sequence is recomputed each step (the slow way, for comparison).
-    Stops early once every sequence has produced ``stop``. Where the positions end (max_len), the
-    cache restarts from the last max_len // 2 tokens (a sliding window).
+    The model reads at most ``context_limit(model)`` tokens (max_len): of a longer prompt only the
+    last max_len, and past max_len the window of ``restart_window``. With ``use_cache`` each window
+    is run once and every new token attends to the cached keys and values; without, the whole
+    window is recomputed each step (the slow way, for comparison): both read the same tokens at the
+    same positions, so they give the same tokens up to rounding. Stops early once every sequence
+    has produced ``stop``.
     """
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise ValueError(f"prompt must be (B, T0) token ids with T0 ≥ 1, got shape {tuple(prompt.shape)}")
@@ -326,24 +348,25 @@ def generate(
         raise ValueError(f"max_new must be a non-negative int, got {max_new!r}")
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number ≥ 0, got {temperature!r}")
-    limit = model.config.max_len if model.config.positions != "none" else None
-    seq = prompt if limit is None else prompt[:, -limit:]
+    limit = context_limit(model)
+    context = prompt if limit is None else prompt[:, -limit:]  # (B, T) what the model reads now
     out = [prompt]
     done = torch.zeros(prompt.shape[0], dtype=torch.bool)
-    caches, fresh = None, seq  # fresh: the tokens not yet seen by the cache
+    caches, fresh = None, context  # fresh: the tokens of the context not yet in the cache
     for _ in range(max_new):
+        keep = restart_window(context.shape[1], limit)
+        if keep < context.shape[1]:  # a new window: nothing cached belongs to it (new positions)
+            context = context[:, -keep:]
+            caches, fresh = None, context
         if use_cache:
-            if caches is not None and limit is not None and len(caches[0]) + fresh.shape[1] > limit:
-                caches, fresh = None, seq[:, -max(1, limit // 2):]  # restart the window
             if caches is None:
                 caches = model.new_caches()
             logits = model(fresh, caches=caches)[:, -1]  # (B, V)
         else:
-            window = seq if limit is None else seq[:, -limit:]
-            logits = model(window)[:, -1]  # (B, V)
+            logits = model(context)[:, -1]  # (B, V)
         nxt = pick_next(logits, temperature, generator)  # (B, 1)
         out.append(nxt)
-        seq, fresh = torch.cat([seq, nxt], dim=1), nxt  # (B, T + 1)
+        context, fresh = torch.cat([context, nxt], dim=1), nxt  # (B, T + 1)
         if stop is not None:
             done |= nxt[:, 0] == stop
             if bool(done.all()):
@@ -356,5 +379,5 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["Block", "DecoderLM", "Encoder", "FeedForward", "Positions", "TransformerConfig", "generate",
-           "parameter_count", "sinusoids", "trace"]
+__all__ = ["Block", "DecoderLM", "Encoder", "FeedForward", "Positions", "TransformerConfig", "context_limit",
+           "generate", "parameter_count", "restart_window", "sinusoids", "trace"]

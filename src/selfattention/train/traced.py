@@ -24,6 +24,7 @@ import torch
 from .._text import printable
 from ..errors import InputError, ModelError
 from ..layers import MultiHeadAttention
+from ..transformer import context_limit
 from ..models.tracing import Tokens
 from .trained import TrainedModel, load_trained
 
@@ -78,7 +79,7 @@ class TracedDecoder:
         ``truncate`` False) more characters than the model has positions."""
         if not text:
             raise InputError("the text is empty; give the characters to explain, e.g. \"abc=\"")
-        limit = self.model.config.max_len if self.model.config.positions != "none" else None
+        limit = context_limit(self.model)
         chars = list(text)
         if limit is not None and len(chars) > limit:
             if not truncate:

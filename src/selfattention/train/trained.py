@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,10 +100,19 @@ class NonFiniteOutput(ModelError):
 def continue_text(t: TrainedModel, prompt: str, max_new: int, *, temperature: float = 0.0,
                   seed: int = 0, use_cache: bool = True) -> str:
     """The model's continuation of ``prompt`` (not including it): up to ``max_new`` characters, or
-    up to the final "." of a task's answer (left out). Uses the KV cache (GRU: its hidden state)."""
-    from ..transformer import DecoderLM, generate
+    up to the final "." of a task's answer (left out). Uses the KV cache (GRU: its hidden state).
+
+    A Transformer reads at most max_len characters (its positions): of a longer prompt (with a
+    task's "=") it reads the last max_len, and a UserWarning says how many were dropped from the
+    start. ``use_cache=False`` recomputes every step and gives the same text (one window rule)."""
+    from ..transformer import DecoderLM, context_limit, generate
 
     ids = t.encode(t.prompt_for(prompt))  # (1, T0)
+    limit = context_limit(t.model) if isinstance(t.model, DecoderLM) else None  # a GRU reads any length
+    if limit is not None and ids.shape[1] > limit:
+        # Said, not silent: two prompts that differ only there get the same answer.
+        warnings.warn(f"--prompt: dropped its first {ids.shape[1] - limit} characters (the model has "
+                      f"{limit} positions)", UserWarning, stacklevel=2)
     stop = t.vocab.index[END] if t.task != "text" else None
     gen = torch.Generator().manual_seed(seed)
     calls = [0]
