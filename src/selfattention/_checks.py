@@ -70,6 +70,17 @@ def _shape(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(x.shape)
 
 
+def check_dtype(name: str, x: torch.Tensor, *, same_as: tuple[str, torch.Tensor] | None = None) -> None:
+    """TypeError unless ``x`` has one of ``DTYPES`` (and, with ``same_as=(name, t)``, t's dtype):
+    the one message every door gives, naming what was expected."""
+    if x.dtype not in DTYPES:
+        raise TypeError(f"{name} has dtype {x.dtype}, expected a floating-point dtype: one of "
+                        f"{', '.join(str(t).removeprefix('torch.') for t in DTYPES)}")
+    if same_as is not None and x.dtype != same_as[1].dtype:
+        raise TypeError(f"{name} has dtype {x.dtype} but {same_as[0]} has {same_as[1].dtype}; "
+                        "expected one dtype")
+
+
 def check_inputs(q, k, v, mask, causal, causal_alignment, scale) -> Problem:
     """Validate one ``attention`` call; every message names the argument and what was expected."""
     batch = _check_qkv(q, k, v)
@@ -102,15 +113,12 @@ def _check_qkv(q, k, v) -> tuple[int, ...]:
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() < 2:
             raise ValueError(f"{name} has shape {_shape(x)}, expected at least 2 dims (..., T, d)")
-        if x.dtype not in DTYPES:
-            raise TypeError(f"{name} has dtype {x.dtype}, expected a floating-point dtype: one of "
-                            f"{', '.join(str(t).removeprefix('torch.') for t in DTYPES)}")
+        check_dtype(name, x)
         if x.layout != torch.strided or x.is_nested:
             raise TypeError(f"{name} is a {'nested' if x.is_nested else str(x.layout)} tensor; expected a "
                             "dense one (x.to_dense(), or pad nested sequences and pass a mask)")
     for name, x in (("k", k), ("v", v)):
-        if x.dtype != q.dtype:
-            raise TypeError(f"{name} has dtype {x.dtype} but q has {q.dtype}; expected one dtype")
+        check_dtype(name, x, same_as=("q", q))
         check_device(name, x, q)
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(

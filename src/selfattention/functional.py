@@ -11,6 +11,7 @@ with rows as words (q is (..., Tq, d)); the lecture's columns are the transpose.
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 
 import torch
@@ -42,8 +43,15 @@ def _allowed(p: Problem) -> torch.Tensor | None:
     return allowed
 
 
-def matrix(p: Problem, dropout_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tier 2: materialize the (Tq, Tk) weights. Returns (out (..., Tq, d_v), weights (..., Tq, Tk))."""
+def matrix(
+    p: Problem, dropout_p: float = 0.0, *, need_weights: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tier 2: materialize the (Tq, Tk) weights. Returns (out (..., Tq, d_v), weights (..., Tq, Tk)).
+
+    With ``need_weights`` the weights returned are the very tensor out is computed from (out =
+    weights @ v in the graph), so their ``.grad`` and ``autograd.grad`` on them work, as eager
+    attention's: float16/bfloat16 weights are rounded to that dtype before the product (as eager).
+    """
     cd = compute_dtype(p.q.dtype)
     q, k, v = p.q.to(cd), p.k.to(cd), p.v.to(cd)
     s = torch.matmul(q, k.transpose(-2, -1)) * p.scale  # (..., Tq, Tk)
@@ -62,6 +70,9 @@ def matrix(p: Problem, dropout_p: float = 0.0) -> tuple[torch.Tensor, torch.Tens
     if dead is not None:
         w = w.masked_fill(dead, 0.0)
     w_used = F.dropout(w, dropout_p) if dropout_p > 0 else w
+    if need_weights and cd != p.q.dtype:
+        w_used = w_used.to(p.q.dtype)  # what is returned; the product reads it (exactly) in cd
+        return torch.matmul(w_used.to(cd), v).to(p.q.dtype), w_used
     out = torch.matmul(w_used, v)  # (..., Tq, d_v)
     return out.to(p.q.dtype), w_used.to(p.q.dtype)
 
@@ -71,7 +82,7 @@ def _fold(x: torch.Tensor, batch: tuple[int, ...], group: bool) -> torch.Tensor:
     stays 1 (GQA: the callee pairs G query heads with each K/V head)."""
     lead, last = (batch[:-1], batch[-1]) if batch else ((), 1)
     x = x.expand(*lead, 1 if group else last, *x.shape[-2:])
-    return x.reshape(-1, 1 if group else last, *x.shape[-2:])
+    return x.reshape(math.prod(lead), 1 if group else last, *x.shape[-2:])  # (no -1: a batch may be 0)
 
 
 def _grouped(p: Problem) -> bool:
@@ -218,9 +229,10 @@ def _resolve(p: Problem, need_weights: bool, backend: str, dropout_p: float = 0.
         )
     if dropout_p > 0 and backend not in ("auto", *_DROPOUT):
         raise ValueError(f"backend {backend!r} does not support dropout_p > 0; use 'matrix' or 'torch'")
-    if p.Tq == 0 or p.Tk == 0 or p.q.shape[-1] == 0 or p.v.shape[-1] == 0:
-        # Empty sequences or empty vectors (d = 0 or d_v = 0): the matrix form gives correctly
-        # shaped results (zeros, or uniform weights when d = 0); SDPA and the kernel refuse them.
+    if p.Tq == 0 or p.Tk == 0 or p.q.shape[-1] == 0 or p.v.shape[-1] == 0 or 0 in p.batch:
+        # Empty sequences, empty vectors (d = 0 or d_v = 0) or an empty batch (B = 0, H = 0): the
+        # matrix form gives correctly shaped results (zeros, or uniform weights when d = 0); SDPA
+        # and the kernel refuse some of them, and there is nothing to compute fast.
         return "matrix"
     return _choose(p, need_weights, dropout_p) if backend == "auto" else backend
 
@@ -266,7 +278,7 @@ def attention(
     if isinstance(p.mask, BlockMask) and chosen not in ("blockwise", "triton"):
         p = dataclasses.replace(p, mask=p.mask.to_dense())  # (Bm, Hm, Tq, Tk) for matrix and SDPA
     if chosen == "matrix":
-        out, w = matrix(p, dropout_p)
+        out, w = matrix(p, dropout_p, need_weights=need_weights)
         return (out, w) if need_weights else out
     if chosen == "blockwise":
         return blockwise.run(p)[0]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._checks import broadcast
+from ._checks import broadcast, check_dtype
 from ._system import check_fits
 from .functional import attention, resolve_backend
 
@@ -22,6 +22,7 @@ def _check_x(name: str, x: object, d_model: int, weight: torch.Tensor) -> torch.
     only "mat1 and mat2 must have the same dtype")."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    check_dtype("the layer's weight", weight)  # e.g. layer.to(torch.float8_e4m3fn): no tier computes in it
     if x.dim() != 3 or x.shape[-1] != d_model:
         raise ValueError(f"{name} has shape {tuple(x.shape)}, expected (B, T, {d_model})")
     if x.dtype != weight.dtype and not (x.is_floating_point() and torch.is_autocast_enabled(x.device.type)):
@@ -238,7 +239,7 @@ class MultiHeadAttention(nn.Module):
                     causal_alignment: str = "top_left", need_weights: bool = False,
                     backend: str = "auto") -> str:
         """The tier ``heads`` would run for these arguments (``"auto"`` resolved by the dispatcher)."""
-        q, k, v, mask = self._grouped(q, k, v, mask)  # as ``heads`` lays them out
+        q, k, v, mask = self._grouped(q, k, v, mask, need_weights)  # as ``heads`` lays them out
         return resolve_backend(q, k, v, mask=mask, causal=causal, causal_alignment=causal_alignment,
                                need_weights=need_weights, backend=backend)
 
@@ -259,7 +260,7 @@ class MultiHeadAttention(nn.Module):
         B, H, Tq, _ = q.shape
         Tk = k.shape[2]
         _check_mask(mask, (B, H, Tq, Tk))
-        q, k, v, mask = self._grouped(q, k, v, mask)
+        q, k, v, mask = self._grouped(q, k, v, mask, need_weights)
         result = attention(
             q, k, v,
             mask=mask,
@@ -271,7 +272,7 @@ class MultiHeadAttention(nn.Module):
         )
         z, w = result if need_weights else (result, None)
         z = z.reshape(B, H, Tq, self.head_dim)  # (B, H, Tq, d)
-        return (z, w.reshape(B, H, Tq, Tk)) if need_weights else z
+        return (z, w) if need_weights else z  # w (B, H, Tq, Tk): the tensor z was computed from
 
     def attend(
         self,
@@ -328,12 +329,17 @@ class MultiHeadAttention(nn.Module):
         return self.attend(q, k, v, mask=mask, causal=causal, causal_alignment=causal_alignment,
                            need_weights=need_weights, backend=backend)
 
-    def _grouped(self, q, k, v, mask):
+    def _grouped(self, q, k, v, mask, need_weights: bool = False):
         """Grouped-query attention by broadcasting, no copies: q (B, Hkv, G, T, d) against k, v
-        (B, Hkv, 1, T, d), the mask reshaped to match; unchanged when every head has its own K/V."""
+        (B, Hkv, 1, T, d), the mask reshaped to match; unchanged when every head has its own K/V.
+        With ``need_weights``, k and v repeated per query head instead, (B, H, T, d): the weights
+        come out as (B, H, Tq, Tk), the very tensor z is computed from, never a reshaped view of
+        it (which no gradient would reach)."""
         H, Hkv = self.num_heads, self.num_kv_heads
         if Hkv == H:
             return q, k, v, mask
+        if need_weights:
+            return q, k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1), mask
         return q.unflatten(1, (Hkv, H // Hkv)), k.unsqueeze(2), v.unsqueeze(2), self._group_mask(mask)
 
     def _group_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:

@@ -159,7 +159,7 @@ def test_compiled_model_fullgraph_forward_and_backward():
         (dict(q=torch.zeros(2, 5, 7)), "q has shape .* expected 4 dims"),
         (dict(k=torch.zeros(2, 3, 9, 7, dtype=F64)), "k .* Hkv dividing H"),
         (dict(v=torch.zeros(2, 2, 8, 7, dtype=F64)), "expected q .* k .* v"),
-        (dict(k=torch.zeros(2, 2, 9, 7)), "k has dtype torch.float32, expected q's"),
+        (dict(k=torch.zeros(2, 2, 9, 7)), "k has dtype torch.float32 but q has torch.float64; expected one"),
         (dict(mask=torch.zeros(2, 1, 5, 9)), "mask must be a bool tensor"),
         (dict(mask=torch.ones(3, 1, 5, 9, dtype=torch.bool)), "mask has shape .* expected broadcastable"),
         (dict(causal=1), "causal must be a bool"),

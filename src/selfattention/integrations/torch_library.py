@@ -38,7 +38,7 @@ import importlib.util
 import torch
 
 from .. import kernels, masks
-from .._checks import _check_scale, check_device, compute_dtype
+from .._checks import _check_scale, check_device, check_dtype, compute_dtype
 from ..blockwise import blockwise_attention
 from ._gqa import grouped_mask
 
@@ -268,8 +268,7 @@ def _check(q, k, v, mask, causal, causal_alignment, return_lse) -> None:
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
             raise ValueError(f"{name} has shape {tuple(x.shape)}, expected 4 dims (B, H, T, d)")
-        if not x.is_floating_point() or x.dtype != q.dtype:
-            raise TypeError(f"{name} has dtype {x.dtype}, expected q's floating-point dtype {q.dtype}")
+        check_dtype(name, x, same_as=None if name == "q" else ("q", q))
         check_device(name, x, q)
     (B, H, Tq, d), (Bk, Hkv, Tk, dk) = q.shape, k.shape
     if v.shape[:3] != k.shape[:3] or Bk != B or Hkv == 0 or H % Hkv or dk != d:

@@ -24,13 +24,18 @@ The contract, as transformers defines it (``integrations/sdpa_attention.py``, ``
   diagonal when the layer is causal and S > 1 (query i sees keys 0…i; bottom-right would let the
   prefill see the empty slots), and no mask when S == 1 (one new token sees every cached key).
   A 4-D mask a user or an older model passes may instead be float (additive, finfo.min for
-  "never"); ``attention`` takes it as an additive bias.
+  "never"); ``attention`` takes it as an additive bias. A mask or bias must broadcast to
+  (B, H, S, Sk), H the query heads: one per key/value head would act on a whole group and is
+  refused, as ``attention()``, ``MultiHeadAttention`` and the custom operator refuse it.
 - ``is_causal`` (a keyword, else ``module.is_causal``, else True, as SDPA's adapter) says whether
   the layer is causal. ``output_attentions=True`` arrives as a keyword: the weights are returned
-  (``backend="auto"`` then runs the matrix tier). ``position_bias`` (an additive bias some models
-  pass) is added to the scores. ``softcap`` and ``s_aux`` (attention sinks) change the softmax
-  itself and are refused. Other keywords (positions, cache and sliding-window sizes, which the mask
-  already encodes) are ignored, as SDPA's adapter ignores them.
+  (``backend="auto"`` then runs the matrix tier), and they are the tensor the output is computed
+  from, so gradients reach them as eager's (K and V are then repeated per query head, as eager
+  does, instead of broadcast). GPT-2 in transformers 5.x never passes the keyword.
+  ``position_bias`` (an additive bias some models pass) is added to the scores. ``softcap`` and
+  ``s_aux`` (attention sinks) change the softmax itself and are refused. Other keywords
+  (positions, cache and sliding-window sizes, which the mask already encodes) are ignored, as
+  SDPA's adapter ignores them.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from typing import Any
 import torch
 
 from .. import kernels
+from .._checks import broadcast, check_dtype
 from ..functional import BACKENDS, attention
 from ._gqa import grouped_mask
 
@@ -116,6 +122,43 @@ def _with_bias(mask: torch.Tensor | None, bias: torch.Tensor) -> torch.Tensor:
     return bias + mask
 
 
+def _check_call(query, key, value, biases: dict[str, Any]) -> None:
+    """The model's tensors, or TypeError / ValueError naming the bad one: query (B, H, S, d), key
+    and value (B, Hkv, Sk, d) with Hkv dividing H, and each mask or bias broadcastable to
+    (B, H, S, Sk): one per query head or one for all, never one per key/value head (that would be
+    applied to a whole group of query heads)."""
+    for name, x in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"{name} has shape {tuple(x.shape)}, expected 4 dims (B, heads, T, d)")
+        check_dtype(name, x, same_as=None if name == "query" else ("query", query))
+    (B, H, S, d), (Bk, Hkv, Sk, dk) = query.shape, key.shape
+    if Hkv == 0 or H % Hkv:
+        raise ValueError(f"query has {H} heads and key {Hkv}: expected a number of key heads dividing {H}")
+    if Bk != B or dk != d or value.shape[:3] != key.shape[:3]:
+        raise ValueError(f"query {tuple(query.shape)}, key {tuple(key.shape)}, value {tuple(value.shape)}: "
+                         f"expected query (B, H, S, d), key (B, Hkv, Sk, d) and value (B, Hkv, Sk, d_v)")
+    full = (B, H, S, Sk)
+    for name, m in biases.items():
+        if m is None:
+            continue
+        if not isinstance(m, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor or None, got {type(m).__name__}")
+        if not m.is_floating_point() and (name == "position_bias" or m.dtype != torch.bool):
+            want = "floating point (an additive bias)" if name == "position_bias" else (
+                "bool (True = may attend) or floating point (additive)")
+            raise TypeError(f"{name} has dtype {m.dtype}, expected {want}")
+        try:
+            ok = 1 <= m.dim() <= 4 and broadcast(m.shape, full) == full
+        except ValueError:
+            ok = False
+        if not ok:
+            per_kv = " (one per key/value head is not: expand it to the query heads)" if Hkv != H else ""
+            raise ValueError(f"{name} has shape {tuple(m.shape)}, expected broadcastable to {full}, "
+                             f"{H} query heads{per_kv}")
+
+
 def attention_forward(
     module: torch.nn.Module | None,
     query: torch.Tensor,
@@ -132,26 +175,29 @@ def attention_forward(
     """transformers' attention contract on ``selfattention.attention`` (see the module notes).
 
     query (B, H, S, d), key and value (B, Hkv, Sk, d) → (out (B, S, H, d) contiguous,
-    weights (B, H, S, Sk) when ``output_attentions=True`` is passed, else None).
+    weights (B, H, S, Sk) when ``output_attentions=True`` is passed, else None). The weights are
+    the very tensor out is computed from (as eager's), so gradients reach them.
     """
     for word, what in _UNSUPPORTED.items():
         if kwargs.get(word) is not None:
             raise ValueError(
                 f"attn_implementation 'selfattention' does not support {what}; use 'eager' for this model"
             )
+    bias = kwargs.get("position_bias")
+    _check_call(query, key, value, {"attention_mask": attention_mask, "position_bias": bias})
     B, H, S, _ = query.shape
-    Hkv, Sk = key.shape[1], key.shape[2]
-    if H % Hkv:
-        raise ValueError(f"query has {H} heads and key {Hkv}: expected a number of key heads dividing {H}")
+    Hkv = key.shape[1]
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
     # A missing mask leaves causality to the flag, as SDPA's is_causal: top-left, and none for S == 1.
     causal = attention_mask is None and bool(is_causal) and S > 1
-    mask = attention_mask
-    if kwargs.get("position_bias") is not None:
-        mask = _with_bias(mask, kwargs["position_bias"])
+    mask = attention_mask if bias is None else _with_bias(attention_mask, bias)
     need_weights = bool(kwargs.get("output_attentions", False))
-    if Hkv != H:  # grouped-query attention by broadcasting, no copies of K and V
+    if Hkv != H and need_weights:
+        # Weights (B, H, S, Sk) straight from the tier, never a reshaped view of them (which the
+        # output would not be computed from): K and V repeated per query head, as eager does.
+        key, value = key.repeat_interleave(H // Hkv, 1), value.repeat_interleave(H // Hkv, 1)
+    elif Hkv != H:  # grouped-query attention by broadcasting, no copies of K and V
         query = query.unflatten(1, (Hkv, H // Hkv))  # (B, Hkv, G, S, d)
         key, value = key.unsqueeze(2), value.unsqueeze(2)  # (B, Hkv, 1, Sk, d)
         mask = grouped_mask(mask, H, Hkv)
@@ -167,4 +213,4 @@ def attention_forward(
     )
     out, weights = result if need_weights else (result, None)
     out = out.reshape(B, H, S, value.shape[-1]).transpose(1, 2).contiguous()  # (B, S, H, d_v)
-    return out, None if weights is None else weights.reshape(B, H, S, Sk)
+    return out, weights  # weights: (B, H, S, Sk), the tensor out was computed from, or None

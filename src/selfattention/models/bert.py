@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
@@ -224,15 +225,44 @@ def expected_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+# What a BERT file may hold beside the tensors the encoder runs, and that it leaves unused: the
+# pooler (BertModel's own), the id buffers older versions saved, and, beside a ``bert.`` prefix only,
+# the task heads of transformers' BertFor… classes. Anything else is refused: a tensor no one reads
+# means the file and config.json disagree (e.g. fewer layers in the config than in the file).
+UNUSED = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids", "embeddings.token_type_ids")
+HEADS = ("cls.", "classifier.", "qa_outputs.")
+
+
+def _natural(name: str) -> list:
+    """Sort key: numbers as numbers (layer 10 after layer 9)."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
+
+
 def check_tensors(tensors: dict[str, torch.Tensor], cfg: BertConfig, source: str) -> dict[str, torch.Tensor]:
     """The tensors of a Hugging Face BERT file (with or without a ``bert.`` prefix), checked against
-    ``cfg``: none missing, every shape right, every value finite. ModelError names the tensor."""
-    if not any(k.startswith("embeddings.") for k in tensors):
-        tensors = {k[len("bert.") :]: v for k, v in tensors.items() if k.startswith("bert.")}
+    ``cfg``: none missing, none unexpected (``UNUSED`` and ``HEADS`` aside), every shape right, every
+    value finite. ModelError names the tensor (of unexpected ones the first, layer 10 after layer 9)."""
+    prefix = "" if any(k.startswith("embeddings.") for k in tensors) else "bert."
     want = expected_shapes(cfg)
-    missing = [name for name in want if name not in tensors]
+    ours = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    missing = [name for name in want if name not in ours]
     if missing:
         raise ModelError(f"{source} lacks {len(missing)} tensors this config needs, e.g. {missing[0]}")
+
+    def unexpected(name: str) -> bool:
+        if name.startswith(prefix):
+            return name[len(prefix):] not in want and name[len(prefix):] not in UNUSED
+        return not name.startswith(HEADS)  # beside a "bert." prefix: only a task head may be there
+
+    extra = [k for k in tensors if unexpected(k)]
+    if extra:
+        first = min(extra, key=_natural)
+        layer = re.match(rf"{re.escape(prefix)}encoder\.layer\.(\d+)\.", first)
+        hint = (f" (config.json says num_hidden_layers = {cfg.num_hidden_layers})"
+                if layer and int(layer.group(1)) >= cfg.num_hidden_layers else "")
+        raise ModelError(f"{source} does not match config.json: it holds {len(extra)} tensors this config "
+                         f"does not use, the first {first}{hint}")
+    tensors = ours
     for name, shape in want.items():
         if tuple(tensors[name].shape) != shape:
             raise ModelError(f"{source} does not match config.json: {name} has shape "
