@@ -290,7 +290,7 @@ def test_embed_refuses_to_overwrite_the_file_it_reads(tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("hello\nworld\n")
     for out in (src, tmp_path / "." / "in.txt"):
-        one_error(*run("embed", "--file", str(src), "--out", str(out)), "is the --file being read")
+        one_error(*run("embed", "--file", str(src), "--out", str(out)), "would overwrite --file")
     assert src.read_text() == "hello\nworld\n"
 
 

@@ -77,7 +77,8 @@ def test_answers_from_stdin_and_the_end_of_input():
     rc, out, err = quiz(SENTENCE, stdin=f"{answers[0]}\n")
     assert rc == 2 and err.count("\n") == 1 and "ended before answer 2 of 3" in err
     rc, _, err = quiz(SENTENCE, stdin="twelve\n")
-    assert rc == 2 and "answer 1 is not a number" in err
+    assert rc == 2 and err.count("\n") == 1
+    assert "ended before answer 1 of 3; the last line read, 'twelve', is not a number" in err
 
 
 def test_word_and_three_words():
@@ -86,8 +87,71 @@ def test_word_and_three_words():
     assert quiz("the cat sat", "--word", "cat", "--answers", ",".join(map(str, answers)))[0] == 0
 
 
+def test_an_answer_that_is_not_a_number_is_asked_again():
+    """Issue 20: a line that is not a number (words, other scripts' digits, '_') is asked again, from a
+    pipe as from a terminal; up to TRIES times."""
+    from selfattention.quiz import TRIES
+
+    answers, _ = expected()
+    rc, out, err = quiz(SENTENCE, stdin="\n".join(["twelve", f"{answers[0]}", "٠.٥", "1_0", f"{answers[1]}",
+                                                   f"{answers[2]}"]) + "\n")
+    assert (rc, err) == (0, "") and "3 of 3 right" in out
+    assert out.count("that is not a number; try again") == 3 and "your answer '٠.٥'" in out
+    rc, out, err = quiz(SENTENCE, stdin="x\n" * 1000)
+    assert rc == 2 and err.count("\n") == 1 and f"answer 1: {TRIES} tries and none is a number" in err
+    assert out.count("try again") == TRIES - 1
+
+
+def test_on_a_terminal_the_tries_are_bounded_too():
+    from selfattention.errors import UsageError
+    from selfattention.models.toy import ToyModel
+    from selfattention.quiz import TRIES, make_quiz, run_quiz
+
+    facts, questions = make_quiz(ToyModel(dim=4, seed=0), SENTENCE)
+    asked = []
+    with pytest.raises(UsageError, match=f"answer 1: {TRIES} tries"):
+        run_quiz(facts, questions, None, lambda: asked.append(1) or "abc\n", lambda *a, **k: None,
+                 interactive=True)
+    assert len(asked) == TRIES
+
+
+class EndlessLine:
+    """stdin holding one line that never ends; reading it whole would never return."""
+
+    def __init__(self) -> None:
+        self.read = 0
+
+    def readline(self, size: int = -1) -> str:
+        assert 0 < size <= 10_000, f"an unbounded read of stdin (size {size})"
+        self.read += size
+        return "1" * size
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_an_endless_or_huge_answer_is_read_bounded_and_not_echoed_whole(monkeypatch):
+    """Issue 14: a line is read at most MAX_LINE + 1 characters at a time, and refused past that;
+    the message shows a few dozen characters of it, not 10 MB."""
+    import sys
+
+    from selfattention.cli import main
+    from selfattention.quiz import MAX_LINE
+
+    stdin = EndlessLine()
+    monkeypatch.setattr(sys, "stdin", stdin)
+    rc = main(["explain", SENTENCE, "--quiz"])
+    assert rc == 2 and stdin.read <= MAX_LINE + 1
+    rc, out, err = quiz(SENTENCE, stdin="1" * 10_000_000 + "\n0.1\n0.2\n")
+    assert rc == 2 and err.count("\n") == 1 and len(err) < 300, err[:300]
+    assert f"answer 1 is a line of more than {MAX_LINE} characters" in err and "1" * 50 not in err + out
+
+
 @pytest.mark.parametrize("argv, message", [
     ([SENTENCE, "--answers", "1,2"], "expected three numbers"),
+    ([SENTENCE, "--answers", "٣,1,2"], "expected three numbers"),
+    ([SENTENCE, "--answers", "1_0,1,2"], "expected three numbers"),
+    ([SENTENCE, "--answers", "1,inf,2"], "expected three numbers"),
     ([SENTENCE, "--answers", "1,2,x"], "expected three numbers"),
     ([SENTENCE, "--answers", "1,2,nan"], "expected three numbers"),
     (["I am enjoying this lecture", "--answers", "1,2,3"], "two or three words"),

@@ -11,6 +11,9 @@ What a path names decides how it is written:
   replacing it would destroy it;
 - a directory, a block device, a socket, a read-only file, an empty name, or a name ending in "/":
   refused before anything is computed.
+
+Before that, a command asks ``read_by_command`` whether an output would destroy a file it reads
+(a model, a checkpoint, the text read — by any name: symlinks, ``..``, hard links), and refuses it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import secrets
 import signal
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +51,85 @@ def file_kind(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "a folder"
     return "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+
+
+MAX_WALK = 10_000  # entries of a read folder searched for links out of it (a model or a run holds dozens)
+
+
+def read_by_command(path: str | os.PathLike[str], read: Iterable[str | os.PathLike[str]]) -> str | None:
+    """Which of ``read`` (files and folders a command reads) the output ``path`` would destroy, or
+    None. ``path`` counts as ``read`` when both name the same file (through symlinks, ``..`` or a
+    hard link), when it lies inside a folder of ``read`` (a model folder, a run's checkpoints), or
+    when such a folder holds it through a link (a model folder of symlinks to the real files; the
+    first ``MAX_WALK`` entries of a folder are searched). Returned as given in ``read``, for the message."""
+    real = os.path.realpath(os.fspath(path))
+    ident = _ident(real)  # None: nothing there yet
+    for r in read:
+        if _destroys(real, ident, os.path.realpath(os.fspath(r))):
+            return os.fspath(r)
+    return None
+
+
+def _destroys(real: str, ident: tuple[int, int] | None, r_real: str) -> bool:
+    """Whether the output (resolved: ``real``; its file: ``ident``) is, or is in, ``r_real``."""
+    if real == r_real or (ident is not None and ident == _ident(r_real)):
+        return True
+    if not os.path.isdir(r_real):
+        return False
+    folders, seen, looked = [r_real], {r_real}, 0
+    while folders:
+        folder = folders.pop()
+        if _inside(real, folder):
+            return True
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            looked += 1
+            if looked > MAX_WALK:
+                return False
+            if entry.is_symlink():  # what it points to is read through it
+                target = os.path.realpath(entry.path)
+                if target == real:
+                    return True
+                if os.path.isdir(target) and target not in seen:
+                    seen.add(target)
+                    folders.append(target)
+            elif entry.is_dir(follow_symlinks=False):
+                folders.append(entry.path)  # its own files are inside; its links may lead out
+            elif ident is not None and entry.inode() == ident[1] and _ident(entry.path) == ident:
+                return True  # a hard link (the inode comes with the folder's listing: no stat per file)
+    return False
+
+
+def _inside(real: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([real, folder]) == folder
+    except ValueError:  # different drives
+        return False
+
+
+def _ident(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:  # it does not exist (yet): not the same file
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def stream_file(stream: object) -> str | None:
+    """The regular file an open stream (``sys.stdout`` redirected with ``>``, ``sys.stdin`` with
+    ``<``) reads or writes, as a path for ``read_by_command``; None for a pipe, a terminal, a
+    device, a closed stream, or where the system does not say (no /proc)."""
+    try:
+        fd = stream.fileno()  # type: ignore[attr-defined]
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except (AttributeError, OSError, ValueError):
+        return None
+    return path if os.path.isabs(path) and os.path.exists(path) else None
 
 
 def check_path(path: str | os.PathLike[str], example: str = "out.png") -> Target:

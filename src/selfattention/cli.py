@@ -15,13 +15,13 @@ import json
 import os
 import shutil
 import sys
-import warnings
 from collections.abc import Callable
 from typing import NoReturn
 
 from . import __version__
-from ._text import printable
-from .errors import UsageError, UserError
+from ._entry import main, say
+from ._text import ascii_float, ascii_int, clip, printable
+from .errors import UsageError
 
 MAX_DIM = 2048  # bench: D
 MAX_T = 8192  # bench: the matrix tier materializes B · T² weights
@@ -38,9 +38,9 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
     """An argparse type: an int in [lo, hi]."""
     def parse(s: str) -> int:
         try:
-            n = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+            n = ascii_int(s)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
         if not lo <= n <= hi:
             raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {n}")
         return n
@@ -50,10 +50,10 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
 def _sizes(s: str) -> list[int]:
     """'16,64,256' → [16, 64, 256], each in [1, MAX_T], each once."""
     try:
-        sizes = [int(x) for x in s.replace(" ", "").split(",") if x]
+        sizes = [ascii_int(x.strip(" ")) for x in s.split(",") if x.strip(" ")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers like 16,64,256, got {s!r}") from None
+            f"expected comma-separated integers (digits 0-9) like 16,64,256, got '{clip(s)}'") from None
     if not sizes or not all(1 <= n <= MAX_T for n in sizes):
         raise argparse.ArgumentTypeError(f"each size must be between 1 and {MAX_T}, got {s!r}")
     if len(set(sizes)) != len(sizes):
@@ -123,9 +123,9 @@ def _similarity_parser(sub: argparse._SubParsersAction) -> None:
 
 def _fraction(s: str) -> float:
     try:
-        x = float(s)
+        x = ascii_float(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number such as 0.1, got {s!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.1, got '{clip(s)}'") from None
     if not 0 < x < 10:
         raise argparse.ArgumentTypeError(f"must be above 0 (and below 10), got {s}")
     return x
@@ -133,9 +133,9 @@ def _fraction(s: str) -> float:
 
 def _seconds(s: str) -> float:
     try:
-        x = float(s)
+        x = ascii_float(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {s!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number of seconds such as 5, got '{clip(s)}'") from None
     if not 0 <= x <= 86400:
         raise argparse.ArgumentTypeError(f"must be between 0 and 86400 seconds, got {s}")
     return x
@@ -181,11 +181,62 @@ def _encoder(name: str):  # -> PretrainedModel
     return load(name)
 
 
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist (yet): not the same file
-        return False
+def model_read(name: str | None) -> dict[str, str]:
+    """What ``--model NAME`` reads (None: the default), as ``check_outputs`` takes it: the model's
+    folder, and a checkpoint's run folder (its other checkpoints, its metrics); nothing for toy."""
+    from .models import DEFAULT_MODEL, PRETRAINED, display_name
+
+    name = DEFAULT_MODEL if name is None else name
+    if name in PRETRAINED:
+        from .errors import ModelError
+        from .models.pretrained import default_model_path
+
+        try:
+            path = str(default_model_path())
+        except ModelError:  # said when it is loaded
+            return {}
+        return {path: f"the model {display_name(name)} ({path})"}
+    if name == "toy" or not os.path.exists(name):
+        return {}
+    read = {name: f"--model {name}"}
+    real = os.path.realpath(name)
+    folder = os.path.dirname(real)
+    if os.path.isfile(os.path.join(real, "state.json")) and os.path.basename(folder) == "checkpoints":
+        run = os.path.dirname(folder)
+        read[run] = f"the run of --model {name} ({run})"
+    return read
+
+
+def stdin_read() -> dict[str, str]:
+    """stdin, for ``check_outputs``, when it is redirected from a file."""
+    from ._io import stream_file
+
+    path = stream_file(sys.stdin)
+    return {path: f"stdin (read from {path})"} if path is not None else {}
+
+
+def check_outputs(outputs: dict[str, str], read: dict[str, str]) -> None:
+    """UsageError, before any work, when an output would destroy a file the command reads or
+    another output. ``outputs``: option → path (``{"--out": "e.npy"}``); stdout joins them when it
+    is redirected to a file. ``read``: path → how to name it (``{"in.txt": "--file in.txt"}``);
+    a folder counts with everything in it (``_io.read_by_command``)."""
+    from ._io import read_by_command, stream_file
+
+    named = [(f"{opt} {path}", path) for opt, path in outputs.items()]
+    if (stdout := stream_file(sys.stdout)) is not None:
+        named.append((f"stdout (redirected to {stdout})", stdout))
+    for n, (label, path) in enumerate(named):
+        hit = read_by_command(path, read)
+        if hit is not None:
+            folder = os.path.isdir(hit)
+            fix = ("redirect it elsewhere" if label.startswith("stdout") else
+                   "give a path outside it" if folder else "give another name")
+            verb = "write into" if folder else "overwrite"
+            raise UsageError(f"{label} would {verb} {read[hit]}, which this command reads; {fix}")
+        same = read_by_command(path, [p for _, p in named[:n]])
+        if same is not None:
+            other = next(lab for lab, p in named if p == same)
+            raise UsageError(f"{label} and {other} are the same file; give two names")
 
 
 def _model_name(name: str) -> str:
@@ -208,8 +259,12 @@ def _embed(args: argparse.Namespace) -> int:
 
     source = Source(args.sentences, args.file)
     out = check_out(args.out) if args.out is not None else None  # refuse before computing anything
-    if out is not None and args.file not in (None, "-") and _same_file(args.file, out.path):
-        raise UsageError(f"--out {printable(str(out.path))} is the --file being read; give another name")
+    read = model_read(args.model)
+    if args.file == "-":
+        read.update(stdin_read())
+    elif args.file is not None:
+        read[args.file] = f"--file {args.file}"
+    check_outputs({"--out": args.out} if args.out is not None else {}, read)
     model = _encoder(args.model)
     try:
         N = check_all(model, source, truncate=not args.no_truncate)  # every sentence, before any output
@@ -255,6 +310,7 @@ def _bar(total: int):
 def _similarity(args: argparse.Namespace) -> int:
     from .embed import cosine, embed_texts
 
+    check_outputs({}, model_read(args.model))
     model = _encoder(args.model)
     X = embed_texts(model, [args.a, args.b], ["the first sentence", "the second sentence"],
                     truncate=not args.no_truncate)
@@ -293,7 +349,7 @@ def _bench(args: argparse.Namespace) -> int:
     if tty:
         sys.stderr.write("\r\x1b[K")
     for w in result["warnings"]:
-        _say(f"selfattention: warning: bench: {w}")
+        say(f"selfattention: warning: bench: {w}")
     print(json.dumps(result) if args.json else render_table(result))
     return 0
 
@@ -303,81 +359,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def _one_line(text: object) -> str:
-    """A message as one line, with anything that could steer the terminal escaped."""
-    from ._text import printable
-
-    return printable(" ".join(str(text).split()))
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
-    """Python warnings as one line each, like the errors (not Python's two-line format)."""
-    _say(f"selfattention: warning: {_one_line(message)}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status.
-
-    Exit status: 0 done; 2 a usage error, bad input or a model that cannot be loaded (one line on
-    stderr, ``selfattention: error: …``); 1 an unexpected failure (one line too; set
-    SELFATTENTION_TRACEBACK=1 to see the traceback); 130 interrupted (Ctrl-C, at any moment).
-    """
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:
-        _say("selfattention: interrupted")
-        return 130
-
-
-def _main(argv: list[str] | None) -> int:
-    _tolerant_streams()
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version (0) and usage errors (2), already printed
-        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        warnings.showwarning = _show_warning
-        try:
-            _check_texts(args)
-            return COMMANDS[args.command](args)
-        except UserError as err:
-            _say(f"selfattention: error: {_one_line(err)}")
-            return 2
-        except BrokenPipeError:  # e.g. `selfattention explain … | head`: stop quietly
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 0
-        except Exception as err:
-            if os.environ.get("SELFATTENTION_TRACEBACK"):
-                raise
-            if isinstance(err, OSError) and err.filename is not None:  # a file named by the user
-                _say(f"selfattention: error: {printable(os.fsdecode(err.filename))}: "
-                     f"{_one_line(err.strerror or err)}")
-                return 2
-            _say(f"selfattention: error: unexpected {type(err).__name__}: {_one_line(err)} "
-                 "(set SELFATTENTION_TRACEBACK=1 for the traceback)")
-            return 1
-
-
-def _say(line: str) -> None:
-    """One line on stderr; nothing at all when stderr is closed (never on stdout instead)."""
-    if sys.stderr is not None:
-        print(line, file=sys.stderr)
-
-
-def _tolerant_streams() -> None:
-    """A terminal that cannot show a character (LANG=…ISO-8859-1 and an α) gets an escape, not a crash."""
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure") and getattr(stream, "errors", "") == "strict":
-            stream.reconfigure(errors="backslashreplace")
-
-
 TEXT_ARGS = {"text": "the text", "sentences": "sentence", "a": "the first sentence",
              "b": "the second sentence", "word": "--word", "prompt": "--prompt"}
 
 
-def _check_texts(args: argparse.Namespace) -> None:
+def check_texts(args: argparse.Namespace) -> None:
     """Texts given on the command line must be UTF-8 (bytes that are not reach Python as lone
     surrogates, which no tokenizer takes): a usage error naming the argument, up front."""
     from ._text import check_unicode

@@ -324,6 +324,8 @@ def save_npy_stream(target: Target, rows: Iterator[np.ndarray], shape: tuple[int
 
     try:
         write_atomic(target, write)
+    except BrokenPipeError:  # written through to a pipe whose reader went away: a quiet end
+        raise
     except OSError as err:
         raise InputError(f"--out {target.path}: cannot write it ({err.strerror or err})") from None
 

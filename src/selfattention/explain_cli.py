@@ -26,10 +26,12 @@ FIT = 100  # the walk-through fits this many columns (or the terminal, if narrow
 
 
 def _vmax(s: str) -> float:
+    from ._text import ascii_float, clip
+
     try:
-        x = float(s)
+        x = ascii_float(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number such as 1, got {s!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number such as 1, got '{clip(s)}'") from None
     if not 0 < x <= 1:
         raise argparse.ArgumentTypeError(f"must be above 0 and at most 1 (weights lie in 0…1), got {s}")
     return x
@@ -193,10 +195,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     if args.json:
         try:
-            print(json.dumps(result, allow_nan=False))  # always valid JSON
+            doc = json.dumps(result, allow_nan=False)  # always valid JSON
         except ValueError:
             raise UsageError("the model's numbers for this text are not finite (inf or NaN); "
                              "its weights cannot be run in float32") from None
+        print(doc)
     elif files:
         print("\n".join(lines))
     else:
@@ -256,6 +259,7 @@ def _no_truncate_hint(run: Callable[[], object]):
 def _check_files(args: argparse.Namespace) -> dict[str, str]:
     """{"png": path, "html": path} for the files asked for, each checked to be writable."""
     from ._io import check_path
+    from .cli import check_outputs, model_read
 
     files = {kind: path for kind in ("png", "html") if (path := getattr(args, kind)) is not None}
     if args.all_heads and "png" not in files:
@@ -268,13 +272,13 @@ def _check_files(args: argparse.Namespace) -> dict[str, str]:
                          "--json or --html")
     if args.vmax is not None and not files and args.json:
         raise UsageError("--vmax sets the colour scale of a picture; --json has none")
-    if len(files) == 2 and os.path.abspath(files["png"]) == os.path.abspath(files["html"]):
-        raise UsageError(f"--png and --html are the same file {files['png']}; give two names")
     for kind, path in files.items():
         try:
             check_path(path, example=f"attention.{kind}")
         except OSError as err:
             raise UsageError(f"--{kind}: {err}") from None
+    # Neither may destroy the model read (its folder, a run's checkpoints and metrics), nor the other.
+    check_outputs({f"--{kind}": path for kind, path in files.items()}, model_read(args.model))
     return files
 
 
@@ -333,26 +337,26 @@ def _write(kind: str, path: str, write: Callable[[], object]) -> None:
     """Run ``write``; a file that cannot be written is a usage error (exit 2), not a crash."""
     try:
         write()
+    except BrokenPipeError:  # written through to a pipe whose reader went away: a quiet end
+        raise
     except OSError as err:
         raise UsageError(f"--{kind} {path}: cannot write it ({err.strerror or err})") from None
 
 
 def _quiz(args: argparse.Namespace, text: str) -> int:
+    from .cli import check_outputs, stdin_read
     from .models.toy import ToyModel
-    from .quiz import QUIZ_DIM, make_quiz, parse_answers, run_quiz
+    from .quiz import QUIZ_DIM, line_reader, make_quiz, parse_answers, run_quiz
 
     answers = parse_answers(args.answers) if args.answers is not None else None
+    check_outputs({}, stdin_read() if answers is None else {})  # stdout must not be the answers' file
     model = ToyModel(dim=QUIZ_DIM if args.dim is None else args.dim,
                      seed=0 if args.seed is None else args.seed, positions=args.positions or "none")
     facts, questions = make_quiz(model, text, word=args.word)
     stdin = sys.stdin
     interactive = answers is None and stdin is not None and stdin.isatty()
 
-    def read() -> str | None:
-        line = stdin.readline() if stdin is not None else ""
-        return line if line else None
-
     def say(line: str, end: str = "\n") -> None:
         print(line, end=end, flush=True)
 
-    return run_quiz(facts, questions, answers, read, say, interactive=interactive)
+    return run_quiz(facts, questions, answers, line_reader(stdin), say, interactive=interactive)

@@ -18,15 +18,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TextIO
 
 import numpy as np
 
 from . import reference
-from ._text import printable
-from .errors import UsageError
+from ._text import ascii_float, clip, printable
+from .errors import InputError, UsageError
 from .models.toy import ToyModel
 
 QUIZ_DIM = 4
+MAX_LINE = 1000  # characters of an answer's line: a number needs a few dozen; a longer line is refused
+TRIES = 5  # lines that are not a number, per answer, before the quiz gives up
 ABS, REL = 0.005, 0.005  # an answer is right within ABS + REL·|exact|: two or three decimals
 DIGITS = 4  # decimals of the numbers given
 WIDTH = 100  # columns of the text
@@ -99,15 +102,11 @@ def right(answer: float, exact: float) -> bool:
 
 def parse_answers(text: str) -> list[float]:
     """'1.2,0.3,-0.5' → three finite numbers; UsageError naming what is wrong."""
-    parts = [p.strip() for p in text.split(",")]
-    try:
-        values = [float(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) != 3 or not all(math.isfinite(x) for x in values):
-        raise UsageError(f"--answers: expected three numbers separated by commas (e, α, z component), "
-                         f"got {printable(text)!r}")
-    return values
+    values = [_number(p) for p in text.split(",")]
+    if len(values) != 3 or None in values:
+        raise UsageError(f"--answers: expected three numbers (digits 0-9) separated by commas (e, α, z "
+                         f"component), got '{clip(text)}'")
+    return values  # type: ignore[return-value]
 
 
 def run_quiz(facts: dict, questions: list[Question], answers: list[float] | None,
@@ -115,8 +114,9 @@ def run_quiz(facts: dict, questions: list[Question], answers: list[float] | None
     """Ask the questions (answers from ``answers``, else ``read()`` per question); 0 if all right, 1 if not.
     Lines are wrapped to ``WIDTH`` columns.
 
-    ``read`` returns a line, or None at the end of the input (a UsageError: no answer). Without a
-    terminal, an answer that is not a number is a UsageError; on one, the question is asked again.
+    ``read`` returns a line, or None at the end of the input (a UsageError: no answer). A line that
+    is not a number is asked again, ``TRIES`` times at most; one longer than ``MAX_LINE`` is a
+    UsageError (messages show at most 40 characters of what was read).
     """
     w = " ".join(printable(x) for x in facts["words"])
     say = _wrapped(say)
@@ -162,19 +162,49 @@ def _wrapped(say: Callable[..., None], width: int = WIDTH) -> Callable[..., None
     return out
 
 
+def line_reader(stream: TextIO | None) -> Callable[[], str | None]:
+    """``read`` for ``run_quiz``: the next line of ``stream``, at most ``MAX_LINE`` + 1 characters of
+    it (an endless line is not read whole: ``_ask`` refuses it), None at its end or when it is closed."""
+    def read() -> str | None:
+        if stream is None or getattr(stream, "closed", False):
+            return None
+        try:
+            line = stream.readline(MAX_LINE + 1)
+        except UnicodeDecodeError:
+            raise InputError("stdin is not UTF-8 text; type the answers, or give --answers e,α,z") from None
+        except OSError as e:
+            raise InputError(f"cannot read stdin: {e.strerror or e}") from None
+        return line if line else None
+    return read
+
+
+def _number(line: str) -> float | None:
+    """The answer on ``line``: a finite number in ASCII digits ("0.25", "-1.5e-2"), else None."""
+    try:
+        return ascii_float(line.strip())
+    except ValueError:
+        return None
+
+
 def _ask(n: int, read: Callable[[], str | None], say: Callable[..., None], interactive: bool) -> float:
-    while True:
+    """Answer ``n`` (0-based): a line that is not a number is asked again, ``TRIES`` times at most."""
+    last = None
+    for k in range(TRIES):
         if interactive:
             say("   your answer: ", end="")
         line = read()
         if line is None:
-            raise UsageError(f"the input ended before answer {n + 1} of 3 (or give --answers e,α,z)")
-        try:
-            value = float(line.strip())
-            if math.isfinite(value):
-                return value
-        except ValueError:
-            pass
-        if not interactive:
-            raise UsageError(f"answer {n + 1} is not a number: '{printable(line.strip())}'")
-        say("   that is not a number; try again (e.g. 0.25)")
+            was = f"; the last line read, '{clip(last)}', is not a number" if last is not None else ""
+            raise UsageError(f"the input ended before answer {n + 1} of 3{was} (or give --answers e,α,z)")
+        if len(line.rstrip("\r\n")) > MAX_LINE:
+            raise UsageError(f"answer {n + 1} is a line of more than {MAX_LINE} characters (it begins "
+                             f"'{clip(line[:40])}…'); an answer is one number such as 0.25")
+        value = _number(line)
+        if value is not None:
+            return value
+        last = line.strip()
+        if k < TRIES - 1:
+            shown = "" if interactive else f"your answer '{clip(last)}': "  # a pipe's line is not on screen
+            say(f"   {shown}that is not a number; try again (e.g. 0.25)")
+    raise UsageError(f"answer {n + 1}: {TRIES} tries and none is a number (the last: '{clip(last or '')}'); "
+                     "an answer is one number such as 0.25, in the digits 0-9")
