@@ -41,7 +41,8 @@ def test_a_run_keeps_its_newest_checkpoints_complete(finished: Path, tmp_path: P
     names = sorted(p.name for p in checkpoint.folder(out).iterdir())
     assert names == ["step-00000025", "step-00000030"]  # no temporary folders left behind
     for p in checkpoint.listing(out):
-        assert sorted(f.name for f in p.iterdir()) == ["model.safetensors", "state.json", "train.safetensors"]
+        assert sorted(f.name for f in p.iterdir()) == ["SHA256SUMS", "model.safetensors", "state.json",
+                                                       "train.safetensors"]
         state = json.loads((p / "state.json").read_text())
         assert state["config"]["task"] == "reverse" and state["vocab"][0] == "a"
         assert set(state["versions"]) == {"selfattention", "torch", "python"}
@@ -126,6 +127,7 @@ def test_weights_of_another_architecture_are_named(finished: Path, tmp_path: Pat
     state = json.loads((newest / "state.json").read_text())
     state["config"]["d_model"] = 32  # the JSON says one size, the weights are of another
     (newest / "state.json").write_text(json.dumps(state))
+    checkpoint.seal(newest)  # a consistent forgery: the digest passes, the shape check must catch it
     want = r"model.safetensors: .* is \(\d+, 16\) .*the model has \(\d+, 32\)"
     with pytest.raises(CheckpointError, match=want):
         load_trained(newest)

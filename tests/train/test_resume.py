@@ -102,3 +102,56 @@ def test_dropout_resumes_exactly_too(tmp_path: Path):
     resumed = run(config, tmp_path / "b", resume=True, text=text)
     assert same_state(whole.model.state_dict(), resumed.model.state_dict())
     assert curve(metrics.read(tmp_path / "a")) == curve(metrics.read(tmp_path / "b"))
+
+
+# Issue 17 -------------------------------------------------------------------------------------------
+
+DEFAULT_EVAL = [a for a in TINY_ARGS if a not in ("--eval-every", "5")]  # evaluations every 100 steps
+
+
+def test_n_plus_n_is_2n_in_metrics_with_the_default_eval_every(tmp_path: Path, capsys):
+    """The first run's last step (130, not an evaluation step) is evaluated and logged, but its line,
+    its snapshot and its reset of the running loss are not what an uninterrupted run does: a resume
+    drops them, so the log is the uninterrupted run's (item 5)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", "reverse", "--steps", "260", "--out", str(a), *DEFAULT_EVAL]) == 0
+    assert main(["train", "reverse", "--steps", "130", "--out", str(b), *DEFAULT_EVAL]) == 0
+    assert [r["step"] for r in metrics.read(b)] == [100, 130]  # the end of a run is evaluated
+    assert main(["train", "reverse", "--steps", "260", "--out", str(b), "--resume", *DEFAULT_EVAL]) == 0
+    assert [r["step"] for r in metrics.read(b)] == [100, 200, 260]
+    assert curve(metrics.read(a)) == curve(metrics.read(b))
+    assert [s for s, _ in metrics.snapshot_files(a)] == [s for s, _ in metrics.snapshot_files(b)]
+    assert same_state(_final(a).model, _final(b).model) and same_state(_final(a).train, _final(b).train)
+    printed = capsys.readouterr().out.splitlines()
+    whole = [line for line in printed if line.startswith("step 2")][:2]
+    again = [line for line in printed if line.startswith("step 2")][2:]
+    drop_time = lambda lines: [line.rsplit("  ", 1)[0] for line in lines]  # noqa: E731
+    assert drop_time(whole) == drop_time(again)  # the lines printed, up to the seconds
+
+
+def test_resuming_the_finished_run_keeps_its_last_evaluation(tmp_path: Path):
+    out = tmp_path / "r"
+    assert main(["train", "reverse", "--steps", "130", "--out", str(out), *DEFAULT_EVAL]) == 0
+    assert main(["train", "reverse", "--steps", "130", "--out", str(out), "--resume", *DEFAULT_EVAL]) == 0
+    assert [r["step"] for r in metrics.read(out)] == [100, 130]
+
+
+def test_a_text_run_resumes_from_any_folder(tmp_path: Path):
+    """--text is stored whole (item 13); a file moved since is named, with what to pass."""
+    from _train_helpers import cli
+
+    start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
+    start.mkdir()
+    elsewhere.mkdir()
+    (start / "t.txt").write_text("to be or not to be, that is the question. " * 20)
+    small = ["--context", "8", *TINY_ARGS, "--checkpoint-every", "5"]
+    r = cli("train", "text", "--text", "t.txt", "--steps", "5", "--out", "run", *small, cwd=start)
+    assert r.returncode == 0, r.stderr
+    r = cli("train", "text", "--steps", "10", "--out", str(start / "run"), "--resume", *small, cwd=elsewhere)
+    assert r.returncode == 0 and "at step 5" in r.stdout, r.stderr
+    (start / "t.txt").rename(elsewhere / "moved.txt")
+    r = cli("train", "text", "--steps", "15", "--out", str(start / "run"), "--resume", *small, cwd=elsewhere)
+    assert r.returncode == 2 and str(start / "t.txt") in r.stderr and "give --text FILE" in r.stderr, r.stderr
+    r = cli("train", "text", "--text", "moved.txt", "--steps", "15", "--out", str(start / "run"), "--resume",
+            *small, cwd=elsewhere)
+    assert r.returncode == 0 and "at step 10" in r.stdout, r.stderr

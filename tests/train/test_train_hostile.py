@@ -50,7 +50,8 @@ def newest(run_dir: Path) -> Path:
 
 
 def rewrite(ckpt: Path, name: str, change) -> None:
-    """Change the tensors of ``name`` in ``ckpt`` and its hash in state.json (a consistent forgery)."""
+    """Change the tensors of ``name`` in ``ckpt``, its hash in state.json and SHA256SUMS (a consistent
+    forgery: what the digest cannot catch, the checks behind it must)."""
     tensors = load_file(ckpt / name)
     change(tensors)
     save_file(tensors, ckpt / name)
@@ -58,12 +59,16 @@ def rewrite(ckpt: Path, name: str, change) -> None:
     state = json.loads((ckpt / "state.json").read_text())
     state["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (ckpt / "state.json").write_text(json.dumps(state))
+    checkpoint.seal(ckpt)
 
 
-def edit_state(ckpt: Path, change) -> None:
+def edit_state(ckpt: Path, change, seal: bool = True) -> None:
+    """Change state.json of ``ckpt``; ``seal``: and SHA256SUMS with it (a forgery past the digest)."""
     state = json.loads((ckpt / "state.json").read_text())
     change(state)
     (ckpt / "state.json").write_text(json.dumps(state))
+    if seal:
+        checkpoint.seal(ckpt)
 
 
 # 1 -------------------------------------------------------------------------------------------------
@@ -185,6 +190,7 @@ def test_state_json_fields_are_validated(capsys, copy, change, field):
 def test_a_float_step_or_nan_sum_in_json_is_refused(copy):
     text = (newest(copy) / "state.json").read_text()
     (newest(copy) / "state.json").write_text(text.replace('"loss_sum": ', '"loss_sum": NaN, "x": ', 1))
+    checkpoint.seal(newest(copy))
     with pytest.raises(checkpoint.CheckpointError, match="'loss_sum'"):
         checkpoint.load(newest(copy))
 
@@ -380,7 +386,9 @@ def test_json_nested_too_deep_is_a_broken_checkpoint(capsys, copy):
 
 
 def test_a_huge_state_json_is_not_read(capsys, copy, monkeypatch):
-    monkeypatch.setattr(checkpoint, "MAX_STATE_BYTES", 1000)
+    from selfattention.train import integrity
+
+    monkeypatch.setattr(integrity, "MAX_STATE_BYTES", 1000)
     code, out, err = run(capsys, "generate", str(copy), "--prompt", "ab")
     assert code == 2 and "more than a state.json can be (1000 bytes)" in err, err
 

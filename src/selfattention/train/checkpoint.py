@@ -7,19 +7,18 @@ Layout of a run's ``--out DIR``::
         train.safetensors    AdamW's moments and step counts (per parameter), torch's RNG state
         state.json           step, config, vocabulary, versions, running sums, last metrics,
                              and the size and sha256 of both files
+        SHA256SUMS           the sha256 of the three files above (``integrity``)
     DIR/metrics.jsonl, DIR/snapshots/ …  (see ``loop``)
 
 A checkpoint is written into a hidden temporary folder and renamed into place (one atomic
-rename), so a folder named ``step-*`` is always complete; the hashes catch a file truncated or
-corrupted afterwards. The newest ``keep`` are kept. Nothing is pickled: ``load`` reads JSON and
-safetensors only.
+rename), so a folder named ``step-*`` is always complete; the digest catches a file truncated,
+corrupted or edited afterwards. Pruning keeps the newest ``keep`` *usable* ones (``prune``).
+Nothing is pickled: ``load`` reads JSON and safetensors only.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import platform
 import re
@@ -33,31 +32,46 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 
 from .. import __version__
-from .._io import file_kind
 from .._text import printable
-from ..errors import ModelError
+from ..errors import InputError
 from .config import TrainConfig
+from .integrity import (  # noqa: F401 (re-exported: the names a checkpoint's reader uses)
+    DIGEST,
+    FILES,
+    FORMAT,
+    MAX_STATE_BYTES,
+    STATE_KEYS,
+    VERSION,
+    CheckpointError,
+    check_state,
+    digest_text,
+    read_state,
+    regular_size,
+    seal,
+    sha256,
+)
 
-FORMAT = "selfattention-train-checkpoint"
-VERSION = 1
-FILES = ("model.safetensors", "train.safetensors")
-_NAME = re.compile(r"^step-(\d{8,})$")
-MAX_STATE_BYTES = 32 * 1024 * 1024  # state.json: a vocabulary of every Unicode character fits in ~20 MB
-# What ``save`` writes at the top of state.json (and ``Trainer.save``'s state); nothing else is read.
-STATE_KEYS = frozenset({"format", "version", "step", "files", "versions", "config", "task", "vocab",
-                        "model_class", "parameters", "loss_sum", "loss_tokens", "tokens_seen", "elapsed_s",
-                        "last_record", "processes", "data"})
+STEP_NAME = re.compile(r"^step-(\d{8,})$")
+RESUME_HINT = "what was saved before is intact; make room and continue with --resume"
 
 
 class CheckpointWarning(UserWarning):
     """A checkpoint was skipped (unusable) and an older one is used instead."""
 
 
-class CheckpointError(ModelError):
-    """A checkpoint that cannot be used; the message names the file and what is wrong."""
+class WriteError(InputError):
+    """A file of the run could not be written (a full disk, …): one line naming it and why."""
+
+
+def cannot_write(path: str | os.PathLike[str], err: OSError, hint: str = RESUME_HINT) -> WriteError:
+    """WriteError naming ``path`` and the cause of ``err`` (the failed write's OSError carries no name)."""
+    said = str(err) if err.strerror is None else err.strerror  # _io's messages name the file already
+    what = said if said.startswith("cannot write") else f"cannot write {printable(os.fspath(path))}: {said}"
+    return WriteError(f"{what}; {hint}")
 
 
 @dataclass
@@ -94,7 +108,7 @@ def listing(out: str | os.PathLike[str]) -> list[Path]:
             return []
     except OSError:  # a name too long, …: said with --out's name where the folder is checked
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name)) and _usable_dir(p)]
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := STEP_NAME.match(p.name)) and _usable_dir(p)]
     return [p for _, p in sorted(found, reverse=True)]
 
 
@@ -107,14 +121,6 @@ def _usable_dir(p: Path) -> bool:
     except OSError as err:
         raise CheckpointError(f"checkpoint {p}: cannot be read ({err.strerror or err}); remove it or move "
                               "it away") from None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -135,44 +141,99 @@ def _versions() -> dict[str, str]:
 
 
 def save(out: str | os.PathLike[str], step: int, state: dict, model: dict[str, torch.Tensor],
-         train: dict[str, torch.Tensor], keep: int) -> Path:
-    """Write checkpoint ``step`` atomically into ``out``/checkpoints; keep the newest ``keep``.
+         train: dict[str, torch.Tensor]) -> Path:
+    """Write checkpoint ``step`` atomically into ``out``/checkpoints; returns its folder.
 
-    ``state`` is JSON-able (step, config, …); the file hashes, format and versions are added here.
+    ``state`` is JSON-able (step, config, …); the file hashes, format and versions are added here,
+    and SHA256SUMS last. Whatever was at the folder's name (a checkpoint this run could not use) is
+    moved aside, never deleted. WriteError, naming the file and the cause, when a write fails
+    (a full disk): nothing is left half-written and older checkpoints are untouched.
     """
     d = folder(out)
-    d.mkdir(parents=True, exist_ok=True)
     final = d / step_name(step)
     tmp = d / f".tmp-{step_name(step)}-{secrets.token_hex(4)}"
-    tmp.mkdir()
+    doing = d
     try:
-        tensors = {"model.safetensors": model, "train.safetensors": train}
-        files = {}
-        for name, t in tensors.items():
+        d.mkdir(parents=True, exist_ok=True)
+        doing = final
+        tmp.mkdir()
+    except OSError as err:
+        raise cannot_write(doing, err) from None
+    try:
+        hashes, files = {}, {}
+        for name, tensors in (("model.safetensors", model), ("train.safetensors", train)):
             # safetensors wants contiguous tensors that share no memory
-            save_file({k: v.detach().cpu().contiguous().clone() for k, v in t.items()}, tmp / name)
-            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+            data = save_bytes({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
+            _write_new(tmp / name, data, final / name)
+            hashes[name] = sha256(data)
+            files[name] = {"bytes": len(data), "sha256": hashes[name]}
         doc = {"format": FORMAT, "version": VERSION, **state, "step": step, "files": files,
                "versions": _versions()}
-        with open(tmp / "state.json", "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, allow_nan=False)
-        for name in (*FILES, "state.json"):
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
-        if final.exists():  # the same step saved again (a resumed run): replace it whole
-            old = d / f".old-{final.name}-{secrets.token_hex(4)}"
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
+        data = json.dumps(doc, indent=1, allow_nan=False).encode("utf-8")
+        _write_new(tmp / "state.json", data, final / "state.json")
+        _write_new(tmp / DIGEST, digest_text({"state.json": sha256(data), **hashes}), final / DIGEST)
+        _fsync_dir(tmp)
+        if os.path.lexists(final):  # never used by this run (it resumed from an older step): kept aside
+            aside = d / f"replaced-{final.name}-{secrets.token_hex(4)}"
+            _rename(final, aside)
+            warnings.warn(f"{printable(str(final))} was not usable by this run; moved aside to "
+                          f"{printable(aside.name)} to write step {step} there", CheckpointWarning,
+                          stacklevel=3)
+        _rename(tmp, final)
         _fsync_dir(d)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for stale in listing(out)[keep:]:
-        shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _write_new(path: Path, data: bytes, shown: Path) -> None:
+    """Write a new file ``path`` (in the temporary folder; said as ``shown``, where it will be)."""
+    try:
+        with open(path, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise cannot_write(shown, err) from None
+
+
+def _rename(src: Path, dst: Path) -> None:
+    try:
+        os.rename(src, dst)
+    except OSError as err:
+        raise cannot_write(dst, err) from None
+
+
+def signature(path: Path) -> tuple:
+    """What identifies the files of checkpoint folder ``path`` as they are now (inode, size, mtime):
+    a checkpoint verified once need not be read again while this stays the same."""
+    sig = []
+    for name in ("state.json", DIGEST, *FILES):
+        try:
+            st = os.stat(path / name)
+        except OSError:
+            return ()
+        sig.append((name, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(sig)
+
+
+def prune(out: str | os.PathLike[str], written: Path, keep: int, usable: Callable[[Path], bool]) -> None:
+    """Remove the checkpoints of ``out`` beyond the newest ``keep`` usable ones. ``written`` (just
+    saved) is always kept and counted; one that ``usable`` refuses (it warns, naming it) is left
+    where it is and never counted."""
+    try:
+        found = listing(out)
+    except CheckpointError as err:
+        warnings.warn(f"{err}; no older checkpoint removed", CheckpointWarning, stacklevel=2)
+        return
+    kept = 1
+    for p in found:
+        if p == written or not usable(p):
+            continue
+        kept += 1
+        if kept > keep:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def clean_temporary(out: str | os.PathLike[str]) -> None:
@@ -182,125 +243,6 @@ def clean_temporary(out: str | os.PathLike[str]) -> None:
         for p in d.iterdir():
             if p.name.startswith((".tmp-", ".old-")):
                 shutil.rmtree(p, ignore_errors=True)
-
-
-def regular_size(f: Path) -> int:
-    """The size of ``f``, a regular file (a symlink to one counts); CheckpointError when it is missing
-    or anything else (a FIFO would block its reader forever, a device never ends)."""
-    try:
-        st = os.stat(f)
-    except (FileNotFoundError, NotADirectoryError):
-        where = f"{f.parent}: {f.name} is" if f.name == "state.json" else f"{f}: the file is"
-        raise CheckpointError(f"checkpoint {where} missing") from None
-    except OSError as err:
-        raise CheckpointError(f"checkpoint {f}: cannot read it ({err.strerror or err})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"checkpoint {f}: is {file_kind(st.st_mode)}, not a regular file")
-    return st.st_size
-
-
-def read_state(path: Path) -> dict:
-    """The checked state.json of checkpoint folder ``path`` (CheckpointError naming what is wrong)."""
-    f = Path(path) / "state.json"
-    size = regular_size(f)
-    if size > MAX_STATE_BYTES:
-        raise CheckpointError(f"checkpoint {f}: {size} bytes, more than a state.json can be "
-                              f"({MAX_STATE_BYTES} bytes)")
-    try:
-        with open(f, "rb") as fh:
-            data = fh.read(MAX_STATE_BYTES + 1)
-        if len(data) > MAX_STATE_BYTES:
-            raise CheckpointError(f"checkpoint {f}: more than a state.json can be ({MAX_STATE_BYTES} bytes)")
-        text = data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"checkpoint {f}: cannot read it ({err})") from None
-    try:
-        state = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"checkpoint {f}: not valid JSON ({err.msg} at line {err.lineno}), "
-                              "truncated or corrupted") from None
-    except RecursionError:
-        raise CheckpointError(f"checkpoint {f}: not a selfattention training checkpoint (JSON nested too "
-                              "deep)") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {f}: not a selfattention training checkpoint")
-    version = state.get("version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise CheckpointError(f"checkpoint {f}: 'version' must be an integer, got {version!r}")
-    if version != VERSION:
-        raise CheckpointError(f"checkpoint {f}: format version {version}, this program reads version "
-                              f"{VERSION}")
-    for key in ("step", "config", "files", "vocab"):
-        if key not in state:
-            raise CheckpointError(f"checkpoint {f}: has no {key!r} entry")
-    check_state(f, state)
-    return state
-
-
-def _finite(x: object) -> bool:
-    """True for JSON without NaN or infinity anywhere (json.loads accepts them; json.dumps refuses)."""
-    if isinstance(x, float):
-        return math.isfinite(x)
-    if isinstance(x, dict):
-        return all(_finite(v) for v in x.values())
-    if isinstance(x, list):
-        return all(_finite(v) for v in x)
-    return True
-
-
-def _count(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
-
-
-def _number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def check_state(f: Path, state: dict) -> None:
-    """CheckpointError naming ``f`` (a state.json) and the first field that is not what ``save`` writes."""
-    def bad(field: str, what: str) -> CheckpointError:
-        return CheckpointError(f"checkpoint {f}: {field!r} must be {what}, got {_short(state.get(field))}")
-
-    if not _count(state["step"]):
-        raise bad("step", "an integer ≥ 0")
-    vocab = state["vocab"]
-    if not isinstance(vocab, list) or not vocab or len(set(map(repr, vocab))) != len(vocab) \
-            or not all(isinstance(c, str) and len(c) == 1 for c in vocab):
-        raise bad("vocab", "a non-empty list of distinct one-character strings")
-    if not isinstance(state["files"], dict):
-        raise bad("files", "an object naming each file's bytes and sha256")
-    last = state.get("last_record")
-    if last is not None and (not isinstance(last, dict) or not _count(last.get("step")) or not _finite(last)
-                             or not all(_number(v) for k, v in last.items()
-                                        if k in ("loss", "eval_loss", "accuracy", "longer_accuracy",
-                                                 "char_accuracy", "longer_loss", "lr", "elapsed_s"))):
-        raise bad("last_record", "null or an evaluation (step, finite losses and accuracies)")
-    for key in ("loss_tokens", "tokens_seen"):
-        if key in state and not _count(state[key]):
-            raise bad(key, "an integer ≥ 0")
-    for key in ("loss_sum", "elapsed_s"):
-        if key in state and not _number(state[key]):
-            raise bad(key, "a finite number")
-    config = state["config"]
-    if not isinstance(config, dict):
-        raise bad("config", "an object")
-    try:
-        c = TrainConfig.from_dict(config).check()
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {f}: its config cannot be used ({err})") from None
-    if c.task != "text":
-        from .tasks import get_task
-
-        if vocab != get_task(c.task).vocab.tokens:
-            raise bad("vocab", f"the {c.task} task's characters")
-    unknown = sorted(set(state) - STATE_KEYS)
-    if unknown:
-        raise CheckpointError(f"checkpoint {f}: unknown fields {_short(unknown)}")
-
-
-def _short(x: object) -> str:
-    r = repr(x)
-    return r if len(r) <= 60 else r[:57] + "…"
 
 
 def check_finite(f: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -314,19 +256,23 @@ def check_finite(f: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _read_tensors(path: Path, name: str, state: dict) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``/``name``, of the size and sha256 state.json (and SHA256SUMS) give."""
     f = path / name
-    want = state["files"].get(name)
-    if not isinstance(want, dict):
-        raise CheckpointError(f"checkpoint {path / 'state.json'}: lists no {name}")
+    want = state["files"][name]
     size = regular_size(f)
-    if size != want.get("bytes"):
-        raise CheckpointError(f"checkpoint {f}: {size} bytes, expected {want.get('bytes')} (truncated or "
+    if size != want["bytes"]:
+        raise CheckpointError(f"checkpoint {f}: {size} bytes, expected {want['bytes']} (truncated or "
                               "overwritten)")
-    if _sha256(f) != want.get("sha256"):
+    try:
+        with open(f, "rb") as fh:
+            data = fh.read(size + 1)
+    except OSError as err:
+        raise CheckpointError(f"checkpoint {f}: cannot read it ({err.strerror or err})") from None
+    if sha256(data) != want["sha256"]:
         raise CheckpointError(f"checkpoint {f}: corrupted (its sha256 does not match state.json)")
     try:
-        tensors = load_file(f)
-    except (SafetensorError, OSError, ValueError) as err:
+        tensors = load_bytes(data)
+    except (SafetensorError, ValueError) as err:
         raise CheckpointError(f"checkpoint {f}: not a readable safetensors file ({err})") from None
     check_finite(f, tensors)
     return tensors
@@ -362,7 +308,7 @@ def load(path: str | os.PathLike[str], *, with_train: bool = True,
     if not p.is_dir():
         raise CheckpointError(f"checkpoint {p}: no such folder")
     state = read_state(p)
-    if _NAME.match(p.name) and p.name != step_name(state["step"]):
+    if STEP_NAME.match(p.name) and p.name != step_name(state["step"]):
         raise CheckpointError(f"checkpoint {p / 'state.json'}: says step {state['step']}, but its folder is "
                               f"named {printable(p.name)} (expected {step_name(state['step'])}); renamed or "
                               "moved by hand")

@@ -7,21 +7,15 @@ import argparse
 import os
 from collections.abc import Callable
 
+from .._text import ascii_float, ascii_int
+
 TASKS = ("copy", "reverse", "sort", "recall", "text")
 POSITIONS = ("learned", "sinusoidal", "none")
 
 
-def _ascii(s: str) -> str:
-    """``s`` when it is ASCII: int() and float() also take other scripts' digits (``١٠`` is 10), which
-    a user reading the command back would not recognise as a number."""
-    if not s.isascii():
-        raise ValueError(s)
-    return s
-
-
 def _positive(s: str) -> int:
     try:
-        n = int(_ascii(s))
+        n = ascii_int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
     if n < 1:
@@ -31,7 +25,7 @@ def _positive(s: str) -> int:
 
 def _non_negative(s: str) -> int:
     try:
-        n = int(_ascii(s))
+        n = ascii_int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {s!r}") from None
     if n < 0:
@@ -41,7 +35,7 @@ def _non_negative(s: str) -> int:
 
 def _number(s: str) -> float:
     try:
-        x = float(_ascii(s))
+        x = ascii_float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
     if not x >= 0 or x == float("inf"):
@@ -220,4 +214,5 @@ def _generate_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=_seed, default=0, metavar="S",
                    help="seed of the sampling (default 0)")
     g.add_argument("--no-cache", action="store_true",
-                   help="recompute the whole prefix for every token (slow; for comparison)")
+                   help="recompute the whole window for every token instead of using the KV cache (slow; for "
+                        "comparison: the same window rule, the same text)")

@@ -9,7 +9,7 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 
 # Defaults that differ by task (the rest are TrainConfig's).
 TASK_DEFAULTS: dict[str, dict[str, object]] = {
@@ -54,7 +54,8 @@ def make_config(args: argparse.Namespace):
     base = _peek_config(Path(args.out)) if args.resume else None
     if base is not None and base.task != args.task:
         raise UsageError(f"--resume: {args.out} holds a run of task {base.task!r}, not {args.task!r}")
-    if args.task == "text" and not args.text:
+    stored = args.task == "text" and not args.text
+    if stored:
         if base is None or not base.text:
             raise UsageError("the text task needs --text FILE (a UTF-8 text file to learn from)")
         args.text = base.text  # resuming: the file the run was started with (its hash is checked)
@@ -62,8 +63,15 @@ def make_config(args: argparse.Namespace):
     values.update(given)
     text = None
     if args.task == "text":
-        text, sha = read_text(args.text)
-        values.update(text=args.text, text_sha256=sha)
+        try:
+            text, sha = read_text(args.text)
+        except InputError as err:
+            if not stored:
+                raise
+            raise InputError(f"{err} (the file this run was started with; give --text FILE where it is "
+                             "now)") from None
+        # Stored whole: a resume from any folder finds it (relative, it named another file there).
+        values.update(text=os.path.abspath(args.text), text_sha256=sha)
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in values.items() if k in names}).check(), text
 
@@ -83,10 +91,10 @@ def train_command(args: argparse.Namespace) -> int:
         dist = setup(args.timeout)
         from .loop import run
 
-        trainer = run(config, args.out, resume=args.resume, dist=dist, echo=print,
-                      progress=False if args.no_progress else None, text=text)
-        if dist.main:
-            _finish(trainer, Path(args.out), pictures=not args.no_pictures)
+        out = Path(args.out)
+        run(config, out, resume=args.resume, dist=dist, echo=print,
+            progress=False if args.no_progress else None, text=text,
+            finish=lambda trainer: _finish(trainer, out, pictures=not args.no_pictures))
         barrier(dist)  # no process leaves the group while another still uses it
     except PeerError as err:
         print(f"selfattention: error: {err}; stopping (continue from the last checkpoint with --resume)",
@@ -110,6 +118,8 @@ def summary(trainer) -> str:
     never NaN) and its seconds."""
     import math
 
+    from .metrics import fixed
+
     r = trainer.last_record or {}
     c = trainer.config
 
@@ -122,10 +132,10 @@ def summary(trainer) -> str:
         what = (f"held-out accuracy {r['accuracy']:.3f} (lengths {c.min_len}-{c.max_len})"
                 + (f", longer {r['longer_accuracy']:.3f}" if good("longer_accuracy") else "") + when)
     elif c.task == "text" and good("eval_loss"):
-        what = f"eval_loss {r['eval_loss']:.4f}{when}"
+        what = f"eval_loss {fixed(r['eval_loss'], 4)}{when}"
     else:
         what = "no evaluation yet"
-    return f"done: step {trainer.step}, {what}, {trainer.elapsed:.1f} s"
+    return f"done: step {trainer.step}, {what}, {fixed(trainer.elapsed, 1)} s"
 
 
 def _finish(trainer, out: Path, pictures: bool) -> None:

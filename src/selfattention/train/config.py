@@ -176,7 +176,8 @@ def memory_needed(config: TrainConfig, vocab_size: int, *, training: bool = True
     size = 8 if config.dtype == "float64" else 4
     params = parameters_estimate(config, vocab_size)
     if not training:
-        return 2 * params * size  # the file's tensors and the model's
+        return 3 * params * size  # the file's bytes (read once: what is hashed is what is loaded), its
+        # tensors and the model's
     T, V = config.sequence_len(), vocab_size
     L, D, H = config.num_layers, config.d_model, config.num_heads
     transformer = config.model == "transformer"

@@ -134,6 +134,33 @@ def broadcast_int(value: int, dist: Dist) -> int:
     import torch.distributed as td
 
     t = torch.tensor([value], dtype=torch.int64, device=dist.device)
-    with guard(dist, "agreeing on the checkpoint to resume"):
+    with guard(dist, "agreeing with rank 0"):
         td.broadcast(t, 0)
     return int(t.item())
+
+
+MAX_MESSAGE = 4096  # bytes of rank 0's error sent to the others (a message is one line)
+
+
+def agree(err: UserError | None, dist: Dist) -> None:
+    """Raise rank 0's ``err`` in every process, or return in every one: a check only rank 0 makes
+    (the run folder is free, its files are of the right kind) stops all at once, each with the same
+    one line, instead of leaving the others waiting for rank 0 until --timeout."""
+    if dist.world <= 1:
+        if err is not None:
+            raise err
+        return
+    import torch.distributed as td
+
+    data = str(err).encode("utf-8")[:MAX_MESSAGE] if dist.main and err is not None else b""
+    n = broadcast_int(len(data), dist)
+    if not n:
+        return
+    buf = torch.zeros(n, dtype=torch.uint8, device=dist.device)
+    if dist.main:
+        buf.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    with guard(dist, "hearing why rank 0 stopped"):
+        td.broadcast(buf, 0)
+    if dist.main and err is not None:
+        raise err
+    raise UsageError(bytes(buf.cpu().tolist()).decode("utf-8", errors="ignore"))

@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,13 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from .._text import printable
-from ..errors import UsageError
+from ..errors import UsageError, UserError
 from ..transformer import DecoderLM, parameter_count
 from . import checkpoint, metrics
 from .config import EVAL_CHUNK, TrainConfig, build_model, check_memory
 from .data import SyntheticData, TextData, make_data
-from .distributed import Dist, all_sum, broadcast_int, guard
-from .run_folder import prepare
+from .distributed import Dist, agree, all_sum, broadcast_int, guard
+from .metrics import format_record
+from .run_folder import check_ahead, claim
 from .tasks import Batch
 
 BETAS = (0.9, 0.98)
@@ -56,6 +58,8 @@ class Trainer:
         self.started = time.perf_counter()
         self.last_record: dict | None = None
         self._eval: dict[str, Batch] | None = None
+        self._usable: dict[Path, tuple] = {}  # checkpoints verified → their files' signature then
+        self._broken: set[Path] = set()  # (named in a warning already)
 
     def distribute(self) -> None:
         """Wrap the model in DistributedDataParallel (after any checkpoint is loaded)."""
@@ -102,11 +106,13 @@ class Trainer:
                                "saved "
                                f"(try a lower --lr than {self.config.lr:g})")
 
-    def train_loss(self) -> float:
-        """Mean training loss per token since the last evaluation, over all processes (collective)."""
+    def train_loss(self, reset: bool = True) -> float:
+        """Mean training loss per token since the last evaluation, over all processes (collective);
+        ``reset``: start the next sums from here."""
         total = all_sum([self.loss_sum], self.dist)[0]
         mean = total / self.loss_tokens if self.loss_tokens else math.nan
-        self.loss_sum, self.loss_tokens = 0.0, 0
+        if reset:
+            self.loss_sum, self.loss_tokens = 0.0, 0
         return mean
 
     @torch.no_grad()
@@ -188,7 +194,30 @@ class Trainer:
                 self.diverged(self.step, f"{k} holds NaN or infinite values")
         if not math.isfinite(loss_sum):
             self.diverged(self.step, f"the loss summed since the last evaluation is {loss_sum}")
-        return checkpoint.save(out, self.step, state, weights, train, self.config.keep)
+        written = checkpoint.save(out, self.step, state, weights, train)
+        self._usable[written] = checkpoint.signature(written)
+        checkpoint.prune(out, written, self.config.keep, self.usable)
+        return written
+
+    def load(self, path: Path) -> checkpoint.Checkpoint:
+        """Checkpoint ``path``, verified and checked to fit this run (CheckpointError if not)."""
+        ckpt = self.check_checkpoint(checkpoint.load(path, expected=self.config))
+        self._usable[ckpt.path] = checkpoint.signature(ckpt.path)
+        return ckpt
+
+    def usable(self, path: Path) -> bool:
+        """Whether ``--resume`` could continue from checkpoint ``path`` (each read once while its files
+        stay the same); a broken one is named in a warning, once."""
+        if self._usable.get(path) == checkpoint.signature(path) != ():
+            return True
+        try:
+            self.load(path)
+        except checkpoint.CheckpointError as err:
+            if path not in self._broken:
+                self._broken.add(path)
+                warnings.warn(f"{err}; left in place, not counted in --keep", checkpoint.CheckpointWarning, 2)
+            return False
+        return True
 
     def check_checkpoint(self, ckpt: checkpoint.Checkpoint) -> checkpoint.Checkpoint:
         """CheckpointError unless ``ckpt`` fits this run: its vocabulary, every weight's shape, and in
@@ -199,6 +228,10 @@ class Trainer:
             raise checkpoint.CheckpointError(f"checkpoint {path / 'state.json'}: its vocabulary differs "
                                              "from this run's data")
         checkpoint.check_tensors(path, ckpt.model, self.model.state_dict())
+        if ckpt.state["parameters"] != parameter_count(self.model):
+            raise checkpoint.CheckpointError(f"checkpoint {path / 'state.json'}: says "
+                                             f"{ckpt.state['parameters']} parameters, the model has "
+                                             f"{parameter_count(self.model)}")
         assert ckpt.train is not None
         f, train = path / "train.safetensors", ckpt.train
         rng = torch.get_rng_state()
@@ -252,21 +285,22 @@ class Trainer:
         self.last_record = s.get("last_record")
 
 
-def _loader(config: TrainConfig, trainer: Trainer) -> Callable[[Path], checkpoint.Checkpoint]:
-    return lambda p: trainer.check_checkpoint(checkpoint.load(p, expected=config))
-
-
 def run(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False, dist: Dist | None = None,
         echo: Callable[[str], None] | None = None, progress: bool | None = None,
-        text: str | None = None) -> Trainer:
+        text: str | None = None, finish: Callable[[Trainer], object] | None = None) -> Trainer:
     """Train ``config`` into ``out`` (checkpoints, metrics.jsonl, snapshots; pictures by the caller).
 
     ``resume``: continue from the newest usable checkpoint in ``out`` (older ones are tried when
     the newest is broken, each skip a ``CheckpointWarning``), or start afresh if there is none.
-    Without it, an ``out`` that holds checkpoints is refused. ``echo`` receives one line per
-    evaluation (rank 0); ``progress``: a tqdm bar on stderr (default: when stderr is a terminal).
+    Without it, an ``out`` that holds checkpoints is refused. ``out`` is held by this process for
+    the whole run (``run_folder.own``): a second run into it is refused, naming the first.
+    ``echo`` receives one line per evaluation (rank 0); ``progress``: a tqdm bar on stderr
+    (default: when stderr is a terminal); ``finish(trainer)`` is called on rank 0 at the end, the
+    folder still held (the command line draws its pictures there).
     """
     config = config.check()
+    if config.text is not None:  # the file, wherever the run is resumed from
+        config = config.with_runtime(text=os.path.abspath(config.text))
     dist = dist or Dist()
     if config.batch_size % dist.world:
         raise UsageError(f"--batch-size {config.batch_size} is the global batch and must split evenly "
@@ -274,38 +308,53 @@ def run(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fals
     out = Path(out)
     data = make_data(config, text)
     check_memory(config, len(data.vocab), device=dist.device)
-    if dist.main:
-        prepare(out)
-        if not resume and checkpoint.listing(out):
-            raise UsageError(f"{printable(str(out))} already holds checkpoints of a run: add --resume to "
-                             "continue it, or give another --out")
     trainer = Trainer(config, data, dist)
-    ckpt = None
-    if resume:
-        step = -1
-        if dist.main:
-            checkpoint.clean_temporary(out)
-            ckpt = checkpoint.newest_valid(out, _loader(config, trainer))
-            step = ckpt.step if ckpt else -1
-        step = broadcast_int(step, dist)
-        if step > config.steps:  # every process stops here, before anything is changed
-            raise UsageError(f"--resume: the run in {printable(str(out))} is already at step {step}; give "
-                             f"--steps ≥ {step} (more to train on)")
-        if step >= 0 and not dist.main:
-            ckpt = _loader(config, trainer)(checkpoint.folder(out) / checkpoint.step_name(step))
-    if ckpt is not None:
-        trainer.restore(ckpt)
-        if dist.main:
-            metrics.rewind(out, ckpt.step, ckpt.state.get("last_record"))
-    elif dist.main:
-        metrics.reset(out)
-    trainer.distribute()
-    if echo and dist.main:
-        what = f"resumed from {printable(str(ckpt.path))} at step {ckpt.step}" if ckpt else "from scratch"
-        echo(f"training {config.model} on {config.task} ({parameter_count(trainer.model):,} parameters, "
-             f"{dist.world} process{'es' if dist.world > 1 else ''}, {trainer.device}) {what}")
-    _loop(trainer, out, echo if dist.main else None, progress if dist.main else False)
+    reads = [("--text", config.text)] if config.task == "text" and config.text else []
+    with claim(out, dist, reads):
+        ckpt = _start(trainer, out, resume)
+        if ckpt is not None:
+            trainer.restore(ckpt)
+            if dist.main:  # (an evaluation not due: the earlier run's end, which this run does not log)
+                due = ckpt.step % config.eval_every == 0 or ckpt.step >= config.steps
+                trainer.last_record = metrics.rewind(out, ckpt.step, ckpt.state["last_record"], due)
+        elif dist.main:
+            metrics.reset(out)
+        trainer.distribute()
+        if echo and dist.main:
+            what = f"resumed from {printable(str(ckpt.path))} at step {ckpt.step}" if ckpt else "from scratch"
+            echo(f"training {config.model} on {config.task} ({parameter_count(trainer.model):,} parameters, "
+                 f"{dist.world} process{'es' if dist.world > 1 else ''}, {trainer.device}) {what}")
+        _loop(trainer, out, echo if dist.main else None, progress if dist.main else False)
+        if finish is not None and dist.main:
+            finish(trainer)
     return trainer
+
+
+def _start(trainer: Trainer, out: Path, resume: bool) -> checkpoint.Checkpoint | None:
+    """The checkpoint to continue from (None: none), agreed by every process, or the same UsageError in
+    all, before anything is written."""
+    config, dist = trainer.config, trainer.dist
+    ckpt, step, failed = None, -1, None
+    if dist.main:
+        try:
+            if not resume and checkpoint.listing(out):
+                raise UsageError(f"{printable(str(out))} already holds checkpoints of a run: add --resume to "
+                                 "continue it, or give another --out")
+            if resume:
+                checkpoint.clean_temporary(out)
+                ckpt = checkpoint.newest_valid(out, trainer.load)
+                step = ckpt.step if ckpt else -1
+            if step > config.steps:
+                raise UsageError(f"--resume: the run in {printable(str(out))} is already at step {step}; "
+                                 f"give --steps ≥ {step} (more to train on)")
+            check_ahead(out, max(step, 0), config)
+        except UserError as err:
+            failed = err
+    agree(failed, dist)
+    step = broadcast_int(step, dist)
+    if step >= 0 and not dist.main:
+        ckpt = trainer.load(checkpoint.folder(out) / checkpoint.step_name(step))
+    return ckpt
 
 
 def _loop(trainer: Trainer, out: Path, echo: Callable[[str], None] | None, progress: bool | None) -> None:
@@ -326,7 +375,9 @@ def _loop(trainer: Trainer, out: Path, echo: Callable[[str], None] | None, progr
             s = trainer.step
             record = None
             if s % c.eval_every == 0 or s == c.steps:
-                loss = trainer.train_loss()  # collective: every process takes part
+                # collective: every process takes part. The last step's evaluation, when it is not due,
+                # leaves the sums running: a resumed run then logs what an uninterrupted one does.
+                loss = trainer.train_loss(reset=s % c.eval_every == 0)
                 if main:
                     record = trainer.evaluate(loss)
                     if snap := trainer.attention_snapshot():
@@ -347,18 +398,3 @@ def _loop(trainer: Trainer, out: Path, echo: Callable[[str], None] | None, progr
     finally:
         if bar is not None:
             bar.close()
-
-
-def format_record(r: dict, steps: int) -> str:
-    """One evaluation as a line: step, losses, accuracies, seconds."""
-    width = len(str(steps))
-    parts = [f"step {r['step']:>{width}}/{steps}", f"loss {r['loss']:.4f}", f"eval_loss {r['eval_loss']:.4f}"]
-    if "accuracy" in r:
-        parts.append(f"accuracy {r['accuracy']:.3f}")
-    if "longer_accuracy" in r:
-        lo, hi = r["longer_lengths"]
-        parts.append(f"longer ({lo}-{hi}) {r['longer_accuracy']:.3f}")
-    if "char_accuracy" in r:
-        parts.append(f"next-char accuracy {r['char_accuracy']:.3f}")
-    parts.append(f"{r['elapsed_s']:.1f} s")
-    return "  ".join(parts)

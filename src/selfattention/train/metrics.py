@@ -1,16 +1,21 @@
 """``metrics.jsonl`` (one JSON object per evaluation) and the attention snapshots of a run.
 
 Both are written by rank 0 only. When a run resumes from checkpoint step S, what was logged after S
-(by the run that crashed) is dropped, so the files describe one uninterrupted run.
+(by the run that crashed) is dropped, and so is S's own evaluation when it was only there because
+the earlier run ended at S: the files then describe one uninterrupted run. A write that fails (a
+full disk) is a ``checkpoint.WriteError`` naming the file.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import stat
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +26,25 @@ from safetensors.torch import save as save_bytes
 
 from .._io import write_atomic
 from .._text import printable
+from .checkpoint import cannot_write
 
 METRICS = "metrics.jsonl"
 SNAPSHOTS = "snapshots"
 _SNAP = re.compile(r"^step-(\d{8,})\.safetensors$")
 
 
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """A failed write of ``path`` (a full disk, …) as one ``WriteError`` naming it and the cause."""
+    try:
+        yield
+    except OSError as err:
+        raise cannot_write(path, err) from None
+
+
 def append(out: Path, record: dict) -> None:
     """Add one evaluation's line to ``out``/metrics.jsonl."""
-    with open(out / METRICS, "a", encoding="utf-8") as f:
+    with writing(out / METRICS), open(out / METRICS, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, allow_nan=False) + "\n")
         f.flush()
 
@@ -57,24 +72,36 @@ def _no_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
-def rewind(out: Path, step: int, last: dict | None) -> None:
+def rewind(out: Path, step: int, last: dict | None, on_schedule: bool = True) -> dict | None:
     """Keep only what was logged up to ``step``; ``last`` (the checkpoint's copy of the evaluation
-    at ``step``, if there was one) is restored if the crash came before its line was written."""
-    kept = [r for r in read(out) if r["step"] <= step]
-    if last is not None and last.get("step") == step and not any(r["step"] == step for r in kept):
-        kept.append(last)
+    at ``step``, if there was one) is restored if the crash came before its line was written.
+    ``on_schedule`` False: the evaluation at ``step`` was the earlier run's last, not one the run
+    now continued would make: it is dropped (line and snapshot). Returns the evaluation the run
+    continues with (``last``, or None where it was dropped)."""
+    keep = (lambda s: s <= step) if on_schedule else (lambda s: s < step)
+    kept = [r for r in read(out) if keep(r["step"])]
+    if last is not None and last.get("step") == step:
+        if not on_schedule:
+            last = None
+        elif not any(r["step"] == step for r in kept):
+            kept.append(last)
     text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept).encode("utf-8")
-    write_atomic(out / METRICS, lambda f: f.write(text))
+    with writing(out / METRICS):
+        write_atomic(out / METRICS, lambda f: f.write(text))
     for s, p in snapshot_files(out):
-        if s > step:
-            p.unlink(missing_ok=True)
+        if not keep(s):
+            with writing(p):
+                p.unlink(missing_ok=True)
+    return last
 
 
 def reset(out: Path) -> None:
     """A fresh run: no metrics, no snapshots."""
-    (out / METRICS).unlink(missing_ok=True)
+    with writing(out / METRICS):
+        (out / METRICS).unlink(missing_ok=True)
     for _, p in snapshot_files(out):
-        p.unlink(missing_ok=True)
+        with writing(p):
+            p.unlink(missing_ok=True)
 
 
 def is_snapshot_name(name: str) -> bool:
@@ -92,10 +119,13 @@ def snapshot_files(out: Path) -> list[tuple[int, Path]]:
 def save_snapshot(out: Path, step: int, tokens: list[str], weights: torch.Tensor) -> Path:
     """Store one snapshot: weights (L, H, T, T) of the example ``tokens`` at ``step``."""
     d = out / SNAPSHOTS
-    d.mkdir(exist_ok=True)
+    with writing(d):
+        d.mkdir(exist_ok=True)
     data = save_bytes({"weights": weights.detach().float().contiguous()},
                       metadata={"step": str(step), "tokens": json.dumps(tokens)})
-    return write_atomic(d / f"step-{step:08d}.safetensors", lambda f: f.write(data))
+    path = d / f"step-{step:08d}.safetensors"
+    with writing(path):
+        return write_atomic(path, lambda f: f.write(data))
 
 
 def load_snapshots(out: Path) -> list[tuple[int, list[str], np.ndarray]]:
@@ -141,3 +171,24 @@ def load_snapshots(out: Path) -> list[tuple[int, list[str], np.ndarray]]:
                       f"{printable(str(out / SNAPSHOTS))} left out of the pictures (damaged, or of another "
                       f"sequence or model): step{'s' if len(damaged) > 1 else ''} {listed}", stacklevel=2)
     return result
+
+
+def fixed(x: float, digits: int) -> str:
+    """``x`` with ``digits`` decimals, or in ``e`` notation past a million (never hundreds of digits)."""
+    return f"{x:.{digits}f}" if not math.isfinite(x) or abs(x) < 1e6 else f"{x:.{digits}e}"
+
+
+def format_record(r: dict, steps: int) -> str:
+    """One evaluation as a line: step, losses, accuracies, seconds."""
+    width = len(str(steps))
+    parts = [f"step {r['step']:>{width}}/{steps}", f"loss {fixed(r['loss'], 4)}",
+             f"eval_loss {fixed(r['eval_loss'], 4)}"]
+    if "accuracy" in r:
+        parts.append(f"accuracy {r['accuracy']:.3f}")
+    if "longer_accuracy" in r:
+        lo, hi = r["longer_lengths"]
+        parts.append(f"longer ({lo}-{hi}) {r['longer_accuracy']:.3f}")
+    if "char_accuracy" in r:
+        parts.append(f"next-char accuracy {r['char_accuracy']:.3f}")
+    parts.append(f"{fixed(r['elapsed_s'], 1)} s")
+    return "  ".join(parts)

@@ -53,7 +53,8 @@ def _save(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     data = buf.getvalue()
-    return write_atomic(path, lambda f: f.write(data))
+    with metrics.writing(path):
+        return write_atomic(path, lambda f: f.write(data))
 
 
 def write_pictures(out: Path, title: str = "") -> list[str]:
@@ -77,8 +78,10 @@ def write_pictures(out: Path, title: str = "") -> list[str]:
             warnings.warn(f"attention.png and attention.html not drawn: the snapshots of "
                           f"{printable(str(out / metrics.SNAPSHOTS))} cannot be drawn ({err})", stacklevel=2)
             return lines
-        save_steps_png(data, out / "attention.png")
-        write_steps_html(data, out / "attention.html", title)
+        for name, draw in (("attention.png", lambda p: save_steps_png(data, p)),
+                           ("attention.html", lambda p: write_steps_html(data, p, title))):
+            with metrics.writing(out / name):
+                draw(out / name)
         lines.append(f"wrote {shown}/attention.png: every head at {min(5, len(data))} of the steps")
         lines.append(f"wrote {shown}/attention.html: a slider over {len(data)} snapshots (steps "
                      f"{data[0][0]}-{data[-1][0]})")

@@ -24,8 +24,8 @@ import torch
 from .._text import printable
 from ..errors import InputError, ModelError
 from ..layers import MultiHeadAttention
-from ..transformer import context_limit
 from ..models.tracing import Tokens
+from ..transformer import context_limit
 from .trained import TrainedModel, load_trained
 
 
