@@ -7,22 +7,37 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).parent.parent / "src" / "selfattention"
+
+
+def _imported_names(path: Path) -> list[tuple[str, str]]:
+    """(module relative to the package, name) for each name a file imports from selfattention
+    (``import selfattention.x`` gives (x, "*"))."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = path.relative_to(SRC).parent.parts
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                base = list(package[: len(package) - node.level + 1])
+            elif module.startswith("selfattention"):
+                base, module = [], module.removeprefix("selfattention")
+            else:
+                continue
+            module = ".".join([*base, *module.split(".")]).strip(".")
+            found += [(module, alias.name) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(a.name.removeprefix("selfattention").strip("."), "*") for a in node.names
+                      if a.name.startswith("selfattention")]
+    return found
 
 
 def _imports(path: Path) -> set[str]:
     """The selfattention modules a file imports, as dotted names relative to the package."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    package = path.relative_to(SRC).parent.parts
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = list(package[: len(package) - node.level + 1])
-                found.add(".".join([*base, *(node.module or "").split(".")]).strip("."))
-            elif node.module and node.module.startswith("selfattention"):
-                found.add(node.module.removeprefix("selfattention").strip("."))
-    return found
+    return {module for module, _ in _imported_names(path)}
 
 
 def test_viz_imports_nothing_from_models():
@@ -35,6 +50,35 @@ def test_tiers_know_no_modules_or_models():
     for name in ("functional.py", "blockwise.py", "masks.py", "reference.py", "_checks.py"):
         bad = [m for m in _imports(SRC / name) if m.split(".")[0] in ("layers", "models", "viz", "train")]
         assert not bad, f"{name} imports {bad}"
+
+
+# What a layer may take from the tiers' side: the dispatcher and what it says, never a tier.
+_LAYER_MAY_IMPORT = {"functional": {"attention", "resolve_backend", "available_backends", "BACKENDS"}}
+_TIERS = ("blockwise", "kernels", "block_mask")
+
+
+def test_layers_reach_the_tiers_only_through_attention():
+    """layers.py and transformer.py call ``attention()`` (and ask ``resolve_backend`` what it would
+    run); they may use the shared rules (``_checks``, ``masks``: no tier), never a tier or the
+    dispatcher's insides."""
+    for name in ("layers.py", "transformer.py"):
+        for module, what in _imported_names(SRC / name):
+            assert module.split(".")[0] not in _TIERS, f"{name} imports {what} from {module}"
+            if module in _LAYER_MAY_IMPORT:
+                assert what in _LAYER_MAY_IMPORT[module], f"{name} imports {what} from {module}"
+
+
+@pytest.mark.parametrize("rule, owner", [
+    (r"expected broadcastable to", "masks.py"),  # check_mask_shape
+    (r"not in (masks\.)?ALIGNMENTS", "masks.py"),  # check_alignment
+    (r"expected a floating-point dtype", "_checks.py"),  # check_dtype
+])
+def test_each_rule_is_written_once(rule, owner):
+    """A rule and its message live in the module that owns it; every door calls it, none copies it."""
+    pattern = re.compile(rule)
+    where = [str(path.relative_to(SRC)) for path in sorted(SRC.rglob("*.py"))
+             if pattern.search(path.read_text(encoding="utf-8"))]
+    assert where == [owner]
 
 
 def test_in_proj_is_sliced_only_by_the_layer():

@@ -192,8 +192,8 @@ def test_errors_do_not_depend_on_backend_for_shapes():
 
 @given(st.lists(st.lists(st.integers(0, 3), max_size=4), min_size=1, max_size=3))
 def test_broadcast_helper_agrees_with_torch(shapes):
-    """_checks.broadcast replaces torch.broadcast_shapes (which imports sympy, slow to start)."""
-    from selfattention._checks import broadcast
+    """masks.broadcast replaces torch.broadcast_shapes (which imports sympy, slow to start)."""
+    from selfattention.masks import broadcast
 
     try:
         expected = tuple(torch.broadcast_shapes(*shapes))
@@ -202,3 +202,87 @@ def test_broadcast_helper_agrees_with_torch(shapes):
             broadcast(*shapes)
     else:
         assert broadcast(*shapes) == expected
+
+
+# --- one rule, one message, at every door ----------------------------------------------------------
+
+
+def _kernel(monkeypatch):
+    """The kernel's door (``flash_attention``), its checks reachable on the CPU: told it runs in
+    Triton's interpreter, it checks everything before it would launch (no input here gets that far)."""
+    pytest.importorskip("triton", reason="Triton is not installed")
+    from selfattention.kernels import launch
+
+    monkeypatch.setattr(launch, "interpreting", lambda: True)
+    return launch.flash_attention
+
+
+def _doors(monkeypatch):
+    """Every public door that takes q (B, H, Tq, d), k, v (B, H, Tk, d) and a mask, by name."""
+    from selfattention.integrations import transformers as hf
+    from selfattention.integrations.torch_library import attention_op
+
+    return {"attention": attention, "blockwise_attention": blockwise_attention, "attention_op": attention_op,
+            "flash_attention": _kernel(monkeypatch),
+            "transformers": lambda q, k, v, mask=None, **kw: hf.attention_forward(None, q, k, v, mask, **kw)}
+
+
+def test_every_door_gives_one_alignment_message(monkeypatch):
+    q = torch.randn(2, 4, 3, 8)
+    want = r"^causal_alignment must be one of \('top_left', 'bottom_right'\), got 'middle'$"
+    for name, door in _doors(monkeypatch).items():
+        if name != "transformers":  # (it is always top-left, as SDPA's is_causal)
+            with pytest.raises(ValueError, match=want):
+                door(q, q, q, causal=True, causal_alignment="middle")
+    from selfattention import block_mask, masks
+
+    for build in (masks.causal, block_mask.causal, lambda *a: block_mask.sliding_window(*a[:2], 2, a[2])):
+        with pytest.raises(ValueError, match=want.replace("causal_alignment", "alignment")):
+            build(3, 3, "middle")
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5, 5), (1, 2, 4, 3, 5), ()])
+def test_every_door_gives_one_mask_shape_message(monkeypatch, shape):
+    """q (2, 4, 3, 8) against k, v (2, 4, 5, 8): a mask must broadcast to (2, 4, 3, 5); each door
+    says so in the same words (attention() lets a mask add batch dims, so (1, 2, 4, 3, 5) is
+    refused only by the doors whose output has a fixed shape)."""
+    from selfattention import MultiHeadAttention, SelfAttention
+
+    q, k = torch.randn(2, 4, 3, 8), torch.randn(2, 4, 5, 8)
+    mask = torch.ones(shape, dtype=torch.bool)
+    want = rf"^mask has shape {re_repr(shape)}, expected broadcastable to \(2, 4, 3, 5\)"
+    for name, door in _doors(monkeypatch).items():
+        if len(shape) > 4 and name in ("attention", "blockwise_attention"):
+            continue
+        with pytest.raises(ValueError, match=("^attention_" + want[1:]) if name == "transformers" else want):
+            door(q, k, k, mask=mask)
+    with pytest.raises(ValueError, match=want + "$"):
+        MultiHeadAttention(32, 4).heads(q, k, k, mask=mask)
+    with pytest.raises(ValueError, match=rf"^mask has shape {re_repr(shape)}, expected broadcastable to "
+                                         rf"\(2, 3, 3\)$"):
+        SelfAttention(8)(torch.randn(2, 3, 8), mask=mask)
+
+
+def test_the_kernel_names_the_dtypes_it_takes(monkeypatch):
+    """The kernel's door gives the one dtype message, naming its own dtypes (float64 is not one)."""
+    flash_attention = _kernel(monkeypatch)
+    q = torch.randn(1, 1, 4, 16, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"^q has dtype torch\.float64, expected a floating-point dtype the "
+                                        r"kernel takes: one of float16, bfloat16, float32$"):
+        flash_attention(q, q, q)
+    with pytest.raises(TypeError, match=r"^k has dtype torch\.float16 but q has torch\.float32; "
+                                        r"expected one dtype$"):
+        flash_attention(q.float(), q.half(), q.half())
+
+
+def test_a_block_mask_names_the_dims_it_pairs_with():
+    """A block map's (Bm, Hm) pair with the last two leading dims; with fewer or more than two,
+    the message says which."""
+    from selfattention import block_mask
+
+    bm = block_mask.documents(torch.zeros(2, 9, dtype=torch.long), block=16)  # (2, 1, 9, 9)
+    x = torch.randn(3, 9, 4)
+    with pytest.raises(ValueError, match=r"^block mask has shape \(2, 1, 9, 9\), expected broadcastable to "
+                                         r"\(1, 3, 9, 9\) \(its \(Bm, Hm\) pair with the last two leading "
+                                         r"dims of \(3,\)\)$"):
+        attention(x, x, x, mask=bm)

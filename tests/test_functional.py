@@ -413,3 +413,122 @@ def test_auto_never_drops_dropout(monkeypatch):
     for backend in ("blockwise",):
         with pytest.raises(ValueError, match=f"backend '{backend}' does not support dropout_p > 0"):
             functional.resolve_backend(q, q, q, backend=backend, dropout_p=0.1)
+
+
+# --- the tier table: dispatch, auto and the refusals read it -------------------------------------
+
+
+def _lse(q, k, mask, dtype):
+    """log Σ_j exp(s_ij) of each row's allowed scores, computed in ``dtype``, -inf where none is."""
+    s = q.to(dtype) @ k.to(dtype).transpose(-2, -1) / math.sqrt(q.shape[-1])
+    return s.masked_fill(~mask, -math.inf).logsumexp(-1)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_each_row_says_what_its_function_returns(name):
+    """A row's flags are the truth about its function: (out, weights) where ``weights``, (out, lse)
+    where ``lse``, out alone otherwise; in float32 (every tier takes it), by FlashAttention's rule
+    against a float32 peer and the float64 reference."""
+    from selfattention import functional
+    from selfattention._checks import check_inputs
+
+    tier = functional.TIERS[name]
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = (randn(2, 3, T, 4, gen=gen, dtype=torch.float32) for T in (5, 6, 6))
+    mask = torch.rand(5, 6, generator=gen) > 0.3
+    mask[1] = False  # a row that may see nothing: lse -inf, weights and output 0
+    options = {"need_weights": True} if tier.weights else {}
+    result = tier.fn(check_inputs(q, k, v, mask, False, "top_left", None), **options)
+    out_ref, w_ref = ref_attention(q, k, v, mask)
+    if not (tier.weights or tier.lse):
+        assert isinstance(result, torch.Tensor)
+        result = (result, None)
+    out, extra = result
+    flash_rule(out, naive_torch(q, k, v, mask), out_ref)
+    if tier.weights:
+        w_pt = naive_torch(q, k, torch.eye(6).expand(2, 3, 6, 6), mask)  # the weights, as w @ I
+        flash_rule(extra, w_pt, w_ref, what="weights")
+    if tier.lse:
+        assert extra.shape == (2, 3, 5) and extra[..., 1].isneginf().all()
+        live = [0, 2, 3, 4]
+        flash_rule(extra[..., live], _lse(q, k, mask, torch.float32)[..., live],
+                   _lse(q, k, mask, F64)[..., live], what="lse")
+
+
+def _row(calls: list, **flags):
+    """A throw-away tier named "example": the matrix tier's function, recording what it is given."""
+    import dataclasses
+
+    from selfattention import functional
+    from selfattention.block_mask import BlockMask
+
+    def example(p, dropout_p=0.0, *, need_weights=False):
+        calls.append(p)
+        if isinstance(p.mask, BlockMask):  # (a row with block_mask=True is given the map itself)
+            p = dataclasses.replace(p, mask=p.mask.to_dense())
+        out, w = functional.matrix(p, dropout_p, need_weights=need_weights)
+        return (out, w) if flags.get("weights") else out
+
+    return functional.Tier("example", example, **flags)
+
+
+def test_a_new_tier_is_one_row(monkeypatch):
+    """A row added to the table is dispatched, listed, preferred by auto and refused by what it says
+    it cannot do, with nothing else changed."""
+    from selfattention import functional
+    from selfattention.block_mask import BlockMask
+    from selfattention.block_mask import causal as block_causal
+
+    calls: list = []
+    monkeypatch.setitem(functional.TIERS, "example", _row(calls, weights=True, dropout=True))
+    gen = torch.Generator().manual_seed(12)
+    q, k, v = (randn(1, 2, 5, 4, gen=gen) for _ in range(3))
+    assert "example" in available_backends()
+    out, w = attention(q, k, v, causal=True, backend="example", need_weights=True)
+    assert len(calls) == 1 and calls[0].causal == "top_left"
+    assert_close(out, ref_attention(q, k, v, None, True)[0])
+    assert_close(w, ref_attention(q, k, v, None, True)[1])
+    monkeypatch.setitem(functional.PREFERENCE, "cpu", ("example", "torch"))
+    assert functional.resolve_backend(q, k, v, dropout_p=0.1) == "example"
+
+    # What the row says it cannot do is refused by name, and auto passes it by.
+    monkeypatch.setitem(functional.TIERS, "example", _row(calls))
+    with pytest.raises(ValueError, match=r"^backend 'example' cannot return weights \(need_weights=True\); "
+                                         r"use 'matrix' or 'auto'$"):
+        attention(q, k, v, backend="example", need_weights=True)
+    with pytest.raises(ValueError, match=r"^backend 'example' does not support dropout_p > 0; use 'matrix' "
+                                         r"or 'torch'$"):
+        attention(q, k, v, backend="example", dropout_p=0.1)
+    assert functional.resolve_backend(q, k, v, need_weights=True) == "matrix"
+    assert functional.resolve_backend(q, k, v, dropout_p=0.1) == "torch"
+    assert functional.resolve_backend(q, k, v, mask=torch.zeros(5, 5, requires_grad=True)) == "matrix"
+    # A BlockMask reaches it dense unless its row takes one; an empty problem goes to a row that takes it.
+    bm = block_causal(5, 5, block=16)
+    calls.clear()
+    attention(q, k, v, mask=bm, backend="example")
+    assert calls[-1].mask.dtype == torch.bool and calls[-1].mask.shape == (1, 1, 5, 5)
+    monkeypatch.setitem(functional.TIERS, "example", _row(calls, block_mask=True))
+    attention(q, k, v, mask=bm, backend="example")
+    assert isinstance(calls[-1].mask, BlockMask) and len(calls) == 2
+    attention(q[..., :0, :], k, v, backend="example")
+    assert len(calls) == 2  # not called: the matrix tier took it
+    monkeypatch.setitem(functional.TIERS, "example", _row(calls, empty=True))
+    attention(q[..., :0, :], k, v, backend="example")
+    assert len(calls) == 3
+
+    # A row that is not available here is not listed, not chosen, and refused by what it needs.
+    monkeypatch.setitem(functional.TIERS, "example", _row(calls, available=lambda device: False,
+                                                          needs="a device this machine lacks"))
+    assert "example" not in available_backends()
+    assert functional.resolve_backend(q, k, v) == "torch"
+    with pytest.raises(ValueError, match=r"^backend 'example' is not available for cpu tensors: it needs a "
+                                         r"device this machine lacks$"):
+        attention(q, k, v, backend="example")
+
+
+def test_the_public_names_of_the_table():
+    from selfattention import functional
+
+    assert functional.BACKENDS == ("auto", "matrix", "blockwise", "torch", "triton")
+    assert set(functional.PREFERENCE) == {"cpu", "cuda"}
+    assert all(t in functional.TIERS for order in functional.PREFERENCE.values() for t in order)

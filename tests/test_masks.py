@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -170,3 +171,50 @@ def test_a_mask_too_big_for_the_machine_is_refused_before_allocating(monkeypatch
     with pytest.raises(ValueError, match=r"a padding mask of 2 × 200000000 needs 1.86 GiB"):
         masks.from_lengths([1, 2], 200_000_000)
     assert masks.causal(300, 300).shape == (300, 300)  # small masks are not asked about
+
+
+# --- the shared rules: one check and one message for every door -----------------------------------
+
+
+@pytest.mark.parametrize("alignment", ["middle", "bottom-right", None, 0])
+def test_check_alignment(alignment):
+    for name in ("causal_alignment", "alignment"):
+        want = rf"^{name} must be one of \('top_left', 'bottom_right'\), got {re.escape(repr(alignment))}$"
+        with pytest.raises(ValueError, match=want):
+            masks.check_alignment(alignment, name)
+    for ok in masks.ALIGNMENTS:
+        masks.check_alignment(ok)
+
+
+# (mask shape, target, widen) → the shape it gives, or None where it is refused
+SHAPES = [
+    ((4,), (2, 3, 4), False, (2, 3, 4)),
+    ((1, 3, 4), (2, 3, 4), False, (2, 3, 4)),
+    ((3, 1), (2, 3, 4), False, (2, 3, 4)),
+    ((5, 1, 3, 4), (2, 3, 4), False, None),  # adds a dim: a module's output would gain one
+    ((5, 1, 3, 4), (2, 3, 4), True, (5, 2, 3, 4)),  # attention()'s mask takes part in the batch
+    ((2, 1, 4), (1, 3, 4), False, None),  # widens the batch
+    ((2, 1, 4), (1, 3, 4), True, (2, 3, 4)),
+    ((2, 6, 4), (2, 1, 4), True, None),  # widens Tq: never
+    ((3, 5), (2, 3, 4), True, None),
+    ((), (2, 3, 4), True, None),
+    ((), (2, 3, 4), False, None),
+]
+
+
+@pytest.mark.parametrize("shape, target, widen, gives", SHAPES)
+def test_check_mask_shape(shape, target, widen, gives):
+    if gives is not None:
+        assert masks.check_mask_shape("mask", shape, target, widen=widen) == gives
+        return
+    want = rf"^bias has shape {re.escape(str(shape))}, expected broadcastable to {re.escape(str(target))}!$"
+    with pytest.raises(ValueError, match=want):
+        masks.check_mask_shape("bias", torch.Size(shape), target, widen=widen, note="!")
+
+
+def test_check_mask_shape_exact_keeps_tq_and_tk():
+    """A block map's grid does not stretch: its (Tq, Tk) are the problem's, its leading dims broadcast."""
+    assert masks.check_mask_shape("block mask", (1, 2, 3, 4), (5, 2, 3, 4), exact=True) == (5, 2, 3, 4)
+    assert masks.check_mask_shape("mask", (1, 2, 1, 4), (5, 2, 3, 4)) == (5, 2, 3, 4)
+    with pytest.raises(ValueError, match=r"^block mask has shape \(1, 2, 1, 4\), expected broadcastable"):
+        masks.check_mask_shape("block mask", (1, 2, 1, 4), (5, 2, 3, 4), exact=True)

@@ -1,7 +1,10 @@
-"""Input validation at the public boundary of ``attention``.
+"""Input validation at the public boundary of ``attention``: the rule book every door shares.
 
 Every message names the argument, what it got, and what was expected. After ``check_inputs``
-the tiers may assume well-formed inputs (they only ``assert`` internal invariants).
+the tiers may assume well-formed inputs (they only ``assert`` internal invariants). The rules
+live where they are owned and are called, never copied: dtype and device here, the causal
+alignment and a mask's shape in ``masks`` (``check_alignment``, ``check_mask_shape``). This is
+no tier: the layers and the integrations use these rules at their own doors.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .block_mask import BlockMask
-from .masks import ALIGNMENTS
+from .masks import broadcast, check_alignment, check_mask_shape
 from .reference import default_scale
 
 # What every tier computes in (float8 and complex pass is_floating_point or fail deep inside torch)
@@ -41,26 +44,6 @@ class Problem:
         return self.k.shape[-2]
 
 
-def broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...]:
-    """The broadcast of ``shapes`` (NumPy's rules), or ValueError.
-
-    Written out because ``torch.broadcast_shapes`` imports sympy on its first call in torch 2.13,
-    half a second of every cold start.
-    """
-    out = []
-    for i in range(-max([0, *(len(s) for s in shapes)]), 0):  # (no max(default=): dynamo lacks it)
-        # Compared one by one, never hashed: a set would pin a symbolic size under torch.compile
-        # (dynamic=True), and every new length would compile again.
-        size = 1
-        for s in shapes:
-            if len(s) >= -i and s[i] != 1:
-                if size != 1 and s[i] != size:
-                    raise ValueError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
-                size = s[i]
-        out.append(size)
-    return tuple(out)
-
-
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the tiers compute in: float16/bfloat16 accumulate in float32, as FlashAttention does."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -70,12 +53,16 @@ def _shape(x: torch.Tensor) -> tuple[int, ...]:
     return tuple(x.shape)
 
 
-def check_dtype(name: str, x: torch.Tensor, *, same_as: tuple[str, torch.Tensor] | None = None) -> None:
-    """TypeError unless ``x`` has one of ``DTYPES`` (and, with ``same_as=(name, t)``, t's dtype):
-    the one message every door gives, naming what was expected."""
-    if x.dtype not in DTYPES:
-        raise TypeError(f"{name} has dtype {x.dtype}, expected a floating-point dtype: one of "
-                        f"{', '.join(str(t).removeprefix('torch.') for t in DTYPES)}")
+def check_dtype(
+    name: str, x: torch.Tensor, *, same_as: tuple[str, torch.Tensor] | None = None,
+    dtypes: tuple[torch.dtype, ...] = DTYPES, who: str = "",
+) -> None:
+    """TypeError unless ``x`` has one of ``dtypes`` (and, with ``same_as=(name, t)``, t's dtype):
+    the one message every door gives, naming what was expected (``who``: " the kernel takes",
+    where a door takes fewer dtypes than ``DTYPES``)."""
+    if x.dtype not in dtypes:
+        raise TypeError(f"{name} has dtype {x.dtype}, expected a floating-point dtype{who}: one of "
+                        f"{', '.join(str(t).removeprefix('torch.') for t in dtypes)}")
     if same_as is not None and x.dtype != same_as[1].dtype:
         raise TypeError(f"{name} has dtype {x.dtype} but {same_as[0]} has {same_as[1].dtype}; "
                         "expected one dtype")
@@ -93,8 +80,7 @@ def check_inputs(q, k, v, mask, causal, causal_alignment, scale) -> Problem:
         mask, batch = _check_mask(mask, q, k, batch)
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {causal!r}")
-    if causal_alignment not in ALIGNMENTS:
-        raise ValueError(f"causal_alignment must be one of {ALIGNMENTS}, got {causal_alignment!r}")
+    check_alignment(causal_alignment)
     return Problem(
         q, k, v, mask, causal_alignment if causal else None, _check_scale(scale, q), tuple(batch)
     )
@@ -149,14 +135,7 @@ def _check_mask(mask, q: torch.Tensor, k: torch.Tensor, batch: tuple[int, ...]):
             f"point (additive bias)"
         )
     check_device("mask", mask, q)
-    Tq, Tk = q.shape[-2], k.shape[-2]
-    full = (*batch, Tq, Tk)
-    try:
-        both = broadcast(mask.shape, full)
-    except ValueError:
-        both = None
-    if mask.dim() == 0 or both is None or both[-2:] != (Tq, Tk):
-        raise ValueError(f"mask has shape {_shape(mask)}, expected broadcastable to {full}")
+    both = check_mask_shape("mask", mask.shape, (*batch, q.shape[-2], k.shape[-2]), widen=True)
     if mask.dim() == 1:
         mask = mask.unsqueeze(0)  # (Tk,) → (1, Tk): the tiers index the last two dims
     if mask.is_floating_point():

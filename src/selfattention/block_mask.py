@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import torch
 
-from .masks import ALIGNMENTS, causal_offset
+from .masks import causal_offset, check_mask_shape
 
 SKIP, PARTIAL, FULL = 0, 1, 2
 DEFAULT_BLOCK = 128  # the kernel's tiles divide it; FlexAttention uses the same
@@ -118,12 +118,9 @@ class BlockMask:
     def check_batch(self, batch: tuple[int, ...], Tq: int, Tk: int, device: torch.device) -> None:
         """ValueError unless this mask broadcasts to (*batch, Tq, Tk) without widening ``batch``
         (its (Bm, Hm) align with the last two leading dims) and lives on ``device``."""
-        Bm, Hm = self.kinds.shape[:2]
         lead = (1, 1, *batch)[-2:]
-        if (self.Tq, self.Tk) != (Tq, Tk) or Bm not in (1, lead[0]) or Hm not in (1, lead[1]):
-            raise ValueError(
-                f"block mask has shape {self.shape}, expected broadcastable to {(*batch, Tq, Tk)}"
-            )
+        note = "" if len(batch) == 2 else f" (its (Bm, Hm) pair with the last two leading dims of {batch})"
+        check_mask_shape("block mask", self.shape, (*lead, Tq, Tk), exact=True, note=note)
         if self.device != torch.device(device):
             raise ValueError(f"block mask is on {self.device} but q is on {device}; expected one device")
 
@@ -240,15 +237,9 @@ def from_mask(
     )
 
 
-def _offset(alignment: str, Tq: int, Tk: int) -> int:
-    if alignment not in ALIGNMENTS:
-        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
-    return causal_offset(alignment, Tq, Tk)
-
-
 def causal(Tq: int, Tk: int, alignment: str = "top_left", *, block=DEFAULT_BLOCK, device=None) -> BlockMask:
     """Query i sees keys j <= i + offset (offset 0 for ``top_left``, Tk - Tq for ``bottom_right``)."""
-    off = _offset(alignment, Tq, Tk)
+    off = causal_offset(alignment, Tq, Tk)
     return from_predicate(lambda b, h, i, j: j <= i + off, Tq=Tq, Tk=Tk, block=block, device=device)
 
 
@@ -258,7 +249,7 @@ def sliding_window(
     """Causal sliding window: query i sees the ``window`` keys ending at its diagonal,
     i + offset - window < j <= i + offset (Mistral's and Longformer's local attention)."""
     window = _check_size("window", window, 1)
-    off = _offset(alignment, Tq, Tk)
+    off = causal_offset(alignment, Tq, Tk)
     return from_predicate(
         lambda b, h, i, j: (j <= i + off) & (j > i + off - window), Tq=Tq, Tk=Tk, block=block, device=device
     )

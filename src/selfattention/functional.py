@@ -6,6 +6,10 @@ Tier 2 (``matrix``) and the adapter to tier 5 (``torch``, PyTorch's SDPA) live h
     out = softmax(q kᵀ · scale + mask) v
 
 with rows as words (q is (..., Tq, d)); the lecture's columns are the transpose.
+
+``TIERS`` is the table of tiers: one row each, its function and what it can do. The dispatcher,
+``available_backends``, ``BACKENDS`` and ``resolve_backend`` read it; a new tier is one module
+and one row.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,19 +25,6 @@ import torch.nn.functional as F
 from . import blockwise, kernels, masks
 from ._checks import Problem, check_inputs, compute_dtype
 from .block_mask import BlockMask
-
-BACKENDS = ("auto", "matrix", "blockwise", "torch", "triton")
-_NO_WEIGHTS = ("blockwise", "torch", "triton")
-_DROPOUT = ("matrix", "torch")  # the tiers that apply dropout to the weights
-
-
-def available_backends() -> list[str]:
-    """The backends usable on this machine (``"auto"`` excluded).
-
-    ``"triton"`` (the fused kernel) is listed where a CUDA device is present, or on the CPU when
-    ``TRITON_INTERPRET=1`` is set (Triton's interpreter: correct, but slow).
-    """
-    return ["matrix", "blockwise", "torch"] + (["triton"] if kernels.available() else [])
 
 
 def _allowed(p: Problem) -> torch.Tensor | None:
@@ -133,8 +125,9 @@ def sdpa(p: Problem, dropout_p: float = 0.0) -> torch.Tensor:
     return out.masked_fill(dead, 0.0) if any_dead else out
 
 
-def triton_kernel(p: Problem) -> torch.Tensor:
+def triton_kernel(p: Problem) -> tuple[torch.Tensor, torch.Tensor]:
     """Tier 4 adapter: fold the leading dims to (B, H) and run the fused kernel.
+    Returns (out (..., Tq, d_v), lse (..., Tq) float32, the log-sum-exp of each row's scores).
 
     A k/v of size 1 in the last leading dim where q has G > 1 is grouped-query attention
     (``MultiHeadAttention`` lays heads out as (B, Hkv, G, T, d)): the kernel then reads each K/V
@@ -154,15 +147,62 @@ def triton_kernel(p: Problem) -> torch.Tensor:
     q = _fold(p.q, p.batch, False)  # (N, H, Tq, d)
     k, v = _fold(p.k, p.batch, group), _fold(p.v, p.batch, group)  # (N, H or 1, Tk, d)
     mask = None if p.mask is None or bm is not None else _fold(p.mask, p.batch, False)  # (N, H, Tq|1, Tk|1)
-    out = flash_attention(
+    out, lse = flash_attention(
         q, k, v,
         causal=p.causal is not None,
         causal_alignment=p.causal or "top_left",
         scale=p.scale,
         mask=mask,
         block_mask=bm,  # (N or 1, H or 1) blocks: SKIP blocks are never computed
+        return_lse=True,
     )
-    return out.reshape(*p.batch, p.Tq, p.v.shape[-1])
+    return out.reshape(*p.batch, p.Tq, p.v.shape[-1]), lse.reshape(*p.batch, p.Tq)
+
+
+def _anywhere(device: torch.device | None = None) -> bool:
+    return True  # plain PyTorch: every device torch computes on
+
+
+@dataclasses.dataclass(frozen=True)
+class Tier:
+    """One row of the tier table: a tier's function and what it can do.
+
+    ``fn(p, [dropout_p,] [need_weights=])`` takes a validated ``Problem`` (plus ``dropout_p`` where
+    ``dropout``, ``need_weights`` where ``weights``) and returns out (..., Tq, d_v), or a pair
+    (out, weights (..., Tq, Tk)) where ``weights``, (out, lse (..., Tq)) where ``lse``.
+    """
+
+    name: str
+    fn: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
+    weights: bool = False  # can return the weights
+    dropout: bool = False  # applies dropout to the weights (a tier without must never drop it silently)
+    mask_grad: bool = False  # differentiates with respect to a float mask
+    lse: bool = False  # returns the log-sum-exp of each row (what merging blocks needs)
+    block_mask: bool = False  # takes a BlockMask and skips its blocks; others are given it dense
+    empty: bool = False  # takes every empty problem (T = 0, d = 0, B = 0…); others hand them on
+    available: Callable[[torch.device | None], bool] = _anywhere  # on this device (None: on any here)
+    needs: str = ""  # what ``available`` asks for, to say so when it is refused
+
+
+# The tier table, the most capable first: ``auto`` falls back to the first row that can do
+# a call, and empty problems go to the first row that takes them.
+TIERS: dict[str, Tier] = {t.name: t for t in (
+    Tier("matrix", matrix, weights=True, dropout=True, mask_grad=True, empty=True),
+    Tier("blockwise", blockwise.run, lse=True, block_mask=True),
+    Tier("torch", sdpa, dropout=True),
+    Tier("triton", triton_kernel, lse=True, block_mask=True, available=kernels.available,
+         needs="Triton and a CUDA device, or TRITON_INTERPRET=1 for CPU tensors"),
+)}
+BACKENDS = ("auto", *TIERS)
+
+
+def available_backends() -> list[str]:
+    """The backends usable on this machine (``"auto"`` excluded).
+
+    ``"triton"`` (the fused kernel) is listed where a CUDA device is present, or on the CPU when
+    ``TRITON_INTERPRET=1`` is set (Triton's interpreter: correct, but slow).
+    """
+    return [name for name, tier in TIERS.items() if tier.available(None)]
 
 
 # What ``backend="auto"`` prefers, fastest first, per device type. SDPA is the fastest on the CPU,
@@ -171,21 +211,31 @@ def triton_kernel(p: Problem) -> torch.Tensor:
 PREFERENCE: dict[str, tuple[str, ...]] = {"cpu": ("torch", "matrix"), "cuda": ("torch", "matrix")}
 
 
-def _can(tier: str, p: Problem, need_weights: bool, dropout_p: float) -> bool:
-    """Can ``tier`` do what this call asks (weights, dropout, a float mask's gradient)?"""
-    if need_weights and tier in _NO_WEIGHTS:
+def _can(name: str, p: Problem, need_weights: bool, dropout_p: float) -> bool:
+    """Can tier ``name`` do what this call asks (weights, dropout, a float mask's gradient, the device)?"""
+    tier = TIERS[name]
+    if need_weights and not tier.weights:
         return False
-    if dropout_p > 0 and tier not in _DROPOUT:
-        return False  # a tier without dropout must never drop it silently
-    if isinstance(p.mask, torch.Tensor) and p.mask.requires_grad and tier != "matrix":
-        return False  # only matrix differentiates with respect to a float mask
-    return tier != "triton" or kernels.available(p.q.device)
+    if dropout_p > 0 and not tier.dropout:
+        return False
+    if isinstance(p.mask, torch.Tensor) and p.mask.requires_grad and not tier.mask_grad:
+        return False
+    return tier.available(p.q.device)
+
+
+def _first(names, p: Problem, need_weights: bool, dropout_p: float) -> str:
+    """The first of ``names`` that can do the call, else the first row of the table that can."""
+    return next(t for t in (*names, *TIERS) if _can(t, p, need_weights, dropout_p))
 
 
 def _choose(p: Problem, need_weights: bool, dropout_p: float) -> str:
     """What ``backend="auto"`` runs: the first tier of ``PREFERENCE`` that can do what is asked."""
-    order = PREFERENCE.get(p.q.device.type, ("torch", "matrix"))
-    return next((t for t in order if _can(t, p, need_weights, dropout_p)), "matrix")
+    return _first(PREFERENCE.get(p.q.device.type, ("torch", "matrix")), p, need_weights, dropout_p)
+
+
+def _those(capability: str) -> str:
+    """The tiers with ``capability``, for a message: "'matrix' or 'torch'"."""
+    return " or ".join(repr(name) for name, tier in TIERS.items() if getattr(tier, capability))
 
 
 def resolve_backend(
@@ -216,25 +266,26 @@ def _check_dropout(dropout_p: object) -> float:
 
 def _resolve(p: Problem, need_weights: bool, backend: str, dropout_p: float = 0.0) -> str:
     """The tier to run: ``backend`` checked against the inputs, or ``"auto"`` resolved."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if need_weights and backend in _NO_WEIGHTS:
-        raise ValueError(
-            f"backend {backend!r} cannot return weights (need_weights=True); use 'matrix' or 'auto'"
-        )
-    if backend == "triton" and not kernels.available(p.q.device):
-        raise ValueError(
-            f"backend 'triton' is not available for {p.q.device} tensors: it needs Triton and a CUDA "
-            f"device, or TRITON_INTERPRET=1 for CPU tensors"
-        )
-    if dropout_p > 0 and backend not in ("auto", *_DROPOUT):
-        raise ValueError(f"backend {backend!r} does not support dropout_p > 0; use 'matrix' or 'torch'")
+    names = ("auto", *TIERS)  # BACKENDS, from the table as it is now (a test may add a row)
+    if backend not in names:
+        raise ValueError(f"backend must be one of {names}, got {backend!r}")
+    tier = TIERS.get(backend)  # None for "auto"
+    if tier is not None and need_weights and not tier.weights:
+        raise ValueError(f"backend {backend!r} cannot return weights (need_weights=True); use "
+                         f"{_those('weights')} or 'auto'")
+    if tier is not None and not tier.available(p.q.device):
+        raise ValueError(f"backend {backend!r} is not available for {p.q.device} tensors: it needs "
+                         f"{tier.needs}")
+    if tier is not None and dropout_p > 0 and not tier.dropout:
+        raise ValueError(f"backend {backend!r} does not support dropout_p > 0; use {_those('dropout')}")
     if p.Tq == 0 or p.Tk == 0 or p.q.shape[-1] == 0 or p.v.shape[-1] == 0 or 0 in p.batch:
         # Empty sequences, empty vectors (d = 0 or d_v = 0) or an empty batch (B = 0, H = 0): the
         # matrix form gives correctly shaped results (zeros, or uniform weights when d = 0); SDPA
         # and the kernel refuse some of them, and there is nothing to compute fast.
-        return "matrix"
-    return _choose(p, need_weights, dropout_p) if backend == "auto" else backend
+        if tier is not None and tier.empty:
+            return backend
+        return _first([name for name, t in TIERS.items() if t.empty], p, need_weights, dropout_p)
+    return _choose(p, need_weights, dropout_p) if tier is None else backend
 
 
 def attention(
@@ -274,14 +325,14 @@ def attention(
     if not isinstance(need_weights, bool):
         raise TypeError(f"need_weights must be a bool, got {need_weights!r}")
     dropout_p = _check_dropout(dropout_p)
-    chosen = _resolve(p, need_weights, backend, dropout_p)
-    if isinstance(p.mask, BlockMask) and chosen not in ("blockwise", "triton"):
+    tier = TIERS[_resolve(p, need_weights, backend, dropout_p)]
+    if isinstance(p.mask, BlockMask) and not tier.block_mask:
         p = dataclasses.replace(p, mask=p.mask.to_dense())  # (Bm, Hm, Tq, Tk) for matrix and SDPA
-    if chosen == "matrix":
-        out, w = matrix(p, dropout_p, need_weights=need_weights)
-        return (out, w) if need_weights else out
-    if chosen == "blockwise":
-        return blockwise.run(p)[0]
-    if chosen == "triton":
-        return triton_kernel(p)
-    return sdpa(p, dropout_p)
+    options: dict[str, object] = {}
+    if tier.dropout:
+        options["dropout_p"] = dropout_p
+    if tier.weights:
+        options["need_weights"] = need_weights
+    result = tier.fn(p, **options)
+    out, extra = result if isinstance(result, tuple) else (result, None)
+    return (out, extra) if need_weights else out  # extra: the weights, as only a tier with them runs here

@@ -1,7 +1,8 @@
 """Attention as ``nn.Module``s: the lecture's one-head layer and multi-head attention.
 
 Modules take (B, T, D) batch-first inputs and call ``selfattention.attention`` (the dispatcher);
-they never call a tier directly.
+they never call a tier directly. They check their own inputs with the shared rules (``_checks``,
+``masks``), so each door gives the same message as ``attention``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._checks import broadcast, check_dtype
+from ._checks import check_dtype
 from ._system import check_fits
 from .functional import attention, resolve_backend
+from .masks import check_mask_shape
 
 
 def _check_x(name: str, x: object, d_model: int, weight: torch.Tensor) -> torch.Tensor:
@@ -36,14 +38,8 @@ def _check_x(name: str, x: object, d_model: int, weight: torch.Tensor) -> torch.
 
 def _check_mask(mask: object, target: tuple[int, ...]) -> None:
     """A module's mask must broadcast to exactly ``target``: it may not add batch dims."""
-    if not isinstance(mask, torch.Tensor):
-        return  # None, or a wrong type that attention() reports
-    try:
-        ok = 1 <= mask.dim() <= len(target) and broadcast(mask.shape, target) == target
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected broadcastable to {target}")
+    if isinstance(mask, torch.Tensor):  # (None, or a wrong type that attention() reports)
+        check_mask_shape("mask", mask.shape, target)
 
 
 def _positive(name: str, n: object) -> int:

@@ -7,10 +7,63 @@ to (B, H, Tq, Tk). A floating-point mask is an additive bias on the scores (-inf
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
 
 import torch
 
 ALIGNMENTS = ("top_left", "bottom_right")
+
+
+def check_alignment(alignment: object, name: str = "causal_alignment") -> None:
+    """ValueError naming ``name`` unless ``alignment`` is one of ``ALIGNMENTS``: the one rule every
+    door (``attention``, the block maps, the kernel, the custom operator) applies."""
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"{name} must be one of {ALIGNMENTS}, got {alignment!r}")
+
+
+def broadcast(*shapes: Sequence[int]) -> tuple[int, ...]:
+    """The broadcast of ``shapes`` (NumPy's rules), or ValueError.
+
+    Written out because ``torch.broadcast_shapes`` imports sympy on its first call in torch 2.13,
+    half a second of every cold start.
+    """
+    out = []
+    for i in range(-max([0, *(len(s) for s in shapes)]), 0):  # (no max(default=): dynamo lacks it)
+        # Compared one by one, never hashed: a set would pin a symbolic size under torch.compile
+        # (dynamic=True), and every new length would compile again.
+        size = 1
+        for s in shapes:
+            if len(s) >= -i and s[i] != 1:
+                if size != 1 and s[i] != size:
+                    raise ValueError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
+                size = s[i]
+        out.append(size)
+    return tuple(out)
+
+
+def check_mask_shape(
+    name: str, shape: Sequence[int], target: Sequence[int], *, widen: bool = False, exact: bool = False,
+    note: str = "",
+) -> tuple[int, ...]:
+    """The shape a mask of ``shape`` takes against ``target`` (..., Tq, Tk), or ValueError
+    "``name`` has shape …, expected broadcastable to ``target``" (and ``note``): the one rule
+    and message of every door that takes a mask.
+
+    The mask has at least one dim and broadcasts to ``target``: it adds no dims and widens none
+    (a module's output keeps its shape), unless ``widen``, where it may add or widen leading dims
+    (``attention()``'s mask takes part in the batch: the widened shape is returned) but never
+    Tq or Tk. With ``exact`` its last two dims are (Tq, Tk) themselves (a block map's grid does
+    not stretch).
+    """
+    shape, target = tuple(shape), tuple(target)
+    try:
+        both = broadcast(shape, target)
+    except ValueError:
+        both = ()
+    fits = both[-2:] == target[-2:] if widen else both == target
+    if not shape or not fits or (exact and shape[-2:] != target[-2:]):
+        raise ValueError(f"{name} has shape {shape}, expected broadcastable to {target}{note}")
+    return both
 
 
 def _check_fits(nbytes: int, what: str, shape: tuple[int, int], device: torch.device | str | None) -> None:
@@ -30,8 +83,7 @@ def causal_offset(alignment: str, Tq: int, Tk: int) -> int:
 
     The one place the alignment becomes a number; ``causal``, the blockwise tier and the kernel use it.
     """
-    if alignment not in ALIGNMENTS:
-        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    check_alignment(alignment, "alignment")
     return Tk - Tq if alignment == "bottom_right" else 0
 
 

@@ -281,18 +281,11 @@ def _check(q, k, v, mask, causal, causal_alignment, return_lse) -> None:
             raise TypeError(f"mask must be a bool tensor (True = may attend) or None, got "
                             f"{getattr(mask, 'dtype', type(mask).__name__)}")
         check_device("mask", mask, q)
-        # Size by size, no set of sizes: under torch.compile(dynamic=True) hashing a symbolic size
-        # would specialise it, and every new length would compile again.
-        pairs = zip(mask.shape[::-1], (Tk, Tq, H, B), strict=False)
-        if not 1 <= mask.dim() <= 4 or any(m != 1 and m != n for m, n in pairs):
-            raise ValueError(
-                f"mask has shape {tuple(mask.shape)}, expected broadcastable to {(B, H, Tq, Tk)}"
-            )
+        masks.check_mask_shape("mask", mask.shape, (B, H, Tq, Tk))
     for name, flag in (("causal", causal), ("return_lse", return_lse)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {flag!r}")
-    if causal_alignment not in masks.ALIGNMENTS:
-        raise ValueError(f"causal_alignment must be one of {masks.ALIGNMENTS}, got {causal_alignment!r}")
+    masks.check_alignment(causal_alignment)
 
 
 def attention_op(

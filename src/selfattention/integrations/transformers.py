@@ -45,9 +45,9 @@ from typing import Any
 
 import torch
 
-from .. import kernels
-from .._checks import broadcast, check_dtype
-from ..functional import BACKENDS, attention
+from .._checks import check_dtype
+from ..functional import BACKENDS, TIERS, attention, available_backends
+from ..masks import check_mask_shape
 from ._gqa import grouped_mask
 
 MIN_VERSION = (4, 53)
@@ -85,11 +85,8 @@ def register(backend: str = "auto", name: str = "selfattention") -> str:
     """
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "triton" and not kernels.available():
-        raise ValueError(
-            "backend 'triton' is not available here: it needs Triton and a CUDA device "
-            "(or TRITON_INTERPRET=1 for CPU tensors)"
-        )
+    if backend != "auto" and backend not in available_backends():
+        raise ValueError(f"backend {backend!r} is not available here: it needs {TIERS[backend].needs}")
     if not isinstance(name, str) or not name or name.startswith("paged|"):
         raise ValueError(f"name must be a non-empty string without the 'paged|' prefix, got {name!r}")
     _transformers()
@@ -149,14 +146,8 @@ def _check_call(query, key, value, biases: dict[str, Any]) -> None:
             want = "floating point (an additive bias)" if name == "position_bias" else (
                 "bool (True = may attend) or floating point (additive)")
             raise TypeError(f"{name} has dtype {m.dtype}, expected {want}")
-        try:
-            ok = 1 <= m.dim() <= 4 and broadcast(m.shape, full) == full
-        except ValueError:
-            ok = False
-        if not ok:
-            per_kv = " (one per key/value head is not: expand it to the query heads)" if Hkv != H else ""
-            raise ValueError(f"{name} has shape {tuple(m.shape)}, expected broadcastable to {full}, "
-                             f"{H} query heads{per_kv}")
+        per_kv = " (one per key/value head is not: expand it to the query heads)" if Hkv != H else ""
+        check_mask_shape(name, m.shape, full, note=f", {H} query heads{per_kv}")
 
 
 def attention_forward(

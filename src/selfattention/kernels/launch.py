@@ -18,9 +18,9 @@ from typing import Any
 import torch
 import triton
 
-from .._checks import check_device
+from .._checks import check_device, check_dtype
 from ..block_mask import BlockMask
-from ..masks import ALIGNMENTS, causal_offset
+from ..masks import causal_offset, check_alignment, check_mask_shape
 from ..reference import default_scale
 from . import flash, interpreting, tuning
 
@@ -217,10 +217,8 @@ def _check(q, k, v, scale, causal, causal_alignment, lengths, mask, block_mask) 
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
             raise ValueError(f"{name} has shape {tuple(x.shape)}, expected 4 dims (B, H, T, d)")
-        if x.dtype not in _DTYPES:
-            raise TypeError(f"{name} has dtype {x.dtype}, expected one of {_DTYPES}")
-        if x.dtype != q.dtype:
-            raise TypeError(f"{name} has dtype {x.dtype} but q has {q.dtype}; expected one dtype")
+        same = None if name == "q" else ("q", q)
+        check_dtype(name, x, same_as=same, dtypes=_DTYPES, who=" the kernel takes")
         check_device(name, x, q)
     B, H, Tq, d = q.shape
     if k.shape[0] != B or v.shape[0] != B or k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
@@ -235,8 +233,7 @@ def _check(q, k, v, scale, causal, causal_alignment, lengths, mask, block_mask) 
         raise ValueError(f"q has {H} heads, k has {k.shape[1]}: expected a divisor of {H}")
     if not (isinstance(scale, float) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
-    if causal_alignment not in ALIGNMENTS:
-        raise ValueError(f"causal_alignment must be one of {ALIGNMENTS}, got {causal_alignment!r}")
+    check_alignment(causal_alignment)
     if q.device.type == "cpu" and not interpreting():
         raise ValueError("the triton backend needs a CUDA tensor, or TRITON_INTERPRET=1 for CPU tensors")
     if lengths is not None:
@@ -254,11 +251,7 @@ def _check(q, k, v, scale, causal, causal_alignment, lengths, mask, block_mask) 
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             raise TypeError(f"the triton backend takes a bool mask, got {getattr(mask, 'dtype', type(mask))}")
         check_device("mask", mask, q)
-        target = (B, H, Tq, k.shape[2])
-        # Size by size, not with a set of sizes: symbolic sizes (torch.compile) cannot be hashed.
-        pairs = zip(mask.shape[::-1], target[::-1], strict=False)  # trailing dims first
-        if mask.dim() > 4 or any(m != 1 and m != n for m, n in pairs):
-            raise ValueError(f"mask has shape {tuple(mask.shape)}, expected broadcastable to {target}")
+        check_mask_shape("mask", mask.shape, (B, H, Tq, k.shape[2]))
     if block_mask is not None:
         if not isinstance(block_mask, BlockMask):
             raise TypeError(
