@@ -176,12 +176,29 @@ def test_an_integer_too_long_for_python_is_a_broken_checkpoint(capsys, copy):
     assert code == 0 and "not a selfattention training checkpoint" in err and "at step 2" in out, err
 
 
-def test_a_checkpoint_of_the_previous_format_is_named_so(capsys, copy):
-    from selfattention.train import integrity
+def test_a_run_of_the_earlier_format_resumes_with_a_warning(capsys, copy):
+    """Runs made before SHA256SUMS (format 1) stay usable: their state is bounded, not digested."""
+    for p in checkpoint.listing(copy):
+        edit_state(p, lambda s: s.update(version=1), seal=False)
+        (p / checkpoint.DIGEST).unlink()
+    code, out, err = resume(capsys, copy)
+    assert code == 0 and "resumed from" in out and "at step 4" in out, err
+    for p in ("step-00000002", "step-00000004"):  # read by --keep's count too; said once each
+        assert err.count(f"{p}: of the earlier format 1") == 1, err
 
+
+def test_a_digested_checkpoint_that_says_format_1_is_broken(capsys, copy):
     edit_state(newest(copy), lambda s: s.update(version=1), seal=False)
     code, out, err = resume(capsys, copy)
-    assert code == 0 and f"format version 1, this program reads version {integrity.VERSION}" in err, err
+    assert code == 0 and "says format version 1, which has no SHA256SUMS" in err and "at step 2" in out, err
+
+
+def test_a_checkpoint_of_an_unknown_format_is_named_so(capsys, copy):
+    from selfattention.train import integrity
+
+    edit_state(newest(copy), lambda s: s.update(version=integrity.VERSION + 1), seal=True)
+    code, out, err = resume(capsys, copy)
+    assert code == 0 and f"format version {integrity.VERSION + 1}, this program reads" in err, err
 
 
 # 2: --keep counts only usable checkpoints and never removes the one just written ----------------

@@ -47,6 +47,7 @@ from .integrity import (  # noqa: F401 (re-exported: the names a checkpoint's re
     STATE_KEYS,
     VERSION,
     CheckpointError,
+    CheckpointWarning,
     check_state,
     digest_text,
     read_state,
@@ -57,10 +58,6 @@ from .integrity import (  # noqa: F401 (re-exported: the names a checkpoint's re
 
 STEP_NAME = re.compile(r"^step-(\d{8,})$")
 RESUME_HINT = "what was saved before is intact; make room and continue with --resume"
-
-
-class CheckpointWarning(UserWarning):
-    """A checkpoint was skipped (unusable) and an older one is used instead."""
 
 
 class WriteError(InputError):

@@ -16,6 +16,7 @@ import os
 import re
 import stat
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,6 +27,11 @@ from .config import TrainConfig
 
 FORMAT = "selfattention-train-checkpoint"
 VERSION = 2  # 2: SHA256SUMS over every file, every field of state.json required and bounded
+# 1: no SHA256SUMS (state.json holds the weights' sha256 only). Runs made before version 2 stay
+# usable: their state.json is read with every field required and bounded, and a warning says its
+# own bytes are not covered by a digest. A version-1 folder holding a SHA256SUMS is not one.
+EARLIER = 1
+_SAID_EARLIER: set[str] = set()
 FILES = ("model.safetensors", "train.safetensors")
 DIGEST = "SHA256SUMS"
 MAX_STATE_BYTES = 32 * 1024 * 1024  # state.json: a vocabulary of every Unicode character fits in ~20 MB
@@ -43,6 +49,11 @@ _SUM_LINE = re.compile(r"^([0-9a-f]{64})  (\S+)$")
 
 class CheckpointError(ModelError):
     """A checkpoint that cannot be used; the message names the file and what is wrong."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped (unusable) and an older one is used instead, or one of the earlier
+    format is used."""
 
 
 def sha256(data: bytes) -> str:
@@ -137,13 +148,17 @@ def read_state(path: Path) -> dict:
     version = state.get("version")
     if isinstance(version, bool) or not isinstance(version, int):
         raise CheckpointError(f"checkpoint {f}: 'version' must be an integer, got {_short(version)}")
-    if version != VERSION:
-        raise CheckpointError(f"checkpoint {f}: format version {version}, this program reads version "
-                              f"{VERSION}")
-    sums = read_sums(Path(path))
-    if sha256(data) != sums["state.json"]:
-        raise CheckpointError(f"checkpoint {f}: changed after it was written (its sha256 does not match "
-                              f"{DIGEST})")
+    if version not in (EARLIER, VERSION):
+        raise CheckpointError(f"checkpoint {f}: format version {version}, this program reads versions "
+                              f"{EARLIER} and {VERSION}")
+    if version == VERSION:
+        sums = read_sums(Path(path))
+        if sha256(data) != sums["state.json"]:
+            raise CheckpointError(f"checkpoint {f}: changed after it was written (its sha256 does not "
+                                  f"match {DIGEST})")
+    elif os.path.lexists(Path(path) / DIGEST):
+        raise CheckpointError(f"checkpoint {f}: says format version {EARLIER}, which has no {DIGEST}, but "
+                              f"the folder holds one (state.json was changed after it was written)")
     missing = sorted(STATE_KEYS - set(state))
     if missing:
         raise CheckpointError(f"checkpoint {f}: has no {missing[0]!r} entry")
@@ -151,6 +166,13 @@ def read_state(path: Path) -> dict:
     unknown = sorted(set(state) - STATE_KEYS)
     if unknown:
         raise CheckpointError(f"checkpoint {f}: unknown fields {_short(unknown)}")
+    if version == EARLIER:  # usable: its weights are checked by their sha256, its state bounded
+        if str(path) not in _SAID_EARLIER:  # once per checkpoint (a resume reads it more than once)
+            _SAID_EARLIER.add(str(path))
+            warnings.warn(f"checkpoint {Path(path)}: of the earlier format {EARLIER} (no {DIGEST}); its "
+                          "weights are checked, its state.json only by its bounds", CheckpointWarning,
+                          stacklevel=3)
+        return state
     for name in FILES:
         if state["files"][name]["sha256"] != sums[name]:
             raise CheckpointError(f"checkpoint {path / DIGEST}: gives another sha256 for {name} than "
