@@ -16,6 +16,11 @@ The backward pass does not keep the tiles either: from the saved ``lse`` it reco
 of weights ``P = exp(S - lse)`` and accumulates dQ, dK, dV block by block (FlashAttention-2's
 backward, Dao 2023): dV += Pᵀ dO; dP = dO Vᵀ; dS = P ∘ (dP − rowsum(dO ∘ O)); dQ += dS K · scale;
 dK += dSᵀ Q · scale.
+
+``block_forward`` and ``block_backward`` are the same two loops for one block of a larger problem,
+outside autograd: (out, lse) left in the compute dtype, and gradients from a given lse and
+delta = rowsum(dO ∘ O). Ring attention (``selfattention.distributed``) runs them on each arriving
+part of the keys and merges the parts by their log-sum-exp.
 """
 
 from __future__ import annotations
@@ -68,20 +73,27 @@ def _plan(Tq: int, Tk: int, block: int, offset: int | None, bm: BlockMask | None
         yield j * bm.block_n, min((j + 1) * bm.block_n, Tk), i0, i1, m
 
 
-def _tile(qs, k, mask, offset, j0, j1, i0, i1, batch):
+def _masked(s, mask, i0, i1, j0, j1):
+    """``s`` with ``mask`` applied: a mask tensor broadcastable to the whole problem (this tile of
+    it is taken) or a tile-sized one (a block map's region)."""
+    if mask.shape[-2:] != s.shape[-2:]:  # the problem's mask tensor: take this tile of it
+        rows = slice(i0, i1) if mask.shape[-2] > 1 else slice(None)
+        cols = slice(j0, j1) if mask.shape[-1] > 1 else slice(None)
+        mask = mask[..., rows, cols]
+    return torch.where(mask, s, float("-inf")) if mask.dtype == torch.bool else s + mask.to(s.dtype)
+
+
+def _tile(qs, k, mask, region, offset, j0, j1, i0, i1, batch):
     """Scores of queries [i0, i1) against key block [j0, j1): (..., i1-i0, j1-j0), masked.
 
-    ``qs`` is q already multiplied by the scale; ``mask`` a mask tensor (broadcastable to the
-    whole problem) or the plan's region of a block map (broadcastable to this tile). ``s`` is a
+    ``qs`` is q already multiplied by the scale; ``mask`` a mask tensor broadcastable to the
+    whole problem (or None) and ``region`` the plan's region of a block map (or None). ``s`` is a
     fresh tensor with all of ``batch``'s leading dims, which the caller may modify in place.
     """
     s = torch.matmul(qs[..., i0:i1, :], k[..., j0:j1, :].transpose(-2, -1))  # (..., i1-i0, bk)
-    if mask is not None:
-        if mask.shape[-2:] != s.shape[-2:]:  # the problem's mask tensor: take this tile of it
-            rows = slice(i0, i1) if mask.shape[-2] > 1 else slice(None)
-            cols = slice(j0, j1) if mask.shape[-1] > 1 else slice(None)
-            mask = mask[..., rows, cols]
-        s = torch.where(mask, s, float("-inf")) if mask.dtype == torch.bool else s + mask.to(s.dtype)
+    for m in (mask, region):
+        if m is not None:
+            s = _masked(s, m, i0, i1, j0, j1)
     if offset is not None and j1 - 1 > i0 + offset:  # the block straddles the diagonal
         i = torch.arange(i0, i1, device=qs.device).unsqueeze(-1)  # (i1-i0, 1)
         j = torch.arange(j0, j1, device=qs.device)  # (bk,)
@@ -89,6 +101,58 @@ def _tile(qs, k, mask, offset, j0, j1, i0, i1, batch):
     if s.shape[:-2] != batch:  # v (or the mask) has leading dims q and k lack: give s them too
         s = s.expand(*batch, *s.shape[-2:]).contiguous()
     return s
+
+
+def _forward(qc, kc, vc, mask, offset, scale, plan, batch):
+    """The online softmax over ``plan``'s tiles, in the compute dtype of qc, kc, vc:
+    (out (*batch, Tq, d_v), lse (*batch, Tq)); a row that sees no key gives out 0, lse -inf."""
+    cd, device = qc.dtype, qc.device
+    Tq, dv = qc.shape[-2], vc.shape[-1]
+    m = torch.full((*batch, Tq, 1), float("-inf"), dtype=cd, device=device)  # running max
+    l = torch.zeros((*batch, Tq, 1), dtype=cd, device=device)  # running sum
+    acc = torch.zeros((*batch, Tq, dv), dtype=cd, device=device)  # running Σ p v
+    qs = qc * scale  # scaling q once is cheaper than scaling every tile of scores
+    for j0, j1, i0, i1, region in plan:
+        s = _tile(qs, kc, mask, region, offset, j0, j1, i0, i1, batch)
+        m_old = m[..., i0:i1, :]
+        m_new = torch.maximum(m_old, s.amax(-1, keepdim=True))  # (..., i1-i0, 1)
+        m_safe = m_new.masked_fill(m_new.isneginf(), 0.0)  # rows that have seen nothing yet
+        p = s.sub_(m_safe).exp_()  # (..., i1-i0, bk), in place: tiles are large
+        corr = torch.exp(m_old - m_safe)  # rescales what was accumulated under the old max
+        l[..., i0:i1, :] = l[..., i0:i1, :] * corr + p.sum(-1, keepdim=True)
+        a = acc[..., i0:i1, :]  # a view: the in-place updates write into acc
+        a.mul_(corr).add_(torch.matmul(p, vc[..., j0:j1, :]))
+        m[..., i0:i1, :] = m_new
+        del s, p  # before the next tile is allocated: one tile alive at a time, not two
+    empty = l == 0  # rows that may attend to nothing: output 0, lse -inf
+    out = acc.div_(l.masked_fill(empty, 1.0))  # (..., Tq, dv)
+    lse = (m + torch.log(l)).masked_fill(empty, float("-inf")).squeeze(-1)  # (..., Tq)
+    return out, lse
+
+
+def _backward(qc, kc, vc, do, lse, delta, mask, offset, scale, plan, batch):
+    """Gradients of the tiles of ``plan`` from the softmax's ``lse`` (*batch, Tq) and
+    ``delta`` = rowsum(dO ∘ O) (*batch, Tq), with ``batch``'s leading dims (the caller sums the
+    broadcast ones away): (dq, dk, dv), in the compute dtype of qc, kc, vc, do."""
+    cd, device = qc.dtype, qc.device
+    # exp(s - (+inf)) = 0: rows that attended to nothing get zero weights and zero gradients.
+    lse = lse.masked_fill(lse.isneginf(), float("inf")).unsqueeze(-1)  # (..., Tq, 1)
+    delta = delta.unsqueeze(-1)  # (..., Tq, 1)
+    dq = torch.zeros((*batch, *qc.shape[-2:]), dtype=cd, device=device)
+    dk = torch.zeros((*batch, *kc.shape[-2:]), dtype=cd, device=device)
+    dv = torch.zeros((*batch, *vc.shape[-2:]), dtype=cd, device=device)
+    qs = qc * scale
+    for j0, j1, i0, i1, region in plan:  # the forward's tiles, in the same order
+        s = _tile(qs, kc, mask, region, offset, j0, j1, i0, i1, batch)
+        p = s.sub_(lse[..., i0:i1, :]).exp_()  # (..., i1-i0, bk), the forward's weights
+        do_i = do[..., i0:i1, :]
+        dv[..., j0:j1, :] += torch.matmul(p.transpose(-2, -1), do_i)
+        dp = torch.matmul(do_i, vc[..., j0:j1, :].transpose(-2, -1))  # (..., i1-i0, bk)
+        ds = dp.sub_(delta[..., i0:i1, :]).mul_(p)  # P ∘ (dP − delta), in place
+        dq[..., i0:i1, :] += torch.matmul(ds, kc[..., j0:j1, :]) * scale
+        dk[..., j0:j1, :] += torch.matmul(ds.transpose(-2, -1), qs[..., i0:i1, :])
+        del s, p, dp, ds  # before the next tile is allocated: two tiles alive at a time, not three
+    return dq, dk, dv
 
 
 def check_block_mask(bm: BlockMask, p: Problem) -> None:
@@ -103,32 +167,14 @@ class _BlockwiseAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, offset, scale, block):
         cd = compute_dtype(q.dtype)
-        qc, kc, vc = q.to(cd), k.to(cd), v.to(cd)
         bm = mask if isinstance(mask, BlockMask) else None
         lead = [x.shape[:-2] for x in (q, k, v, None if bm else mask) if x is not None]
         batch = broadcast(*lead)  # the mask may add leading dims too
-        Tq, Tk, dv = q.shape[-2], k.shape[-2], v.shape[-1]
-        m = torch.full((*batch, Tq, 1), float("-inf"), dtype=cd, device=q.device)  # running max
-        l = torch.zeros((*batch, Tq, 1), dtype=cd, device=q.device)  # running sum
-        acc = torch.zeros((*batch, Tq, dv), dtype=cd, device=q.device)  # running Σ p v
-        qs = qc * scale  # scaling q once is cheaper than scaling every tile of scores
-        plan = list(_plan(Tq, Tk, block, offset, bm, len(batch)))
-        for j0, j1, i0, i1, region in plan:
-            s = _tile(qs, kc, mask if bm is None else region, offset, j0, j1, i0, i1, batch)
-            m_old = m[..., i0:i1, :]
-            m_new = torch.maximum(m_old, s.amax(-1, keepdim=True))  # (..., i1-i0, 1)
-            m_safe = m_new.masked_fill(m_new.isneginf(), 0.0)  # rows that have seen nothing yet
-            p = s.sub_(m_safe).exp_()  # (..., i1-i0, bk), in place: tiles are large
-            corr = torch.exp(m_old - m_safe)  # rescales what was accumulated under the old max
-            l[..., i0:i1, :] = l[..., i0:i1, :] * corr + p.sum(-1, keepdim=True)
-            a = acc[..., i0:i1, :]  # a view: the in-place updates write into acc
-            a.mul_(corr).add_(torch.matmul(p, vc[..., j0:j1, :]))
-            m[..., i0:i1, :] = m_new
-        empty = l == 0  # rows that may attend to nothing: output 0, lse -inf
-        out = acc / l.masked_fill(empty, 1.0)  # (..., Tq, dv)
-        lse = (m + torch.log(l)).masked_fill(empty, float("-inf")).squeeze(-1)  # (..., Tq)
+        plan = list(_plan(q.shape[-2], k.shape[-2], block, offset, bm, len(batch)))
+        mask = None if bm else mask
+        out, lse = _forward(q.to(cd), k.to(cd), v.to(cd), mask, offset, scale, plan, batch)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.mask, ctx.offset, ctx.scale, ctx.plan = None if bm else mask, offset, scale, plan
+        ctx.mask, ctx.offset, ctx.scale, ctx.plan = mask, offset, scale, plan
         ctx.mark_non_differentiable(lse)
         return out.to(q.dtype), lse
 
@@ -136,26 +182,12 @@ class _BlockwiseAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        mask, offset, scale = ctx.mask, ctx.offset, ctx.scale
         cd = out.dtype
-        qc, kc, vc, do = q.to(cd), k.to(cd), v.to(cd), dout.to(cd)
+        do = dout.to(cd)
+        delta = (do * out).sum(-1)  # rowsum(dO ∘ O), (..., Tq)
         batch = tuple(out.shape[:-2])
-        # exp(s - (+inf)) = 0: rows that attended to nothing get zero weights and zero gradients.
-        lse = lse.masked_fill(lse.isneginf(), float("inf")).unsqueeze(-1)  # (..., Tq, 1)
-        delta = (do * out).sum(-1, keepdim=True)  # rowsum(dO ∘ O), (..., Tq, 1)
-        dq = torch.zeros((*batch, *q.shape[-2:]), dtype=cd, device=q.device)
-        dk = torch.zeros((*batch, *k.shape[-2:]), dtype=cd, device=q.device)
-        dv = torch.zeros((*batch, *v.shape[-2:]), dtype=cd, device=q.device)
-        qs = qc * scale
-        for j0, j1, i0, i1, region in ctx.plan:  # the forward's tiles, in the same order
-            s = _tile(qs, kc, mask if region is None else region, offset, j0, j1, i0, i1, batch)
-            p = s.sub_(lse[..., i0:i1, :]).exp_()  # (..., i1-i0, bk), the forward's weights
-            do_i = do[..., i0:i1, :]
-            dv[..., j0:j1, :] += torch.matmul(p.transpose(-2, -1), do_i)
-            dp = torch.matmul(do_i, vc[..., j0:j1, :].transpose(-2, -1))  # (..., i1-i0, bk)
-            ds = dp.sub_(delta[..., i0:i1, :]).mul_(p)  # P ∘ (dP − delta), in place
-            dq[..., i0:i1, :] += torch.matmul(ds, kc[..., j0:j1, :]) * scale
-            dk[..., j0:j1, :] += torch.matmul(ds.transpose(-2, -1), qs[..., i0:i1, :])
+        dq, dk, dv = _backward(q.to(cd), k.to(cd), v.to(cd), do, lse, delta, ctx.mask, ctx.offset, ctx.scale,
+                               ctx.plan, batch)
         # Sum over the leading dims each input was broadcast along.
         dq = dq.sum_to_size(q.shape).to(q.dtype)
         dk = dk.sum_to_size(k.shape).to(k.dtype)
@@ -214,3 +246,73 @@ def blockwise_attention(
         p = check_inputs(q, k, v, mask, causal, causal_alignment, scale)
     out, lse = run(p, block_size=int(block_size))
     return (out, lse) if return_lse else out
+
+
+# --- One block of a larger problem: what ring attention (``selfattention.distributed``) computes
+# for its queries against each arriving part of the keys, then merges by log-sum-exp. ---
+
+
+def _block_problem(q, k, v, offset, block_mask, key_lengths, block_size):
+    """q (B, H, Tq, d) and k, v (B, Hkv, Tk, ·) in the tier's broadcast layout: with G = H / Hkv > 1
+    q becomes (B, Hkv, G, Tq, d) and k, v (B, Hkv, 1, Tk, ·), so each K/V head is read (never copied)
+    for its G query heads. Returns (q, k, v, key-padding mask or None, plan, batch)."""
+    B, H, Tq = q.shape[:3]
+    Hkv, Tk = k.shape[1], k.shape[2]
+    G = H // Hkv
+    if G > 1:
+        q, k, v = q.unflatten(1, (Hkv, G)), k.unsqueeze(2), v.unsqueeze(2)
+    batch = tuple(q.shape[:-2])
+    mask = None
+    if key_lengths is not None:  # keys at or past key_lengths[b] are padding: (B, 1, [1,] 1, Tk)
+        keep = torch.arange(Tk, device=q.device) < key_lengths.to(q.device).view(B, 1)
+        mask = keep.view(B, *(1,) * len(batch), Tk)
+    plan = list(_plan(Tq, Tk, block_size, offset, block_mask, len(batch)))
+    if block_mask is not None and G > 1:  # the map's (Bm, Hm) → (Bm, Hkv, G) or (Bm, 1, 1)
+        def grouped(m):
+            return None if m is None else m.unsqueeze(2) if m.shape[1] == 1 else m.unflatten(1, (Hkv, G))
+        plan = [(j0, j1, i0, i1, grouped(m)) for j0, j1, i0, i1, m in plan]
+    return q, k, v, mask, plan, batch
+
+
+def block_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, offset: int | None = None,
+    block_mask: BlockMask | None = None, key_lengths: torch.Tensor | None = None,
+    block_size: int = DEFAULT_BLOCK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block of attention, outside autograd and unrounded: q (B, H, Tq, d) against k, v
+    (B, Hkv, Tk, ·) with H a multiple of Hkv → (out (B, H, Tq, d_v), lse (B, H, Tq)), both in the
+    compute dtype (float32 for float16/bfloat16 inputs), so that a caller merging blocks by their
+    log-sum-exp rounds once, at the end. A row that may see no key gives out 0 and lse -inf.
+
+    The keys allowed: query i sees key j when j <= i + ``offset`` (None: no causal rule), the
+    ``block_mask`` (B or 1, H or 1, Tq, Tk) allows it, and j < ``key_lengths[b]`` (B,). Inputs are
+    trusted (the caller validated them); only the blocks the mask allows are computed.
+    """
+    cd = compute_dtype(q.dtype)
+    B, H, Tq = q.shape[:3]
+    qg, kg, vg, mask, plan, batch = _block_problem(q, k, v, offset, block_mask, key_lengths, block_size)
+    out, lse = _forward(qg.to(cd), kg.to(cd), vg.to(cd), mask, offset, scale, plan, batch)
+    return out.reshape(B, H, Tq, v.shape[-1]), lse.reshape(B, H, Tq)
+
+
+def block_backward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, dout: torch.Tensor,
+    lse: torch.Tensor, delta: torch.Tensor, *, scale: float, offset: int | None = None,
+    block_mask: BlockMask | None = None, key_lengths: torch.Tensor | None = None,
+    block_size: int = DEFAULT_BLOCK,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients one block contributes, (dq (B, H, Tq, d), dk, dv (B, Hkv, Tk, ·)) in the
+    compute dtype, from the log-sum-exp ``lse`` (B, H, Tq) and ``delta`` = rowsum(dO ∘ O) (B, H, Tq)
+    of the whole softmax these keys are part of (the weights of this block are exp(s − lse)), and
+    ``dout`` (B, H, Tq, d_v). Masks as ``block_forward``. ``out`` is not read here (``delta``
+    carries it); it is in the signature for the kernel's backward, which takes it."""
+    cd = compute_dtype(q.dtype)
+    B, H, Tq = q.shape[:3]
+    qg, kg, vg, mask, plan, batch = _block_problem(q, k, v, offset, block_mask, key_lengths, block_size)
+    group = (*batch, Tq)  # lse and delta in q's layout: (B, Hkv, G, Tq) or (B, H, Tq)
+    do = dout.to(cd).reshape(*batch, Tq, dout.shape[-1])
+    dq, dk, dv = _backward(qg.to(cd), kg.to(cd), vg.to(cd), do, lse.to(cd).reshape(group),
+                           delta.to(cd).reshape(group), mask, offset, scale, plan, batch)
+    if len(batch) == 3:  # grouped: each K/V head's gradient is the sum over its G query heads
+        dk, dv = dk.sum(2), dv.sum(2)
+    return dq.reshape(q.shape), dk, dv
