@@ -348,7 +348,7 @@ def test_config_fields(tmp_path, field, value, message):
 
 
 def test_bench_refuses_what_cannot_fit_with_the_estimate(monkeypatch):
-    from selfattention import bench
+    from selfattention.bench import run as bench
 
     monkeypatch.setattr(bench, "available_memory", lambda: 8 * 2**30)
     err = one_error(*run("bench", "--sizes", "8192", "--batch", "256"))

@@ -20,7 +20,8 @@ from typing import Any
 
 from ..errors import ModelError, OptionError
 from .toy import TOY_DIM, TOY_SEED, ToyModel
-from .tracing import LayerTrace, Tokens, Trace, Traceable
+from .traceable import Tokens, Traceable, traceable
+from .tracing import LayerTrace, Trace
 
 DEFAULT_MODEL = "minilm"
 DEFAULT_LAYER = 1  # 1-based: its input H is the word embeddings themselves, as in the lecture
@@ -85,7 +86,7 @@ def check_layer_head(model: Traceable, layer: int | None, head: int | None) -> N
     for what, n, hi in (("layer", layer, len(attn)), ("head", head, heads)):
         if n is None or (isinstance(n, int) and 1 <= n <= hi):
             continue
-        if isinstance(model, ToyModel):
+        if model.toy:
             raise OptionError(f"{what} {n} is out of range: the toy model has one layer and one head "
                               "(valid: 1)")
         raise OptionError(f"{what} {n} is out of range: {model.name} has {what}s 1 to {hi}")
@@ -100,4 +101,4 @@ def trace(model: str | Traceable, text: str | Sequence[str], **options: Any) -> 
 
 __all__ = ["DEFAULT_LAYER", "DEFAULT_MODEL", "PRETRAINED", "LayerTrace", "ModelError", "OptionError",
            "Tokens", "ToyModel", "Trace", "Traceable", "check_layer_head", "display_name", "load",
-           "load_pretrained", "pretrained_path", "trace"]
+           "load_pretrained", "pretrained_path", "trace", "traceable"]

@@ -1,4 +1,5 @@
-"""A BERT-style encoder built from this project's layers (MiniLM is a small BERT).
+"""A BERT-style encoder built from this project's layers (MiniLM is a small BERT), and the BERT
+row of the encoder families (``FAMILY``: config, weight names, tokenizer, how h_i is made).
 
 Every layer's attention is ``selfattention.MultiHeadAttention``, so every backend of
 ``selfattention.attention`` can run a real pretrained model. Shapes: input ids (B, T), hidden
@@ -12,7 +13,6 @@ Post-LayerNorm BERT (Devlin et al., 2019), one layer:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import MISSING, dataclass, fields
@@ -24,15 +24,14 @@ from torch import nn
 from ..errors import ModelError
 from ..layers import MultiHeadAttention
 from ..masks import from_lengths
+from .family import EncoderFamily, hf_tokenizer, read_config
+from .traceable import Tokens
 
 ACTIVATIONS = {
     "gelu": lambda x: nn.functional.gelu(x),  # the exact (erf) GELU, as BERT's "gelu"
     "gelu_new": lambda x: nn.functional.gelu(x, approximate="tanh"),
     "relu": nn.functional.relu,
 }
-
-
-MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few kB: anything this large is not one
 
 
 @dataclass(frozen=True)
@@ -52,18 +51,7 @@ class BertConfig:
 
     @classmethod
     def from_file(cls, path: Path) -> BertConfig:
-        try:
-            if Path(path).stat().st_size > MAX_CONFIG_BYTES:
-                raise ModelError(f"{path} is {Path(path).stat().st_size:,} bytes; a config.json is a few "
-                                 "kilobytes (refusing to read it)")
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ModelError(f"cannot read {path}: {e}") from None
-        except RecursionError:  # arrays nested thousands deep: not a config
-            raise ModelError(f"cannot read {path}: JSON nested too deeply") from None
-        if not isinstance(raw, dict):
-            raise ModelError(f"{path} is not a JSON object")
-        return cls.from_dict(raw, source=str(path))
+        return cls.from_dict(read_config(path), source=str(path))
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "config") -> BertConfig:
@@ -302,3 +290,39 @@ def state_from_hf(tensors: dict[str, torch.Tensor], cfg: BertConfig, source: str
                        for part in ("query", "key", "value"))
             state[f"layers.{i}.attention.in_proj.{kind}"] = MultiHeadAttention.pack_in_proj(q, k, v)
     return state
+
+
+def input_parts(encoder: BertEncoder, tokens: Tokens, i: int) -> dict[str, object]:
+    """h_i = LayerNorm(word_i + p_i + segment_0): BERT's embeddings, from the model's own tables
+    (``Traceable.input_parts``)."""
+    with torch.no_grad():
+        word = encoder.word_embeddings.weight[int(tokens.ids[0, i])].double()  # (D,)
+        pos = encoder.position_embeddings.weight[i].double()  # (D,), learned, one per position
+        seg = encoder.token_type_embeddings.weight[0].double()  # (D,), segment A: one-sentence input
+        total = word + pos + seg
+        h = encoder.embedding_norm(total.float()[None])[0].double()  # (D,), as the model computes it
+    piece = tokens.tokens[i]
+    return {
+        "positions": "learned",
+        "formula": "h_i = LayerNorm(word-piece embedding + position embedding p_i + segment embedding)",
+        "parts": [(f'word-piece embedding of "{piece}"', word.tolist()),
+                  (f"+ p_{i + 1}, the learned embedding of position {i + 1}", pos.tolist()),
+                  ("+ segment embedding (sentence A)", seg.tolist()),
+                  ("= sum", total.tolist())],
+        "h": h.tolist(),
+        "norm": "LayerNorm (the embeddings' own, learned scale and shift)",
+    }
+
+
+def input_description(layer: int) -> str:
+    """What enters ``layer`` (1-based), for a reader."""
+    if layer == 1:
+        return "the word-piece embeddings: word + position + segment, LayerNorm"
+    return f"the output of layer {layer - 1}"
+
+
+FAMILY = EncoderFamily(
+    name="bert", config=BertConfig.from_dict, weights=state_from_hf, encoder=BertEncoder,
+    attention_layers=lambda encoder: [layer.attention for layer in encoder.layers],
+    tokenizer=hf_tokenizer, input_parts=input_parts, input_description=input_description,
+)

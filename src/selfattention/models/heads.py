@@ -25,7 +25,7 @@ def default_head(trace: Trace, layer: int) -> tuple[int, str]:
     weights = trace.layers[layer].weights.double().numpy()  # (H, T, T)
     if weights.shape[0] == 1:
         return 0, "the layer's only head"
-    unit = getattr(trace.model, "unit", "words")
+    unit = trace.model.unit
     real = np.array([not s for s in trace.tokens.special])
     if real.sum() < 2:
         return 0, TOO_FEW.format(unit=unit)

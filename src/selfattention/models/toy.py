@@ -25,7 +25,7 @@ import numpy as np
 
 from .._text import printable
 from ..errors import InputError
-from .tracing import Tokens
+from .traceable import Tokens, Traceable
 
 # A word (letters, digits, underscores, with inner apostrophes: "don't") or one punctuation mark.
 _TOKEN = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")
@@ -46,10 +46,10 @@ TOY_MAX_DIM = 2048  # W's are D × D float64: 3 · 2048² · 8 B ≈ 100 MB
 TOY_POSITIONS = ("none", "sinusoidal")
 
 
-class ToyModel:
+class ToyModel(Traceable):
     """One self-attention head with hashed word embeddings and random W's.
 
-    A ``Traceable`` model (see ``models.tracing``): ``tokenize`` → words, ``forward_tokens`` runs its
+    A ``Traceable`` model (see ``models.traceable``): ``tokenize`` → words, ``forward_tokens`` runs its
     one layer, a ``MultiHeadAttention`` with one head, no biases and no output projection (W_O = I)
     in float64, whose packed ``in_proj`` holds W_Q, W_K, W_V, each (D, D). ``embed`` → the word
     vectors (D, T); ``inputs`` → H (D, T), the word vectors plus the positions (if any).
@@ -57,6 +57,7 @@ class ToyModel:
 
     name = "toy"
     unit = "words"
+    toy = True  # the lecture's own setting: explain shows it without a real model's extras
 
     def __init__(self, dim: int = TOY_DIM, seed: int = TOY_SEED, positions: str = "none"):
         if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= TOY_MAX_DIM:
@@ -77,6 +78,10 @@ class ToyModel:
     def title(self) -> str:
         where = ", sinusoidal positions" if self.positions == "sinusoidal" else ""
         return f"toy model, D = {self.dim}, random untrained W's (seed {self.seed}){where}"
+
+    @property
+    def label(self) -> str:
+        return f"the toy model (D = {self.dim}, seed {self.seed})"
 
     def words(self, text: str) -> list[str]:
         """Split text into words and punctuation marks: "I am here." → ["I", "am", "here", "."]."""
@@ -122,7 +127,7 @@ class ToyModel:
         return H if P is None else H + P
 
     def input_parts(self, tokens: Tokens, i: int) -> dict[str, object]:
-        """How h_i (0-based i) is made, part by part, for a reader: see ``models.positions``."""
+        """How h_i (0-based i) is made, part by part, for a reader (``Traceable.input_parts``)."""
         tokens = tokens.tokens
         word = word_vector(tokens[i], self.dim)
         parts = [(f'word vector of "{tokens[i]}" (a fixed function of the word)', word)]

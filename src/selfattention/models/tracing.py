@@ -8,17 +8,18 @@ every head's output z as the model computed it. With ``backends=`` it also recom
 layer's heads with those tiers, on the same q, k, v and mask, for verification. ``explain``, the
 PNG, the HTML explorer and the command line all read a ``Trace``; the model runs once.
 
-A model is traceable when it offers (see ``Traceable``): ``name``, ``unit``, ``tokenize(text,
-truncate=…)`` → ``Tokens``, ``tokens_from(list)`` → ``Tokens``, ``forward_tokens(tokens)`` →
-the last hidden states, ``attention_layers()`` → its ``MultiHeadAttention`` modules in order, and
-``overflow_error(layer)``. ``PretrainedModel`` (BERT/MiniLM) and ``ToyModel`` are.
+A model is traceable when it derives from ``Traceable`` (``models.traceable``: every member, with
+its defaults), or offers its required members: ``name``, ``tokenize(text, truncate=…)`` →
+``Tokens``, ``tokens_from(list)`` → ``Tokens``, ``forward_tokens(tokens)``, ``attention_layers()``
+→ its ``MultiHeadAttention`` modules in order, and ``overflow_error(layer)``. ``PretrainedModel``
+(BERT/MiniLM), ``ToyModel`` and ``train.traced.TracedDecoder`` derive from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 
@@ -26,33 +27,7 @@ from ..errors import InputError, OptionError
 from ..layers import MultiHeadAttention
 from ..masks import causal as causal_mask
 from ..reference import default_scale
-
-
-@dataclass
-class Tokens:
-    """A text as the model reads it."""
-
-    tokens: list[str]  # what is shown, one per position
-    ids: torch.Tensor | None  # (1, T) int64 for models with a vocabulary, else None
-    special: list[bool]  # positions that are markers, not text ([CLS], [SEP])
-    dropped: int | None = 0  # tokens cut from the end (None: more than were counted)
-    dropped_chars: int = 0  # characters of the text after the last token kept
-
-
-@runtime_checkable
-class Traceable(Protocol):
-    name: str  # shown to the reader, e.g. "all-MiniLM-L6-v2"
-    unit: str  # what a token is called: "words", "word pieces", "characters"
-
-    def tokenize(self, text: str, *, truncate: bool = True) -> Tokens: ...
-
-    def tokens_from(self, tokens: Sequence[str]) -> Tokens: ...
-
-    def forward_tokens(self, tokens: Tokens) -> torch.Tensor: ...
-
-    def attention_layers(self) -> list[MultiHeadAttention]: ...
-
-    def overflow_error(self, layer: int) -> Exception: ...
+from .traceable import Tokens, Traceable, traceable
 
 
 @dataclass
@@ -74,7 +49,7 @@ class LayerTrace:
 class Trace:
     """A model's run on one text: its tokens and, for each traced layer (0-based), a ``LayerTrace``."""
 
-    model: Any  # the Traceable that ran
+    model: Traceable  # the model that ran
     text: str
     tokens: Tokens
     layers: dict[int, LayerTrace] = field(default_factory=dict)
@@ -83,12 +58,16 @@ class Trace:
     @property
     def title(self) -> str:
         """The model's title, and whether a causal mask was added to a model trained without one."""
-        title = getattr(self.model, "title", self.model.name)
-        return f"{title}, causal mask" if self.added_causal else title
+        return self.model.title + (", causal mask" if self.added_causal else "")
+
+    @property
+    def label(self) -> str:
+        """The model's name in one line (``Traceable.label``), and whether a causal mask was added."""
+        return self.model.label + (", causal mask" if self.added_causal else "")
 
     @property
     def added_causal(self) -> bool:
-        return self.causal and not getattr(self.model, "causal", False)
+        return self.causal and not self.model.causal
 
     @property
     def num_layers(self) -> int:
@@ -140,7 +119,7 @@ class _Stop(Exception):
 
 
 def trace(
-    model: Traceable,
+    model: Traceable | Any,
     text: str | Sequence[str],
     *,
     layers: Sequence[int] | None = None,
@@ -154,13 +133,13 @@ def trace(
     ``causal``: run every attention layer causal (word i sees words 1 … i), to show a decoder's
     mask on any model; the mask is recorded and verified like any other.
 
-    Raises ValueError for text the model cannot take (empty, too long when ``truncate`` is False,
-    more than ``max_tokens`` tokens, unknown tokens), the model's ``overflow_error`` when a layer's
-    numbers are not finite; warns (``TruncationWarning``, one message) when the text is cut.
+    ``model``: a ``Traceable``, or a model written to its required members (``traceable``).
+    Raises TypeError for anything else, ValueError for text the model cannot take (empty, too long
+    when ``truncate`` is False, more than ``max_tokens`` tokens, unknown tokens), the model's
+    ``overflow_error`` when a layer's numbers are not finite; warns (``TruncationWarning``, one
+    message) when the text is cut.
     """
-    if not all(hasattr(model, a) for a in ("tokenize", "tokens_from", "attention_layers")):
-        raise TypeError("model must be a model name or a traceable model (models.load), got "
-                        f"{type(model).__name__}")
+    model = traceable(model)
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be True or False, got {causal!r}")
     if layers is not None and len(layers) == 0:

@@ -16,10 +16,10 @@ from . import metrics
 def plot_curves(runs: dict[str, list[dict]], title: str = ""):
     """Loss (log scale) and, for tasks, held-out accuracy, against steps and against seconds:
     one line per run in ``runs`` ({label: metrics records})."""
-    from ..viz.png import _new_figure
+    from ..viz.png import new_figure
 
     has_acc = any("accuracy" in r for recs in runs.values() for r in recs)
-    fig = _new_figure(10.5, 7.5 if has_acc else 4.0)
+    fig = new_figure(10.5, 7.5 if has_acc else 4.0)
     axes = fig.subplots(2 if has_acc else 1, 2, squeeze=False)
     for label, recs in runs.items():
         for col, x_key in enumerate(("step", "elapsed_s")):

@@ -24,7 +24,7 @@ import torch
 from .._text import printable
 from ..errors import InputError, ModelError
 from ..layers import MultiHeadAttention
-from ..models.tracing import Tokens
+from ..models.traceable import Tokens, Traceable
 from ..transformer import context_limit
 from .trained import TrainedModel, load_trained
 
@@ -36,8 +36,8 @@ def is_training_folder(path: str | os.PathLike[str]) -> bool:
     return p.is_dir() and ((p / "state.json").is_file() or (p / "checkpoints").is_dir())
 
 
-class TracedDecoder:
-    """A ``TrainedModel`` whose model is a ``transformer.DecoderLM``, traceable (``models.tracing``)."""
+class TracedDecoder(Traceable):
+    """A ``TrainedModel`` whose model is a ``transformer.DecoderLM``, traceable (``models.traceable``)."""
 
     unit = "characters"
     causal = True  # the decoder's own mask: nothing to add for --causal

@@ -131,13 +131,17 @@ def _margin(labels: list[str], font: float) -> float:
     return max((len(s) for s in labels), default=1) * font * 0.6 / 72.0 + 0.15
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A headless figure of ``width`` × ``height`` inches (constrained layout, the Agg canvas), for
+    every picture drawn with matplotlib (the views here, ``viz.steps``, training's curves)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)  # attaches itself: savefig and draw work without pyplot
     return fig
+
+
 
 
 def plot_head(data: AttentionData, layer: int = 1, head: int = 1, ax: Axes | None = None, *,
@@ -161,7 +165,7 @@ def plot_head(data: AttentionData, layer: int = 1, head: int = 1, ax: Axes | Non
     font, step = _font_and_step(T, side)
     if ax is None:
         margin = _margin(labels[::step], font)
-        fig = _new_figure(side + margin + 1.5, side + margin + 0.7)
+        fig = new_figure(side + margin + 1.5, side + margin + 0.7)
         ax = fig.add_subplot()
     im = _image(ax, A, allowed, Normalize(lo, hi))
     _label_axes(ax, labels, font, step, x=True, y=True)
@@ -204,7 +208,7 @@ def plot_heads(data: AttentionData, layer: int = 1, *, vmax: float | None = None
     side = _side(T, 1.8, 0.09, 4.5)
     font, step = _font_and_step(T, side, max_font=MAX_FONT - 2)
     margin = _margin(labels[::step], font)
-    fig = _new_figure(cols * (side + 0.15) + margin + 1.0, rows * (side + 0.35) + margin + 0.7)
+    fig = new_figure(cols * (side + 0.15) + margin + 1.0, rows * (side + 0.35) + margin + 0.7)
     axes = fig.subplots(rows, cols, squeeze=False)  # not shared: each axis keeps its own labels
     norm = Normalize(lo, hi)
     im = None

@@ -60,14 +60,14 @@ def plot_steps(snapshots: Snapshots, rows: int = 5) -> Figure:
     every head of every layer; one colour scale for all (0 to the largest weight shown)."""
     from matplotlib.colors import Normalize
 
-    from .png import _new_figure, palette_cmap
+    from .png import new_figure, palette_cmap
 
     tokens, L, H = _check(snapshots)
     by_step = dict(snapshots)
     shown = pick(list(by_step), rows)
     T = len(tokens)
     cell = min(2.2, max(1.2, 0.06 * T))
-    fig = _new_figure(0.8 + L * H * (cell + 0.1) + 0.9, 0.9 + len(shown) * (cell + 0.25))
+    fig = new_figure(0.8 + L * H * (cell + 0.1) + 0.9, 0.9 + len(shown) * (cell + 0.25))
     axes = fig.subplots(len(shown), L * H, squeeze=False)
     norm = Normalize(*value_range(np.stack([by_step[s].weights for s in shown])))
     labels = [truncate(t, 6) for t in tokens]

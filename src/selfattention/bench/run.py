@@ -1,5 +1,5 @@
-"""``selfattention bench``: the lecture's claim — attention is parallel, an RNN is sequential —
-measured on this machine, honestly.
+"""``selfattention bench``'s measurement: the lecture's claim — attention is parallel, an RNN is
+sequential — measured on this machine, honestly.
 
 For each length T the same job, (B, T, D) in → (B, T, D) out, is done by one head of
 self-attention (``SelfAttention(D)``, projections included) through each backend, by the
@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import reference
-from ._system import available_memory
-from .blockwise import DEFAULT_BLOCK
-from .layers import SelfAttention
+from .. import reference
+from .._system import available_memory
+from ..blockwise import DEFAULT_BLOCK
+from ..layers import SelfAttention
 
 ATTENTION = ("matrix", "blockwise", "torch")  # backends of SelfAttention, timed as a layer
 RNNS = ("gru", "lstm")
@@ -128,7 +128,7 @@ def candidates(T: int, *, dim: int, batch: int, loop_max_t: int, device: torch.d
 
 
 def _triton() -> bool:
-    from .functional import available_backends
+    from ..functional import available_backends
 
     return "triton" in available_backends()
 

@@ -1,12 +1,12 @@
-"""``selfattention bench``'s tables: the measured rows of ``bench.run_bench`` as markdown that fits
+"""``selfattention bench``'s tables: the measured rows of ``bench.run.run_bench`` as markdown that fits
 the terminal (sizes split over several tables), ratios against the fastest attention, T-slopes."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from .bench import LABELS, PASSES, RNNS, TABLE_WIDTH, steps
-from .blockwise import DEFAULT_BLOCK
+from ..blockwise import DEFAULT_BLOCK
+from .run import LABELS, PASSES, RNNS, TABLE_WIDTH, steps
 
 
 def _ms(x: float | None) -> str:

@@ -1,5 +1,5 @@
 """``explain``'s walk-through as terminal text: one function per section, from a report dict
-(``explain.build_report``); nothing here computes attention.
+(``explain.walk.build_report``); nothing here computes attention.
 
 Every line fits ``width`` columns (100 by default): prose is wrapped, tables show the words that
 fit and say how many are left out; ``wide=True`` prints everything, unwrapped and uncut.
@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._text import printable
-from .explain import DERIVATION_ROWS, SHOW, TABLE_WORDS
-from .viz.terminal import format_table, heatmap, paragraph, short_vector, truncate
+from .._text import printable
+from ..viz.terminal import format_table, heatmap, paragraph, truncate
+from .fmt import SHOW, one, vec
 
+TABLE_WORDS = 12  # tables wider than this are cut; the heatmap and --json show everything
+DERIVATION_ROWS = 24
 NEG_INF = "−∞"
 WIDE = 10**6  # "no limit" for --wide
 LABEL = 10  # a token label in a table is cut to this many characters
@@ -25,8 +27,7 @@ class _View:
         self.tokens = [printable(t) for t in r["tokens"]]  # a word may hold ESC, BEL, …: shown, never obeyed
         self.labels = [truncate(t, LABEL) for t in self.tokens]
         self.unit = r.get("unit", "words")
-        self.one = {"words": "word", "word pieces": "word piece", "characters": "character"}.get(
-            self.unit, self.unit.rstrip("s"))
+        self.one = one(self.unit)
         self.real = "biases" in r  # a head of a real model (biases, its own output, other heads)
         has_b = self.real and r["biases"]["b_Q"] is not None
         self.b = (" + b_Q", " + b_K", " + b_V") if has_b else ("", "", "")
@@ -42,10 +43,6 @@ class _View:
         """``text`` as lines of at most ``width``; continuation lines indented by ``hang``."""
         return paragraph(text, self.width, wide=self.wide, indent=indent,
                          hang=indent + "  " if hang is None else hang)
-
-
-def _vec(x: list[float], n: int = SHOW) -> str:
-    return short_vector(x, n)
 
 
 def render(report: dict, *, color: bool = False, width: int = 100, wide: bool = False,
@@ -68,7 +65,7 @@ def render(report: dict, *, color: bool = False, width: int = 100, wide: bool = 
 def _header(r: dict, v: _View) -> list[str]:
     m, D, d_k = r["model"], r["D"], r["d_k"]
     if v.real:
-        from .models.heads import HEURISTIC
+        from ..models.heads import HEURISTIC
 
         choice = ("chosen with --head" if m["head_choice"] == "--head" else
                   f"{m['head_choice']}; --head 1…{r['num_heads']} picks any")
@@ -148,11 +145,11 @@ def _input(r: dict, v: _View) -> list[str]:
         return []
     i, w = r["derivation"]["index"], printable(r["derivation"]["word"])
     out = [f'How h_{i} ("{w}"), the layer\'s input, is made'] + v.para(parts["formula"], "  ")
-    rows = [[printable(name), _vec(vec)] for name, vec in parts["parts"]]
+    rows = [[printable(name), vec(x)] for name, x in parts["parts"]]
     if parts.get("norm"):
-        rows.append([f"{parts['norm'].split(' (')[0]} → h_{i}", _vec(parts["h"])])
+        rows.append([f"{parts['norm'].split(' (')[0]} → h_{i}", vec(parts["h"])])
     elif rows and len(rows) > 1:
-        rows.append([f"= h_{i}", _vec(parts["h"])])
+        rows.append([f"= h_{i}", vec(parts["h"])])
     out.append(format_table(["", ""], [[truncate(a, 60), b] for a, b in rows], left=1,
                             indent="  ").split("\n", 1)[1])
     if parts["positions"] == "none":
@@ -267,9 +264,9 @@ def _derivation(r: dict, v: _View) -> list[str]:
         return NEG_INF if t["masked"] and key != "alpha" else fmt.format(t[key])
 
     rows = [[str(t["j"]), truncate(printable(t["word"]), LABEL), cell(t, "e", "{:.3f}"),
-             cell(t, "scaled", "{:.3f}"), f"{t['alpha']:.4f}", _vec(t["v"], show)]
+             cell(t, "scaled", "{:.3f}"), f"{t['alpha']:.4f}", vec(t["v"], show)]
             for t in dv["terms"][:v.rows]]
-    out = [f'How z_{i} ("{w}") is made', f"  q_{i} = W_Q h_{i}{b[0]} = {_vec(dv['q'])}"]
+    out = [f'How z_{i} ("{w}") is made', f"  q_{i} = W_Q h_{i}{b[0]} = {vec(dv['q'])}"]
     out += v.para(f"columns: the score e_{i}j = q_{i}·k_j; the scaled score e_{i}j / √d_k; the weight "
                   f"α_{i}j = softmax over j of the scaled scores; the value v_j", "  ")
     out.append(format_table(["j", v.one, f"e_{i}j = q_{i}·k_j", f"e_{i}j / √d_k", f"α_{i}j",
@@ -279,16 +276,16 @@ def _derivation(r: dict, v: _View) -> list[str]:
     out += [f"  Σ_j α_{i}j = {dv['alpha_sum']:.6f}"]
     seen = [t["j"] for t in dv["terms"] if not t["masked"]]
     if v.causal and len(seen) < T:
-        out.append(f"  z_{i} = Σ_(j ≤ {i}) α_{i}j v_j = {_vec(dv['z'])}  ({v.unit} {i + 1}…{T}: masked, "
+        out.append(f"  z_{i} = Σ_(j ≤ {i}) α_{i}j v_j = {vec(dv['z'])}  ({v.unit} {i + 1}…{T}: masked, "
                    "α = 0)")
     elif len(seen) < T:
-        out.append(f"  z_{i} = Σ_j α_{i}j v_j = {_vec(dv['z'])}  (over the {len(seen)} {v.unit} it may see)")
+        out.append(f"  z_{i} = Σ_j α_{i}j v_j = {vec(dv['z'])}  (over the {len(seen)} {v.unit} it may see)")
     else:
-        out.append(f"  z_{i} = Σ_j α_{i}j v_j = {_vec(dv['z'])}")
+        out.append(f"  z_{i} = Σ_j α_{i}j v_j = {vec(dv['z'])}")
     if v.real:
         gap = float(np.abs(np.array(dv["layer_z"]) - np.array(dv["z"])).max())
         out += v.para(f"the layer's own z_{i} (head {r['head']} in its forward pass, float32) = "
-                      f"{_vec(dv['layer_z'])}  max |Δ| = {gap:.1e}", "  ", "    ")
+                      f"{vec(dv['layer_z'])}  max |Δ| = {gap:.1e}", "  ", "    ")
     return out
 
 

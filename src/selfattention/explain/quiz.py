@@ -22,10 +22,11 @@ from typing import TextIO
 
 import numpy as np
 
-from . import reference
-from ._text import ascii_float, clip, printable
-from .errors import InputError, UsageError
-from .models.toy import ToyModel
+from .. import reference
+from .._text import ascii_float, clip, printable
+from ..errors import InputError, UsageError
+from ..models.toy import ToyModel
+from .selection import resolve_word
 
 QUIZ_DIM = 4
 MAX_LINE = 1000  # characters of an answer's line: a number needs a few dozen; a longer line is refused
@@ -50,10 +51,33 @@ def _v(x: np.ndarray) -> str:
     return "[" + ", ".join(_n(float(c)) for c in x) + "]"
 
 
+def ask(text: str, *, model: str | None, dim: int | None, seed: int | None, positions: str | None,
+        word: str | None, answers: str | None) -> int:
+    """``explain --quiz``: ask the questions on ``text`` (answers from ``answers``, "e,α,z", else from
+    stdin) and say which are right; 0 when all are, 1 when not. ``model`` must be None or "toy"."""
+    import sys
+
+    from .._command import check_outputs, stdin_read
+
+    if model not in (None, "toy"):
+        raise UsageError("--quiz uses the toy model (a problem small enough for pencil and paper); drop "
+                         "--model")
+    given = parse_answers(answers) if answers is not None else None
+    check_outputs({}, stdin_read() if given is None else {})  # stdout must not be the answers' file
+    toy = ToyModel(dim=QUIZ_DIM if dim is None else dim, seed=0 if seed is None else seed,
+                   positions=positions or "none")
+    facts, questions = make_quiz(toy, text, word=word)
+    stdin = sys.stdin
+    interactive = given is None and stdin is not None and stdin.isatty()
+
+    def say(line: str, end: str = "\n") -> None:
+        print(line, end=end, flush=True)
+
+    return run_quiz(facts, questions, given, line_reader(stdin), say, interactive=interactive)
+
+
 def make_quiz(model: ToyModel, text: str, *, word: str | None = None) -> tuple[dict, list[Question]]:
     """(facts, three questions) for ``text`` (2 or 3 words) through ``model``; UsageError otherwise."""
-    from .explain import resolve_word
-
     words = model.tokenize(text).tokens
     if not 2 <= len(words) <= 3:
         raise UsageError(f"--quiz takes a sentence of two or three words (a problem for pencil and paper), "

@@ -7,26 +7,23 @@ word the same z in both orders; positions added to the word vectors (the toy's
 ``--positions sinusoidal``, MiniLM's learned p_i, a trained decoder's) change h_i with the place,
 hence z_i. The markers [CLS] and [SEP] stay in place; the real tokens are reversed.
 
-``build_order(model, text, layer=)`` traces both orders and compares every head's z (the layer's
-own output) word by word; ``render_order`` prints it.
+``build_order(trace, selection)`` traces the reversed order beside the trace of the original one
+and compares every head's z (the layer's own output) word by word; ``render_order`` prints it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
-import torch
 
-from ._text import printable
-from .errors import UsageError
-from .explain import LAYER_TOLERANCE, TOLERANCE
-from .models import DEFAULT_LAYER
-from .models.positions import input_parts
-from .models.tracing import Tokens, trace
+from .._text import printable
+from ..errors import UsageError
+from ..models.traceable import Tokens, Traceable
+from ..models.tracing import Trace, trace
+from .fmt import one, vec
+from .selection import Selection, select
+from .walk import tolerance_for
 
-SHOW = 3  # components of z shown per word
+Z_SHOWN = 3  # components of a vector shown here (two vectors side by side per row)
 
 
 def reversal(tokens: Tokens) -> list[int]:
@@ -39,24 +36,23 @@ def reversal(tokens: Tokens) -> list[int]:
     return p
 
 
-def build_order(model: Any, text: str, *, layer: int | None = None,
-                run: Callable[..., Any] = trace, **options: Any) -> dict[str, object]:
-    """The layer ``layer`` (1-based) of ``model`` on ``text`` and on its real tokens reversed.
+def build_order(a: Trace, selection: Selection | None = None, *,
+                layer: int | None = None) -> dict[str, object]:
+    """The ``selection``'s layer (without one: ``select``'s for ``layer``, 1-based) of trace ``a``'s
+    model, on ``a``'s text and on its real tokens reversed (traced here, as ``a`` was).
 
     Per word: its old and new position, z (every head, the layer's own output) in both orders and
     max |Δz| with the word followed to its new place; likewise for h (the layer's input) and α
-    (α'_kl against α_p(k)p(l)). ``options`` go to ``trace`` (truncate, max_tokens, causal). UsageError when
-    reversing gives the same tokens (nothing to compare).
+    (α'_kl against α_p(k)p(l)). UsageError when reversing gives the same tokens (nothing to compare).
     """
-    n = (layer or DEFAULT_LAYER) - 1
-    a = run(model, text, layers=[n], **options)
+    n = (selection or select(a, layer=layer)).layer
+    model = a.model
     p = reversal(a.tokens)
     moved = [a.tokens.tokens[k] for k in p]
     if moved == a.tokens.tokens:
         raise UsageError(f"reversed, {' '.join(printable(t) for t in moved)!r} is the same sentence: give at "
                          "least two different words")
-    b = run(model, moved, layers=[n], max_tokens=options.get("max_tokens"),
-            causal=options.get("causal", False))
+    b = trace(model, moved, layers=[n], causal=a.causal)
     la, lb = a.layers[n], b.layers[n]
     za, zb = (t.z["auto"].double().numpy() for t in (la, lb))  # (H, T, d): every head's z
     xa, xb = (t.x.double().numpy() for t in (la, lb))  # (T, D): the layer's input, h_i as rows
@@ -65,7 +61,7 @@ def build_order(model: Any, text: str, *, layer: int | None = None,
     dz = np.abs(zb - za[:, P]).max(axis=(0, 2))  # (T,): word now at k vs the same word before
     dh = np.abs(xb - xa[P]).max(axis=1)  # (T,)
     dw = float(np.abs(wb - wa[:, P][:, :, P]).max())
-    tolerance = TOLERANCE if la.x.dtype == torch.float64 else LAYER_TOLERANCE
+    tolerance = tolerance_for(la.x.dtype)
     words = []
     for k in range(len(p)):
         old = p[k]
@@ -76,7 +72,7 @@ def build_order(model: Any, text: str, *, layer: int | None = None,
     first = next((k for k, s in enumerate(a.tokens.special) if not s), 0)  # the first real word
     parts = None
     if n == 0:
-        before, after = input_parts(model, a.tokens, first), input_parts(model, b.tokens, p.index(first))
+        before, after = model.input_parts(a.tokens, first), model.input_parts(b.tokens, p.index(first))
         if before is not None and after is not None:
             parts = {"word": a.tokens.tokens[first], "old": first + 1, "new": p.index(first) + 1,
                      "before": before, "after": after}
@@ -92,24 +88,15 @@ def build_order(model: Any, text: str, *, layer: int | None = None,
     }
 
 
-def _one(unit: str) -> str:
-    return {"words": "word", "word pieces": "word piece", "characters": "character"}.get(unit, "token")
+def _positions_of(model: Traceable) -> str:
+    return str(model.describe().get("positions", "unknown"))
 
 
-def _positions_of(model: Any) -> str:
-    info = model.describe() if hasattr(model, "describe") else {}
-    return str(info.get("positions", "unknown"))
-
-
-def _vec(x: list[float], n: int = SHOW) -> str:
-    from .viz.terminal import short_vector
-
-    return short_vector(x, n)
-
-
-def render_order(r: dict, *, width: int = 100, wide: bool = False) -> str:
-    """The comparison as terminal text, lines of at most ``width`` (``wide``: no limit)."""
-    from .viz.terminal import format_table, paragraph, truncate
+def render_order(r: dict, *, width: int = 100, wide: bool = False, color: bool = False,
+                 vmax: float | None = None) -> str:
+    """The comparison as terminal text, lines of at most ``width`` (``wide``: no limit); ``color`` and
+    ``vmax`` (the walk-through's heatmap) do not apply: it has no heatmap."""
+    from ..viz.terminal import format_table, paragraph, truncate
 
     def para(text: str, indent: str = "", hang: str = "  ") -> list[str]:
         return paragraph(text, width, wide=wide, indent=indent, hang=hang)
@@ -119,30 +106,30 @@ def render_order(r: dict, *, width: int = 100, wide: bool = False) -> str:
     out = para(f"Word order: the same {r['unit']} reversed, through layer {r['layer']} of {title}")
     out += [f"  original: {show(r['tokens'])}", f"  reversed: {show(r['permuted'])}"]
     out += para(_positions_line(r), "  ", "    ") + [""]
-    rows = [[truncate(printable(w["word"]), 10), f"{w['old']} → {w['new']}", _vec(w["z_old"]),
-             _vec(w["z_new"]), f"{w['max_abs_diff_z']:.1e}"] for w in r["words"]]
+    rows = [[truncate(printable(w["word"]), 10), f"{w['old']} → {w['new']}", vec(w["z_old"], Z_SHOWN),
+             vec(w["z_new"], Z_SHOWN), f"{w['max_abs_diff_z']:.1e}"] for w in r["words"]]
     heads = r.get("heads", 1)
     z = "z" if heads == 1 else "head 1's z"  # every head is compared; one is shown
-    out.append(format_table(["word", "place", f"{z} (original, first {SHOW})", f"{z} (reversed)",
+    out.append(format_table(["word", "place", f"{z} (original, first {Z_SHOWN})", f"{z} (reversed)",
                              "max |Δz|" if heads == 1 else f"max |Δz|, {heads} heads"],
                             rows, left=2, indent="  "))
     d = r["max_abs_diff"]
     out.append("")
     if r["unchanged"]:
-        out += para(f"Every {_one(r['unit'])}'s z is unchanged, only moved with it: max |Δz| = "
+        out += para(f"Every {one(r['unit'])}'s z is unchanged, only moved with it: max |Δz| = "
                     f"{d['z']:.1e} over all of them, every component of every head (< {r['tolerance']:.0e}: "
                     "rounding). Without positions h_i is the same wherever the word stands, and "
                     "self-attention reads its input as a set: it cannot tell the two orders apart. The "
                     f"weights moved the same way: α'_kl = α_p(k)p(l), max |Δ| = {d['weights']:.1e}.")
     else:
-        one = _one(r["unit"])
         smallest = min(w["max_abs_diff_z"] for w in r["words"])
         why = ("With positions h_i depends on where the word stands, so the same word in another place gets "
                "another z: order is seen." if r["positions"] not in ("none", "unknown") else "")
         if r.get("masked"):
             why += (" The layer is also masked (a causal decoder): word i sees only words 1…i, so which "
                     "words a word sees depends on the order, with or without positions.")
-        out += para(f"The z's changed: max |Δz| = {d['z']:.3g} (the least-changed {one}: {smallest:.3g}); "
+        out += para(f"The z's changed: max |Δz| = {d['z']:.3g} (the least-changed {one(r['unit'])}: "
+                    f"{smallest:.3g}); "
                     f"the layer's inputs h differ by up to {d['h']:.3g}. {why.strip()}")
     if r["parts"]:
         out += [""] + _parts_lines(r["parts"], para, format_table)
@@ -177,11 +164,11 @@ def _parts_lines(parts: dict, para, format_table) -> list[str]:
     for (name_a, va), (name_b, vb) in zip(before["parts"], after["parts"], strict=True):
         a, b = _short(printable(name_a)), _short(printable(name_b))
         same = np.array_equal(np.array(va), np.array(vb))
-        rows.append([a if a == b else f"{a} / {b.lstrip('+ ')}", _vec(va),
-                     "(the same)" if same else _vec(vb)])
+        rows.append([a if a == b else f"{a} / {b.lstrip('+ ')}", vec(va, Z_SHOWN),
+                     "(the same)" if same else vec(vb, Z_SHOWN)])
     norm = before.get("norm")
     last = f"{norm.split(' (')[0]} → h" if norm else "= h"
     same = np.array_equal(np.array(before["h"]), np.array(after["h"]))
-    rows.append([last, _vec(before["h"]), "(the same)" if same else _vec(after["h"])])
+    rows.append([last, vec(before["h"], Z_SHOWN), "(the same)" if same else vec(after["h"], Z_SHOWN)])
     out.append(format_table(["", f"place {old}", f"place {new}"], rows, left=1, indent="  "))
     return out

@@ -15,9 +15,9 @@ import pytest
 import torch
 from conftest import run_cli
 
-from selfattention import bench
-from selfattention.bench import ATTENTION, LABELS, METHODS, PASSES, RNNS, run_bench, time_ms
-from selfattention.bench_table import render_table
+from selfattention.bench import run as bench
+from selfattention.bench.run import ATTENTION, LABELS, METHODS, PASSES, RNNS, run_bench, time_ms
+from selfattention.bench.table import render_table
 
 FAST = ["--rounds", "2", "--budget", "0", "--device", "cpu"]
 

@@ -90,7 +90,7 @@ def test_word_and_three_words():
 def test_an_answer_that_is_not_a_number_is_asked_again():
     """Issue 20: a line that is not a number (words, other scripts' digits, '_') is asked again, from a
     pipe as from a terminal; up to TRIES times."""
-    from selfattention.quiz import TRIES
+    from selfattention.explain.quiz import TRIES
 
     answers, _ = expected()
     rc, out, err = quiz(SENTENCE, stdin="\n".join(["twelve", f"{answers[0]}", "٠.٥", "1_0", f"{answers[1]}",
@@ -104,8 +104,8 @@ def test_an_answer_that_is_not_a_number_is_asked_again():
 
 def test_on_a_terminal_the_tries_are_bounded_too():
     from selfattention.errors import UsageError
+    from selfattention.explain.quiz import TRIES, make_quiz, run_quiz
     from selfattention.models.toy import ToyModel
-    from selfattention.quiz import TRIES, make_quiz, run_quiz
 
     facts, questions = make_quiz(ToyModel(dim=4, seed=0), SENTENCE)
     asked = []
@@ -136,7 +136,7 @@ def test_an_endless_or_huge_answer_is_read_bounded_and_not_echoed_whole(monkeypa
     import sys
 
     from selfattention.cli import main
-    from selfattention.quiz import MAX_LINE
+    from selfattention.explain.quiz import MAX_LINE
 
     stdin = EndlessLine()
     monkeypatch.setattr(sys, "stdin", stdin)

@@ -7,47 +7,43 @@ where; nothing here slices the packed weight). Every head reads the whole input 
 the output projection gives the layer's output O = W_O C + b_O (D × T). O is verified against the
 layer's own output in the model's forward pass (recorded by the trace).
 
-``build_multihead(trace, layer=, word=)`` → a JSON-serializable dict; ``render_multihead`` → text.
+``build_multihead(trace, selection)`` → a JSON-serializable dict; ``render_multihead`` → text.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from . import reference
-from ._text import printable
-from .explain import LAYER_TOLERANCE, TOLERANCE, default_word, mask_report, resolve_word
-from .models import DEFAULT_LAYER
-from .models.tracing import Trace
-
-SHOW = 4  # components of a vector shown in text
+from .. import reference
+from .._text import printable
+from ..models.tracing import Trace
+from .fmt import SHOW, f64, one, vec
+from .selection import Selection, mask_report, select
+from .walk import tolerance_for
 
 
-def _np(t) -> np.ndarray | None:
-    return None if t is None else t.detach().double().numpy()
-
-
-def build_multihead(trace: Trace, *, layer: int | None = None, word: str | None = None) -> dict[str, object]:
-    """Every head of ``layer`` (1-based) by the loops, their concatenation, W_O and the output.
+def build_multihead(trace: Trace, selection: Selection | None = None, *, layer: int | None = None,
+                    word: str | None = None) -> dict[str, object]:
+    """Every head of the ``selection``'s layer (without one: ``select``'s for ``layer``, 1-based, and
+    ``word``) by the loops, their concatenation, W_O and the output.
 
     Lecture convention (words are columns): H (D, T); per head Z_h (d, T); C (H·d, T); W_O (D, H·d);
     O and the layer's own output (D, T), as the trace recorded it.
     """
-    n = (layer or DEFAULT_LAYER) - 1
+    sel = selection or select(trace, layer=layer, word=word)
+    n, i = sel.layer, sel.word
     if trace.layers[n].output is None:
         raise ValueError(f"the trace did not record layer {n + 1}'s output")
     lt, attn, tokens = trace.layers[n], trace.attention(n), trace.tokens.tokens
-    i = resolve_word(word, tokens, default=default_word(trace), unit=trace.model.unit)
-    H = _np(lt.x).T  # (D, T)
+    H = f64(lt.x).T  # (D, T)
     allowed = None if lt.allowed is None else lt.allowed.numpy()
     heads, Zs = [], []
     for h in range(attn.num_heads):
-        W = {k: _np(x) for k, x in attn.head_projections(h).items()}  # W's (d, D), b's (d,) or None
+        W = {k: f64(x) for k, x in attn.head_projections(h).items()}  # W's (d, D), b's (d,) or None
         s = reference.self_attention(H, W["W_Q"], W["W_K"], W["W_V"], b_Q=W["b_Q"], b_K=W["b_K"],
                                      b_V=W["b_V"], mask=allowed)
         rows = attn.head_rows(h)
-        own = _np(lt.z["auto"][h]).T  # (d, T): this head's output in the forward pass
+        own = f64(lt.z["auto"][h]).T  # (d, T): this head's output in the forward pass
         top = int(np.argmax(s.A[i]))
         heads.append({"head": h + 1, "rows": {k: list(rows[k]) for k in ("Q", "K", "V")},
                       "kv_head": rows["kv_head"] + 1, "Z": s.Z.tolist(), "z": s.Z[:, i].tolist(),
@@ -55,11 +51,11 @@ def build_multihead(trace: Trace, *, layer: int | None = None, word: str | None 
                       "max_abs_diff": float(np.abs(own - s.Z).max(initial=0.0))})
         Zs.append(s.Z)
     C = np.concatenate(Zs, axis=0)  # (H·d, T): head 1's d rows, then head 2's, …
-    W_O = _np(attn.out_proj.weight)  # (D, H·d)
-    b_O = _np(attn.out_proj.bias)  # (D,) or None
+    W_O = f64(attn.out_proj.weight)  # (D, H·d)
+    b_O = f64(attn.out_proj.bias)  # (D,) or None
     O = W_O @ C + (0.0 if b_O is None else b_O[:, None])  # (D, T)
-    own_O = _np(trace.layers[n].output).T  # (D, T): the layer's output in the forward pass
-    tolerance = TOLERANCE if lt.x.dtype == torch.float64 else LAYER_TOLERANCE  # the toy: float64
+    own_O = f64(trace.layers[n].output).T  # (D, T): the layer's output in the forward pass
+    tolerance = tolerance_for(lt.x.dtype)
     diffs = {"output": float(np.abs(O - own_O).max(initial=0.0)),
              "heads": max(x["max_abs_diff"] for x in heads)}
     return {
@@ -79,22 +75,17 @@ def build_multihead(trace: Trace, *, layer: int | None = None, word: str | None 
     }
 
 
-def _vec(x: list[float], n: int = SHOW) -> str:
-    from .viz.terminal import short_vector
-
-    return short_vector(x, n)
-
-
-def render_multihead(r: dict, *, width: int = 100, wide: bool = False) -> str:
-    """The multi-head walk-through as terminal text, lines of at most ``width`` (``wide``: no limit)."""
-    from .viz.terminal import format_table, paragraph, truncate
+def render_multihead(r: dict, *, width: int = 100, wide: bool = False, color: bool = False,
+                     vmax: float | None = None) -> str:
+    """The multi-head walk-through as terminal text, lines of at most ``width`` (``wide``: no limit);
+    ``color`` and ``vmax`` (the walk-through's heatmap) do not apply: it has no heatmap."""
+    from ..viz.terminal import format_table, paragraph, truncate
 
     def para(text: str, indent: str = "", hang: str = "    ") -> list[str]:
         return paragraph(text, width, wide=wide, indent=indent, hang=hang)
 
     Hn, d, D, T = r["num_heads"], r["d"], r["D"], r["T"]
     i, w = r["word"]["index"], printable(r["word"]["word"])
-    one = {"words": "word", "word pieces": "word piece", "characters": "character"}.get(r["unit"], "token")
     heads = f"{Hn} heads" if Hn > 1 else "one head (the lecture's; several in a real model)"
     out = para(f"Multi-head attention, layer {r['layer']} of {r['title']}: {heads} of d = {d}, then W_O")
     out += para(f"Input: H ({D} × {T}), the layer's input; every head reads all of it. Head h (h = 1…{Hn}) "
@@ -113,7 +104,7 @@ def render_multihead(r: dict, *, width: int = 100, wide: bool = False) -> str:
         q0, q1 = h["rows"]["Q"]
         top = h["top"]
         rows.append([str(h["head"]), f"{q0}…{q1 - 1}",
-                     f"{truncate(printable(top['word']), 10)} {top['alpha']:.2f}", _vec(h["z"])])
+                     f"{truncate(printable(top['word']), 10)} {top['alpha']:.2f}", vec(h["z"])])
     out.append(format_table(["head", "W_Q rows", f'"{truncate(w, 10)}" attends most to', f"z_{i} of head h "
                              f"(first {min(SHOW, d)} of {d})"], rows, left=3, indent="  "))
     c = np.array(r["C"])[:, i - 1]
@@ -122,13 +113,13 @@ def render_multihead(r: dict, *, width: int = 100, wide: bool = False) -> str:
                            f"{Hn * d} rows × {T}: column i is c_i = [z_i of head 1; …; z_i of head {Hn}]")
     else:
         out += [""] + para(f"Concatenate: with one head there is nothing to stack, C = Z_1 ({d} × {T})")
-    out.append(f"  c_{i} = {_vec(c.tolist(), 6)}  (components 1…{d} are head 1's z_{i}, …)")
+    out.append(f"  c_{i} = {vec(c.tolist(), 6)}  (components 1…{d} are head 1's z_{i}, …)")
     O, own = np.array(r["O"])[:, i - 1], np.array(r["layer_output"])[:, i - 1]
     b = " + b_O" if r["b_O"] is not None else ""
     out += [""] + para(f"Project: O = W_O C{b}  (W_O: {D} × {Hn * d}, the layer's out_proj, learned), "
-                       f"{D} × {T}: each {one}'s output mixes every head")
-    out.append(f"  o_{i} = W_O c_{i}{b} = {_vec(O.tolist(), 6)}")
-    out.append(f"  the layer's own o_{i} (its forward pass) = {_vec(own.tolist(), 6)}")
+                       f"{D} × {T}: each {one(r['unit'])}'s output mixes every head")
+    out.append(f"  o_{i} = W_O c_{i}{b} = {vec(O.tolist(), 6)}")
+    out.append(f"  the layer's own o_{i} (its forward pass) = {vec(own.tolist(), 6)}")
     v = r["verification"]
     mark = f"all < {v['tolerance']:.0e} ✓" if v["ok"] else f"NOT all < {v['tolerance']:.0e} ✗"
     out += [""] + para(f"verify: max |W_O C{b} − the layer's own output| over all {T} {r['unit']} and {D} "
