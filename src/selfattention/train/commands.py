@@ -11,12 +11,6 @@ from pathlib import Path
 
 from ..errors import InputError, UsageError
 
-# Defaults that differ by task (the rest are TrainConfig's).
-TASK_DEFAULTS: dict[str, dict[str, object]] = {
-    "recall": {"max_len": 8, "longer_len": 12},
-    "text": {"d_model": 128, "num_layers": 4, "d_ff": 512, "batch_size": 32, "lr": 1e-3, "dropout": 0.1,
-             "eval_every": 200, "eval_size": 64},
-}
 # argparse name → TrainConfig field
 OPTIONS = {"steps": "steps", "batch_size": "batch_size", "model": "model", "seed": "seed",
            "checkpoint_every": "checkpoint_every", "eval_every": "eval_every", "keep": "keep",
@@ -46,23 +40,26 @@ def _peek_config(out: Path):
 def make_config(args: argparse.Namespace):
     """TrainConfig from the task's defaults (or, on --resume, the checkpoint's) and the options given."""
     from .config import TrainConfig
+    from .tasks import TASKS, get_task
     from .text import read_text
 
-    if args.task != "text" and args.text:
-        raise UsageError(f"--text is for the text task; {args.task} makes its own data")
+    task = get_task(args.task)
+    if not task.from_file and args.text:
+        readers = " or ".join(name for name, row in TASKS.items() if row.from_file)
+        raise UsageError(f"--text is for the {readers} task; {args.task} makes its own data")
     given = _given(args)
     base = _peek_config(Path(args.out)) if args.resume else None
     if base is not None and base.task != args.task:
         raise UsageError(f"--resume: {args.out} holds a run of task {base.task!r}, not {args.task!r}")
-    stored = args.task == "text" and not args.text
+    stored = task.from_file and not args.text
     if stored:
         if base is None or not base.text:
-            raise UsageError("the text task needs --text FILE (a UTF-8 text file to learn from)")
+            raise UsageError(f"the {args.task} task needs --text FILE (a UTF-8 text file to learn from)")
         args.text = base.text  # resuming: the file the run was started with (its hash is checked)
-    values = base.to_dict() if base is not None else {"task": args.task, **TASK_DEFAULTS.get(args.task, {})}
+    values = base.to_dict() if base is not None else {"task": args.task, **task.defaults}
     values.update(given)
     text = None
-    if args.task == "text":
+    if task.from_file:
         try:
             text, sha = read_text(args.text)
         except InputError as err:
@@ -119,6 +116,7 @@ def summary(trainer) -> str:
     import math
 
     from .metrics import fixed
+    from .tasks import get_task
 
     r = trainer.last_record or {}
     c = trainer.config
@@ -128,10 +126,11 @@ def summary(trainer) -> str:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
     when = "" if r.get("step") == trainer.step else f" (evaluated at step {r.get('step')})"
-    if c.task != "text" and good("accuracy"):
+    answers = not get_task(c.task).from_file  # scored by whole answers; a text model by its loss
+    if answers and good("accuracy"):
         what = (f"held-out accuracy {r['accuracy']:.3f} (lengths {c.min_len}-{c.max_len})"
                 + (f", longer {r['longer_accuracy']:.3f}" if good("longer_accuracy") else "") + when)
-    elif c.task == "text" and good("eval_loss"):
+    elif not answers and good("eval_loss"):
         what = f"eval_loss {fixed(r['eval_loss'], 4)}{when}"
     else:
         what = "no evaluation yet"
@@ -151,6 +150,7 @@ def _finish(trainer, out: Path, pictures: bool) -> None:
 def generate_command(args: argparse.Namespace) -> int:
     import torch
 
+    from .tasks import get_task
     from .trained import continue_text, load_trained
 
     # One token at a time is a chain of tiny operations: a second thread only adds wake-ups. Measured
@@ -159,24 +159,16 @@ def generate_command(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
 
     t = load_trained(args.dir)
-    if t.task == "text":
-        max_new = 200 if args.max_new is None else args.max_new
-        temperature = 0.8 if args.temperature is None else args.temperature
-        t.prompt_for(args.prompt)  # an empty prompt is an error before any work
-    else:
-        max_new = 2 * t.config.longer_len + 2 if args.max_new is None else args.max_new
-        temperature = 0.0 if args.temperature is None else args.temperature
-        from .tasks import get_task
-
-        t.prompt_for(args.prompt)  # a prompt the task cannot take is an error, before any warning
-        n, c = get_task(t.task).length(args.prompt), t.config
-        if not c.min_len <= n <= c.max_len:
-            unit = "pairs" if t.task == "recall" else "letters"
-            warnings.warn(f"the model was trained on prompts of {c.min_len}-{c.max_len} {unit}; this one has "
-                          f"{n}, so the answer tests length generalisation", stacklevel=1)
+    task = get_task(t.task)
+    max_new = task.max_new(t.config) if args.max_new is None else args.max_new
+    temperature = task.temperature if args.temperature is None else args.temperature
+    t.prompt_for(args.prompt)  # a prompt the task cannot take is an error before any work or warning
+    note = task.length_warning(args.prompt, t.config)
+    if note is not None:
+        warnings.warn(note, stacklevel=1)
     out = continue_text(t, args.prompt, max_new, temperature=temperature, seed=args.seed,
                         use_cache=not args.no_cache)
-    print(shown(args.prompt + out if t.task == "text" else out))
+    print(shown(task.printed(args.prompt, out)))
     return 0
 
 

@@ -12,14 +12,14 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from torch import nn
 
+from .._options import MAX_SEED
 from ..errors import OptionError, UsageError
 from ..transformer import DecoderLM, TransformerConfig, parameter_count
 from .baseline import GRULM, matched_hidden
+from .tasks import TASKS, get_task
 
 MODELS = ("transformer", "gru")
 DTYPES = ("float32", "float64")
-TASKS = ("copy", "reverse", "sort", "recall", "text")
-MAX_SEED = 2**63 - 1  # torch.manual_seed takes a 64-bit integer
 # Upper bounds of the counts that size work but not memory (memory is checked by ``check_memory``):
 # a run stops in finite time and a hand-edited state.json cannot ask for an endless evaluation.
 MAX_STEPS = 10**9  # steps, eval_every, checkpoint_every, warmup, decay_steps
@@ -31,7 +31,7 @@ MAX_KEEP = 1000  # checkpoints kept
 class TrainConfig:
     """One training run. Defaults: ``selfattention train reverse`` reaches ≥ 99 % held-out accuracy."""
 
-    task: str  # copy, reverse, sort, recall or text
+    task: str  # a name of the task table (tasks.TASKS): copy, reverse, sort, recall or text
     model: str = "transformer"  # or "gru", the recurrent baseline of about the same size
     steps: int = 2000  # optimizer steps in all (a resumed run may raise it)
     batch_size: int = 64  # sequences per step, in all processes together (the global batch)
@@ -64,7 +64,7 @@ class TrainConfig:
     RUNTIME = ("steps", "eval_every", "eval_size", "checkpoint_every", "keep", "text")
 
     def check(self) -> TrainConfig:
-        if self.task not in TASKS:
+        if not isinstance(self.task, str) or self.task not in TASKS:  # (a list: a TypeError as a dict key)
             raise UsageError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"seed must be an integer in 0 … 2**63-1, got {self.seed!r}")
@@ -102,9 +102,7 @@ class TrainConfig:
             raise UsageError(f"min_len={self.min_len} is above max_len={self.max_len}")
         if self.longer_len < self.max_len:
             raise UsageError(f"longer_len={self.longer_len} is below max_len={self.max_len}")
-        if self.task == "recall" and self.longer_len > 26:
-            raise UsageError(f"recall has at most 26 pairs (distinct letter keys), "
-                             f"got longer_len={self.longer_len}")
+        TASKS[self.task].check(self)
         try:
             # The GRU is sized to match this Transformer, so its sizes must make one too.
             self.transformer(2).check()
@@ -133,12 +131,9 @@ class TrainConfig:
         return replace(self, **changes)
 
     def sequence_len(self) -> int:
-        """The longest sequence the model is ever given (its positions must cover it)."""
-        if self.task == "text":
-            return self.context
-        if self.task == "recall":
-            return 2 * self.longer_len + 4  # pairs, "?", key, "=", value, "."
-        return 2 * self.longer_len + 2  # prompt, "=", answer, "."
+        """The longest sequence the model is ever given (its positions must cover it): the task's
+        longest training string, or the text task's window."""
+        return get_task(self.task).sequence_len(self)
 
     def transformer(self, vocab_size: int) -> TransformerConfig:
         return TransformerConfig(vocab_size=vocab_size, d_model=self.d_model, num_heads=self.num_heads,

@@ -7,23 +7,42 @@ exactly the sequences of a run on one, and a resumed run exactly those of an uni
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from .config import TrainConfig
-from .tasks import (
-    END,
-    Batch,
-    Vocabulary,
-    encode_batch,
-    get_task,
-    heldout_prompts,
-    step_rng,
-    train_prompts,
-)
+from .tasks import END, Task, Vocabulary, get_task, heldout_prompts, step_rng, train_prompts
 from .text import read_text
 
 EVAL_SEED = 20240611  # one fixed held-out set for every run, whatever its seed
+
+
+@dataclass
+class Batch:
+    """Token ids and what the loss counts, for a decoder-only model (teacher forcing)."""
+
+    inputs: torch.Tensor  # (B, T) ids of the sequence without its last token
+    targets: torch.Tensor  # (B, T) ids of the sequence without its first token
+    weight: torch.Tensor  # (B, T) bool: True where the target is part of the answer (or its ".")
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+
+def encode_batch(task: Task, prompts: list[str]) -> Batch:
+    """Right-padded ids of the training strings; the loss counts the answer and the final "."."""
+    vocab = task.vocab
+    seqs = [vocab.encode(task.sequence(p)) for p in prompts]
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), vocab.index[END], dtype=torch.long)  # (B, T) padded with "."
+    weight = torch.zeros(len(seqs), T - 1, dtype=torch.bool)  # (B, T - 1)
+    for b, (p, s) in enumerate(zip(prompts, seqs, strict=True)):
+        ids[b, : len(s)] = torch.tensor(s)
+        start = len(p) + len(task.sep)  # where the answer begins in s
+        weight[b, start - 1: len(s) - 1] = True  # targets s[start …]: the answer and "."
+    return Batch(ids[:, :-1], ids[:, 1:], weight)
 
 
 def _slice(n: int, rank: int, world: int) -> slice:
@@ -35,7 +54,10 @@ class SyntheticData:
     """Batches of one synthetic task (see ``tasks``)."""
 
     def __init__(self, config: TrainConfig):
-        self.config, self.task = config, get_task(config.task)
+        task = get_task(config.task)
+        if not isinstance(task, Task):
+            raise ValueError(f"{config.task} is not a synthetic task: it learns from a text file (TextData)")
+        self.config, self.task = config, task
         self.vocab: Vocabulary = self.task.vocab
         self.stop: int | None = self.vocab.index[END]
 
@@ -110,4 +132,5 @@ def _windows(rows: torch.Tensor) -> Batch:
 
 
 def make_data(config: TrainConfig, text: str | None = None) -> SyntheticData | TextData:
-    return TextData(config, text) if config.task == "text" else SyntheticData(config)
+    """The data of ``config``'s task: windows of its text file, or prompts it draws."""
+    return TextData(config, text) if get_task(config.task).from_file else SyntheticData(config)

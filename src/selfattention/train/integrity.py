@@ -24,6 +24,7 @@ import torch
 from .._io import file_kind
 from ..errors import ModelError
 from .config import TrainConfig
+from .tasks import get_task
 
 FORMAT = "selfattention-train-checkpoint"
 VERSION = 2  # 2: SHA256SUMS over every file, every field of state.json required and bounded
@@ -230,11 +231,9 @@ def check_state(f: Path, state: dict) -> None:
     if not isinstance(vocab, list) or not vocab or len(set(map(repr, vocab))) != len(vocab) \
             or not all(isinstance(ch, str) and len(ch) == 1 for ch in vocab):
         raise bad("vocab", "a non-empty list of distinct one-character strings")
-    if c.task != "text":
-        from .tasks import get_task
-
-        if vocab != get_task(c.task).vocab.tokens:
-            raise bad("vocab", f"the {c.task} task's characters")
+    fixed = get_task(c.task).vocab  # None: the text file's characters
+    if fixed is not None and vocab != fixed.tokens:
+        raise bad("vocab", f"the {c.task} task's characters")
     files = state["files"]
     if not isinstance(files, dict) or set(files) != set(FILES) or not all(
             isinstance(v, dict) and set(v) == {"bytes", "sha256"} and _int(v["bytes"], 1, 2**63)

@@ -26,11 +26,11 @@ from ..errors import UsageError, UserError
 from ..transformer import DecoderLM, parameter_count
 from . import checkpoint, metrics
 from .config import EVAL_CHUNK, TrainConfig, build_model, check_memory
-from .data import SyntheticData, TextData, make_data
+from .data import Batch, SyntheticData, TextData, make_data
 from .distributed import Dist, agree, all_sum, broadcast_int, guard
 from .metrics import format_record
 from .run_folder import check_ahead, claim
-from .tasks import Batch
+from .tasks import get_task
 
 BETAS = (0.9, 0.98)
 
@@ -309,7 +309,7 @@ def run(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fals
     data = make_data(config, text)
     check_memory(config, len(data.vocab), device=dist.device)
     trainer = Trainer(config, data, dist)
-    reads = [("--text", config.text)] if config.task == "text" and config.text else []
+    reads = [("--text", config.text)] if get_task(config.task).from_file and config.text else []
     with claim(out, dist, reads):
         ckpt = _start(trainer, out, resume)
         if ckpt is not None:

@@ -1,6 +1,13 @@
-"""Synthetic tasks whose attention patterns a person can recognise, generated on the fly.
+"""The task table, ``TASKS``: one row per task ``selfattention train`` knows, and how the synthetic
+tasks draw their prompts. No torch here: the command line's parser and ``TrainConfig`` read it.
 
-Every example is one string the decoder-only model reads left to right,
+A row answers everything the rest of ``train/`` asks of a task: its name and a line of help, what a
+prompt's length counts (``unit``), the defaults that differ from ``TrainConfig``'s, the longest
+sequence the model reads, what the model is given for a prompt and what ``generate`` prints. A new
+task is one row (``Task``: a name, what it does, an example and ``solve``; a task of letters needs
+nothing more).
+
+Synthetic tasks (``Task``). Every example is one string the decoder-only model reads left to right,
 
     prompt "=" answer "."        e.g. reverse:  "hello=olleh."     recall:  "a1b7c3?b7."
 
@@ -18,20 +25,26 @@ used for training; accuracy is measured on those only. A length with few prompts
 
 Data for training step s comes from a generator seeded by (seed, s), so any step's batch can be
 regenerated: that is the whole "data position" a checkpoint needs.
+
+The text task (``TextTask``) is a character-level language model of ``--text FILE`` (read by
+``text.read_text``, cut into windows by ``data.TextData``): a prompt is continued, not answered.
 """
 
 from __future__ import annotations
 
 import hashlib
 import string
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
 
-from ..errors import InputError
+from ..errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 LETTERS = string.ascii_lowercase
 DIGITS = string.digits
@@ -66,35 +79,105 @@ class Vocabulary:
         return "".join(self.tokens[int(i)] for i in ids)
 
 
-@dataclass(frozen=True)
+def _letters(rng: np.random.Generator, n: int) -> str:
+    return "".join(LETTERS[i] for i in rng.integers(0, len(LETTERS), n))
+
+
+def _count_words(n: int) -> int:
+    return len(LETTERS) ** n
+
+
+def _all_words(n: int) -> Iterable[str]:
+    idx = np.indices((len(LETTERS),) * n).reshape(n, -1).T  # (26**n, n)
+    return ("".join(LETTERS[i] for i in row) for row in idx)
+
+
+def _as_long(n: int) -> int:
+    return 2 * n + 2  # prompt, "=", an answer as long, "."
+
+
+# eq=False: a row is equal only to itself, and hashable (``_held_out_of`` caches by row).
+@dataclass(frozen=True, eq=False)
 class Task:
-    """A synthetic task: its symbols, how an answer follows from a prompt, and how prompts are drawn."""
+    """A synthetic task, one row of the table: its symbols, how an answer follows from a prompt, how
+    prompts are drawn and counted, and its defaults. The defaults of the fields make a task of
+    letters whose answer is as long as its prompt."""
 
     name: str
-    symbols: str  # what prompts are made of (recall: keys then values)
+    what: str  # what the answer is, for messages ("copy the letters")
+    example: str  # a prompt, shown with its answer in --help and in messages ("abc")
     solve: Callable[[str], str]
-    draw: Callable[[np.random.Generator, int], str]  # a random prompt of a given length
-    count: Callable[[int], int]  # how many prompts of a length exist
-    enumerate_all: Callable[[int], Iterable[str]]  # every prompt of a length (only used when few)
-    description: str
+    symbols: str = LETTERS  # what prompts are made of (recall: keys then values)
+    extra: str = ""  # other characters of prompts or answers (recall's "?")
+    sep: str = SEP  # what comes between prompt and answer: "=", or nothing for recall (see above)
+    unit: str = "letters"  # what a prompt's length counts (recall: "pairs")
+    draw: Callable[[np.random.Generator, int], str] = _letters  # a random prompt of a given length
+    count: Callable[[int], int] = _count_words  # how many prompts of a length exist
+    enumerate_all: Callable[[int], Iterable[str]] = _all_words  # every prompt of a length (only when few)
+    length: Callable[[str], int] = len  # a prompt's length, in units
+    longest: Callable[[int], int] = _as_long  # the longest training string of prompts of n units
+    most: int | None = None  # the longest prompt that exists (units), and why (for the message)
+    most_why: str = ""
+    defaults: Mapping[str, object] = field(default_factory=dict)  # TrainConfig fields, where they differ
+    temperature: float = 0.0  # generate's default: always the likeliest token
+
+    from_file: ClassVar[bool] = False  # draws its own prompts (the text task reads --text FILE)
 
     @property
-    def sep(self) -> str:
-        """What comes between prompt and answer: "=", or nothing for recall (see above)."""
-        return "" if self.name == "recall" else SEP
+    def help(self) -> str:
+        return self.sequence(self.example)
+
+    @property
+    def description(self) -> str:
+        return f"{self.what}: {self.help}"
 
     @property
     def vocab(self) -> Vocabulary:
-        extra = QUERY if self.name == "recall" else ""
-        return Vocabulary(self.symbols + extra + self.sep + END)
+        return Vocabulary(self.symbols + self.extra + self.sep + END)
 
     def sequence(self, prompt: str) -> str:
         """The whole training string: prompt, "=" (not for recall), answer, "."."""
         return f"{prompt}{self.sep}{self.solve(prompt)}{END}"
 
-    def length(self, prompt: str) -> int:
-        """Letters of a prompt (recall: key-value pairs)."""
-        return len(prompt.partition(QUERY)[0]) // 2 if self.name == "recall" else len(prompt)
+    def sequence_len(self, config: TrainConfig) -> int:
+        return self.longest(config.longer_len)
+
+    def check(self, config: TrainConfig) -> None:
+        """UsageError for lengths this task does not have."""
+        if self.most is not None and config.longer_len > self.most:
+            raise UsageError(f"{self.name} has at most {self.most} {self.unit} ({self.most_why}), "
+                             f"got longer_len={config.longer_len}")
+
+    def prompt_for(self, text: str) -> str:
+        """What the model reads before answering: the prompt and "=" (recall: the prompt alone);
+        InputError for an empty prompt or a character prompts do not use."""
+        allowed = set(self.vocab.tokens) - {self.sep, END}
+        bad = next((c for c in text if c not in allowed), None)
+        if bad is not None or not text:
+            what = f"the character {bad!r}" if bad is not None else "an empty prompt"
+            raise InputError(f"--prompt: {what} is not a {self.name} prompt ({self.description}; a prompt "
+                             f"uses only {''.join(sorted(allowed))})")
+        return text + self.sep
+
+    def printed(self, prompt: str, generated: str) -> str:  # noqa: ARG002
+        """What ``generate`` prints: the answer alone."""
+        return generated
+
+    def stop(self, vocab: Vocabulary) -> int | None:
+        """The token that ends generation: the answer's final "."."""
+        return vocab.index[END]
+
+    def max_new(self, config: TrainConfig) -> int:
+        """generate's default --max-new: more than the longest answer."""
+        return 2 * config.longer_len + 2
+
+    def length_warning(self, prompt: str, config: TrainConfig) -> str | None:
+        """A line when ``prompt`` is of a length the model was not trained on."""
+        n = self.length(prompt)
+        if config.min_len <= n <= config.max_len:
+            return None
+        return (f"the model was trained on prompts of {config.min_len}-{config.max_len} {self.unit}; this "
+                f"one has {n}, so the answer tests length generalisation")
 
     def held_out(self, prompt: str) -> bool:
         """Is ``prompt`` in the held-out set (never trained on)? Fixed forever by a hash."""
@@ -102,6 +185,48 @@ class Task:
         if self.count(n) <= ENUMERATE_MAX:
             return prompt in _held_out_of(self, n)
         return _hash(self.name, prompt) % HELDOUT == 0
+
+
+@dataclass(frozen=True, eq=False)
+class TextTask:
+    """The text task, one row of the table: a character-level language model of ``--text FILE``.
+    Its vocabulary is the file's characters; a prompt is continued, and printed with its
+    continuation."""
+
+    name: str
+    help: str
+    unit: str = "characters"
+    defaults: Mapping[str, object] = field(default_factory=dict)
+    temperature: float = 0.8  # generate's default: sampled
+
+    from_file: ClassVar[bool] = True  # reads --text FILE (stored in the config: a resume finds it)
+    vocab: ClassVar[None] = None  # not fixed: the file's characters
+
+    def sequence_len(self, config: TrainConfig) -> int:
+        return config.context
+
+    def check(self, config: TrainConfig) -> None:
+        pass
+
+    def prompt_for(self, text: str) -> str:
+        """The text itself; InputError for an empty one."""
+        if not text:
+            raise InputError("--prompt: an empty prompt; a text model continues a text of at least one "
+                             "character")
+        return text
+
+    def printed(self, prompt: str, generated: str) -> str:
+        return prompt + generated
+
+    def stop(self, vocab: Vocabulary) -> int | None:  # noqa: ARG002
+        return None
+
+    def max_new(self, config: TrainConfig) -> int:  # noqa: ARG002
+        """generate's default --max-new."""
+        return 200
+
+    def length_warning(self, prompt: str, config: TrainConfig) -> str | None:  # noqa: ARG002
+        return None
 
 
 def _hash(name: str, prompt: str) -> int:
@@ -113,15 +238,6 @@ def _held_out_of(task: Task, n: int) -> frozenset[str]:
     """Held-out prompts of a length with few: the 1/16 with the smallest hashes (at least one)."""
     everything = sorted(task.enumerate_all(n), key=lambda p: _hash(task.name, p))
     return frozenset(everything[:max(1, len(everything) // HELDOUT)])
-
-
-def _letters(rng: np.random.Generator, n: int) -> str:
-    return "".join(LETTERS[i] for i in rng.integers(0, len(LETTERS), n))
-
-
-def _all_words(n: int) -> Iterable[str]:
-    idx = np.indices((len(LETTERS),) * n).reshape(n, -1).T  # (26**n, n)
-    return ("".join(LETTERS[i] for i in row) for row in idx)
 
 
 def _draw_recall(rng: np.random.Generator, pairs: int) -> str:
@@ -153,22 +269,31 @@ def _all_recall(pairs: int) -> Iterable[str]:
                 yield f"{body}{QUERY}{q}"
 
 
-TASKS: dict[str, Task] = {
-    "copy": Task("copy", LETTERS, lambda p: p, _letters, lambda n: len(LETTERS) ** n, _all_words,
-                 "copy the letters: abc=abc."),
-    "reverse": Task("reverse", LETTERS, lambda p: p[::-1], _letters, lambda n: len(LETTERS) ** n, _all_words,
-                    "reverse the letters: abc=cba."),
-    "sort": Task("sort", LETTERS, lambda p: "".join(sorted(p)), _letters, lambda n: len(LETTERS) ** n,
-                 _all_words, "sort the letters: cab=abc."),
-    "recall": Task("recall", LETTERS + DIGITS, _solve_recall, _draw_recall, _count_recall, _all_recall,
-                   "associative recall: key-value pairs, '?', a key; answer its value: a1b7?b7."),
-}
-SYNTHETIC = tuple(TASKS)
+def _pairs(prompt: str) -> int:
+    return len(prompt.partition(QUERY)[0]) // 2
 
 
-def get_task(name: str) -> Task:
+# The task table, in the order --help lists them.
+TASKS: dict[str, Task | TextTask] = {t.name: t for t in (
+    Task("copy", "copy the letters", "abc", lambda p: p),
+    Task("reverse", "reverse the letters", "abc", lambda p: p[::-1]),
+    Task("sort", "sort the letters", "cab", lambda p: "".join(sorted(p))),
+    Task("recall", "associative recall: key-value pairs, '?', a key; answer its value", "a1b7?b",
+         _solve_recall, symbols=LETTERS + DIGITS, extra=QUERY, sep="", unit="pairs", draw=_draw_recall,
+         count=_count_recall, enumerate_all=_all_recall, length=_pairs,
+         longest=lambda n: 2 * n + 4,  # pairs, "?", key, value, "."
+         most=len(LETTERS), most_why="distinct letter keys", defaults={"max_len": 8, "longer_len": 12}),
+    TextTask("text", "a character-level language model of --text FILE",
+             defaults={"d_model": 128, "num_layers": 4, "d_ff": 512, "batch_size": 32, "lr": 1e-3,
+                       "dropout": 0.1, "eval_every": 200, "eval_size": 64}),
+)}
+SYNTHETIC = tuple(name for name, task in TASKS.items() if not task.from_file)
+
+
+def get_task(name: str) -> Task | TextTask:
+    """The row of task ``name``; InputError naming the tasks there are."""
     if name not in TASKS:
-        raise InputError(f"unknown task {name!r}; expected one of {', '.join(TASKS)} or text")
+        raise InputError(f"unknown task {name!r}; expected one of {', '.join(TASKS)}")
     return TASKS[name]
 
 
@@ -203,29 +328,3 @@ def heldout_prompts(task: Task, rng: np.random.Generator, n: int, min_len: int, 
                 out.append(p)
                 break
     return out
-
-
-@dataclass
-class Batch:
-    """Token ids and what the loss counts, for a decoder-only model (teacher forcing)."""
-
-    inputs: torch.Tensor  # (B, T) ids of the sequence without its last token
-    targets: torch.Tensor  # (B, T) ids of the sequence without its first token
-    weight: torch.Tensor  # (B, T) bool: True where the target is part of the answer (or its ".")
-
-    def __len__(self) -> int:
-        return self.inputs.shape[0]
-
-
-def encode_batch(task: Task, prompts: list[str]) -> Batch:
-    """Right-padded ids of the training strings; the loss counts the answer and the final "."."""
-    vocab = task.vocab
-    seqs = [vocab.encode(task.sequence(p)) for p in prompts]
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), vocab.index[END], dtype=torch.long)  # (B, T) padded with "."
-    weight = torch.zeros(len(seqs), T - 1, dtype=torch.bool)  # (B, T - 1)
-    for b, (p, s) in enumerate(zip(prompts, seqs, strict=True)):
-        ids[b, : len(s)] = torch.tensor(s)
-        start = len(p) + len(task.sep)  # where the answer begins in s
-        weight[b, start - 1: len(s) - 1] = True  # targets s[start …]: the answer and "."
-    return Batch(ids[:, :-1], ids[:, 1:], weight)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError, ModelError, OptionError
+from ..errors import ModelError, OptionError
 from . import checkpoint
 from .baseline import GRULM
 from .config import TrainConfig, build_model, check_memory
-from .tasks import END, SEP, Vocabulary, get_task
+from .tasks import END, Vocabulary, get_task
 
 
 @dataclass
@@ -46,20 +46,8 @@ class TrainedModel:
 
     def prompt_for(self, text: str) -> str:
         """What the model reads before answering: "<prompt>=" for a task ("<prompt>" for recall), the
-        text itself for text."""
-        if self.task == "text":
-            if not text:
-                raise InputError("--prompt: an empty prompt; a text model continues a text of at least one "
-                                 "character")
-            return text
-        task = get_task(self.task)
-        allowed = set(task.vocab.tokens) - {SEP, END}
-        bad = next((c for c in text if c not in allowed), None)
-        if bad is not None or not text:
-            what = f"the character {bad!r}" if bad is not None else "an empty prompt"
-            raise InputError(f"--prompt: {what} is not a {self.task} prompt ({task.description}; a prompt "
-                             f"uses only {''.join(sorted(allowed))})")
-        return text + task.sep
+        text itself for text (the task's ``prompt_for``); InputError for a prompt it cannot take."""
+        return get_task(self.task).prompt_for(text)
 
 
 def load_trained(path: str | os.PathLike[str]) -> TrainedModel:
@@ -113,7 +101,7 @@ def continue_text(t: TrainedModel, prompt: str, max_new: int, *, temperature: fl
         # Said, not silent: two prompts that differ only there get the same answer.
         warnings.warn(f"--prompt: dropped its first {ids.shape[1] - limit} characters (the model has "
                       f"{limit} positions)", UserWarning, stacklevel=2)
-    stop = t.vocab.index[END] if t.task != "text" else None
+    stop = get_task(t.task).stop(t.vocab)  # a task's final "."; None: a text goes on
     gen = torch.Generator().manual_seed(seed)
     calls = [0]
 
