@@ -2,11 +2,14 @@
 backward, N = 1, 2 and 4 processes; the longest sequence that fits a per-process memory budget;
 and a model on paper of 8 GPUs (NVLink, PCIe) from the kernel's measured H200 throughput.
 
-- Memory, "tensors": the peak of the bytes held by live tensors during the call, from torch's own
-  allocation events (``torch.profiler`` with ``profile_memory=True``: every allocation and free of
-  the CPU allocator, summed in time order), in a second call after the timed one. That is
-  "attention's own tensors": what it allocates for itself, counted exactly. tracemalloc does not
-  see torch's allocations, and torch keeps no peak counter for CPU memory.
+- Memory, "tensors": the peak of the bytes held by the tensors allocated during the call, in a
+  second call after the timed one: "attention's own tensors". Counted op by op (``LiveBytes``, a
+  TorchDispatchMode: each new storage an op returns adds its bytes, and its release, which a
+  weakref on the storage reports, subtracts them), which costs a few bytes per live storage. The
+  main table also gives torch's own count, from the CPU allocator's events (``torch.profiler`` with
+  ``profile_memory=True``), which sees an op's internal scratch too (SDPA's) but keeps ~10 KB per
+  op: 5 GB per process, which the machine could not hold, at T = 49152 with N = 4. tracemalloc
+  does not see torch's allocations, and torch keeps no peak counter for CPU memory.
 - Memory, "RSS": the resident high-water mark (VmHWM, reset through /proc/self/clear_refs) minus
   the resident size before the timed call: everything, gloo and the C allocator's slack included —
   glibc keeps freed blocks of up to 32 MiB in its arenas, so this runs above the tensors' peak by
@@ -14,12 +17,13 @@ and a model on paper of 8 GPUs (NVLink, PCIe) from the kernel's measured H200 th
 - Time: wall time of the timed call on rank 0, between two barriers. The N processes share the
   machine's cores (--cores, default all): N = 1 runs with all of them as threads; N processes
   split them, one thread each at least — N = 4 on 2 cores runs two processes per core.
-- N = 1 is the ring of one process: the blockwise tier on the two halves of the queries (the
-  zigzag layout's two chunks) against all the keys. Two baselines in one process are measured too:
-  attention(backend="blockwise") on the whole sequence (the tier the ring runs locally, queries in
-  one piece) and attention(backend="torch") (PyTorch's fused SDPA, which tiles queries as well).
+- N = 1 is the ring of one process: the same local work as every N (the blockwise tier in score
+  tiles of 256 queries × one lane's run of keys, merged tile by tile), without transfers. Two
+  baselines in one process are measured too: attention(backend="blockwise") on the whole sequence
+  (the tier itself, its queries in one piece: tiles of T × 512 scores) and attention(backend="torch")
+  (PyTorch's fused SDPA).
 
-    python benchmarks/ring_attention.py [--T 32768] [--heads 4] [--dim 64] [--budget-mib 128]
+    python benchmarks/ring_attention.py [--T 32768] [--heads 4] [--dim 64] [--budget-mib 64]
 """
 
 from __future__ import annotations
@@ -40,6 +44,49 @@ sys.path.insert(0, os.path.dirname(__file__))
 from blockwise_memory import _maxrss_bytes, _reset_peak, _rss_bytes  # noqa: E402
 
 LADDER = (4096, 6144, 8192, 12288, 16384, 24576, 32768, 49152, 65536, 98304, 131072)
+
+
+def live_bytes():
+    """A TorchDispatchMode whose ``peak`` is the most bytes held at once by the storages that ops
+    returned while it was on (storages that existed before are not counted, nor are their views)."""
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class LiveBytes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.live = self.peak = 0
+            self.known: set[int] = set()
+
+        def _freed(self, key: int, nbytes: int) -> None:
+            self.known.discard(key)
+            self.live -= nbytes
+
+        def _see(self, t: torch.Tensor, new: bool) -> None:
+            storage = t.untyped_storage()  # one Python object per storage, alive as long as it is
+            key = storage._cdata
+            if key in self.known:
+                return
+            self.known.add(key)
+            nbytes = storage.nbytes() if new else 0
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._freed, key, nbytes)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            for t in tree_leaves((args, kwargs)):  # an op's inputs were there before it
+                if isinstance(t, torch.Tensor):
+                    self._see(t, new=False)
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    self._see(t, new=True)
+            return out
+
+    return LiveBytes()
 
 
 def _worker(rank: int, world: int, folder: str, a: dict) -> None:
@@ -83,22 +130,28 @@ def _worker(rank: int, world: int, folder: str, a: dict) -> None:
         rss = (_maxrss_bytes() - before) / 2**20
         exact = exact and high <= before + 2**20
     td.barrier()
-    cpu = [torch.profiler.ProfilerActivity.CPU]
-    quiet = os.dup(2)
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # the profiler's start/stop lines on stderr
-    try:
-        with torch.profiler.profile(activities=cpu, profile_memory=True) as prof:
-            call(qkv, do)
-    finally:
-        os.dup2(quiet, 2)
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
-    live = peak = 0
-    for _, nbytes in events:  # allocations count positive, frees negative
-        live += nbytes
-        peak = max(peak, live)
+    with live_bytes() as tracked:
+        call(qkv, do)
+    peak, profiled = tracked.peak, None
+    if a["timed"]:  # the main table: torch's own count too
+        td.barrier()
+        cpu = [torch.profiler.ProfilerActivity.CPU]
+        quiet = os.dup(2)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # the profiler's start/stop lines on stderr
+        try:
+            with torch.profiler.profile(activities=cpu, profile_memory=True) as prof:
+                call(qkv, do)
+        finally:
+            os.dup2(quiet, 2)
+        events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+        live = profiled = 0
+        for _, nbytes in events:  # allocations count positive, frees negative
+            live += nbytes
+            profiled = max(profiled, live)
     (Path(folder) / f"rank{rank}.json").write_text(json.dumps(
-        {"peak_mib": peak / 2**20, "rss_mib": rss, "exact": exact, "seconds": seconds}))
+        {"peak_mib": peak / 2**20, "profiled_mib": None if profiled is None else profiled / 2**20,
+         "rss_mib": rss, "exact": exact, "seconds": seconds}))
     td.destroy_process_group()
 
 
@@ -117,6 +170,7 @@ def measure(world: int, T: int, a: argparse.Namespace, backend: str | None = Non
             raise SystemExit(f"a worker failed (N = {world}, T = {T})")
         got = [json.loads((Path(folder) / f"rank{r}.json").read_text()) for r in range(world)]
     return {"peak_mib": max(g["peak_mib"] for g in got), "exact": all(g["exact"] for g in got),
+            "profiled_mib": max(g["profiled_mib"] or 0 for g in got),
             "rss_mib": max(g["rss_mib"] or 0 for g in got), "seconds": got[0]["seconds"]}
 
 
@@ -129,7 +183,8 @@ FWD_TFLOPS, FWD_BWD_TFLOPS = 381.0, 296.0
 # Links, per direction, vendor peak figures (not measured here): NVLink 4 (H100/H200 SXM,
 # 900 GB/s both ways) and PCIe 5.0 x16. A ring step sends one neighbour and receives from another.
 LINKS = {"NVLink 4 (450 GB/s)": 450e9, "PCIe 5.0 x16 (64 GB/s)": 64e9}
-STEP_LATENCY_S = 20e-6  # a send/receive's start-up per step (an assumption, of NCCL's order)
+STEP_LATENCY_S = 20e-6  # a send/receive's start-up per message (an assumption, of NCCL's order)
+GPU_LANE = 4096  # positions per lane on CUDA (distributed/local.py: TRITON.lane): one message each
 
 
 def paper(heads: int, dim: int, gpus: int = 8) -> list[str]:
@@ -142,9 +197,10 @@ def paper(heads: int, dim: int, gpus: int = 8) -> list[str]:
         c_all = 3.5 * fwd_flop / (FWD_BWD_TFLOPS * 1e12)
         c_bwd = c_all - c_fwd
         kv = 2 * heads * t * dim * 2  # K and V of one shard, bf16
+        latency = -(-t // GPU_LANE) * STEP_LATENCY_S  # a step's shard travels in lanes, one message each
         for name, bw in LINKS.items():
-            x_fwd = kv / bw + STEP_LATENCY_S
-            x_bwd = (kv + 2 * kv) / bw + STEP_LATENCY_S  # K, V (bf16) and dK, dV (float32)
+            x_fwd = kv / bw + latency
+            x_bwd = (kv + 2 * kv) / bw + latency  # K, V (bf16) and dK, dV (float32)
             # N steps; the last forward step sends nothing, the backward's last sends the gradient home
             fwd = gpus * c_fwd / ((gpus - 1) * max(c_fwd, x_fwd) + c_fwd)
             both = gpus * c_all / ((gpus - 1) * max(c_fwd, x_fwd) + c_fwd + gpus * max(c_bwd, x_bwd))
@@ -162,8 +218,8 @@ def paper(heads: int, dim: int, gpus: int = 8) -> list[str]:
 
 def _row(name: str, threads: int, m: dict, first: dict) -> str:
     rss = f"{'' if m['exact'] else '≥ '}{m['rss_mib']:.0f}"
-    return (f"| {name} | {threads} | {m['peak_mib']:.0f} | {m['peak_mib'] / first['peak_mib']:.2f} | {rss} | "
-            f"{m['seconds']:.1f} | {m['seconds'] / first['seconds']:.2f} |")
+    return (f"| {name} | {threads} | {m['peak_mib']:.1f} | {m['peak_mib'] / first['peak_mib']:.3f} | "
+            f"{m['profiled_mib']:.1f} | {rss} | {m['seconds']:.1f} | {m['seconds'] / first['seconds']:.2f} |")
 
 
 def main() -> None:
@@ -174,7 +230,8 @@ def main() -> None:
     ap.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--not-causal", dest="causal", action="store_false", help="default: causal, zigzag")
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--budget-mib", type=float, default=0.0, help="also: the longest T under this peak")
+    ap.add_argument("--budget-mib", type=float, default=0.0, help="also: the longest T under this peak "
+                    "(docs/distributed.md: 64)")
     ap.add_argument("--skip-main", action="store_true", help="only the budget search and the paper model")
     a = ap.parse_args()
 
@@ -188,7 +245,8 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} at the start\n")
     if not a.skip_main:
         print(f"T = {a.T}\n\n| processes N | threads each | tensors' peak MiB per process | peak / N=1 | "
-              f"RSS MiB | seconds (rank 0) | time / N=1 |\n|---|---|---|---|---|---|---|")
+              f"torch.profiler's count MiB | RSS MiB | seconds (rank 0) | time / N=1 |\n"
+              f"|---|---|---|---|---|---|---|---|")
         first = None
         for world in a.worlds:
             m = measure(world, a.T, a)
@@ -205,12 +263,13 @@ def main() -> None:
             for T in LADDER:
                 m = measure(world, T, a, timed=False)
                 if m["peak_mib"] > a.budget_mib:
-                    print(f"| {world} | {fit[0] if fit else '—'} | {fit[1]:.0f} | {T} | {m['peak_mib']:.0f} |"
-                          if fit else f"| {world} | — | — | {T} | {m['peak_mib']:.0f} |", flush=True)
+                    print(f"| {world} | {fit[0] if fit else '—'} | {fit[1]:.1f} | {T} | {m['peak_mib']:.1f} |"
+                          if fit else f"| {world} | — | — | {T} | {m['peak_mib']:.1f} |", flush=True)
                     break
                 fit = (T, m["peak_mib"])
             else:
-                print(f"| {world} | ≥ {fit[0]} | {fit[1]:.0f} | — | — |", flush=True)
+                print(f"| {world} | ≥ {fit[0]} | {fit[1]:.1f} | — | — |", flush=True)
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end of the measurements")
     print("\nModel on paper: 8 GPUs, H = 32, d = 64, bf16, not causal (causal halves each step's compute "
           "and so doubles the T needed)\n")
     print("\n".join(paper(32, 64)))

@@ -209,6 +209,17 @@ def test_no_import_cycle():
     assert cycles(import_graph()) == []
 
 
+def test_distributed_imports_nothing_above_it():
+    """selfattention.distributed (ring attention and its torch.distributed plumbing) lies below the
+    models, the training and the commands that use it: none of its modules imports train/,
+    explain/, models/ or cli, at the top or lazily."""
+    above = ("train", "explain", "models", "cli")
+    for module, deps in import_graph().items():
+        if module.split(".")[0] == "distributed":
+            bad = sorted(d for d in deps if d.split(".")[0] in above)
+            assert not bad, f"{module} imports {bad}"
+
+
 def test_the_cycle_checker_finds_a_cycle(tmp_path):
     """The checker can fail: two modules that import each other (one lazily, as explain.py and
     explain_text.py did) are a cycle; a package's __init__ importing its own submodule is not."""

@@ -153,6 +153,51 @@ def test_bad_arguments(call, exc, match):
         call()
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_sub_is_the_rectangle_of_the_dense_mask(seed):
+    """``sub(q0, q1, k0, k1)`` is the map of the dense mask's rectangle, block by block (its kinds,
+    tiles and lists by the definition), for random, causal, window, all and nothing masks and for
+    rectangles of any alignment to the blocks, empty ones included."""
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(n: int) -> int:
+        return int(torch.randint(0, n + 1, (1,), generator=g))
+
+    Tq, Tk = 1 + draw(69), 1 + draw(69)
+    B, H = 1 + draw(1), 1 + 2 * draw(1)
+    block = [16, 32, (16, 32)][seed % 3]
+    bits = torch.rand(B, H, Tq, Tk, generator=g) < 0.5
+    kind = ["random", "causal", "window", "all", "none"][seed % 5]
+    dense = {"random": bits, "none": torch.zeros_like(bits), "all": torch.ones_like(bits),
+             "causal": (torch.arange(Tk) <= torch.arange(Tq)[:, None] + 3).expand_as(bits),
+             "window": ((torch.arange(Tk) <= torch.arange(Tq)[:, None])
+                        & (torch.arange(Tk) > torch.arange(Tq)[:, None] - 20)).expand_as(bits)}[kind]
+    bm = block_mask.from_mask(dense, block=block)
+    q0, k0 = draw(Tq), draw(Tk)
+    q1, k1 = q0 + draw(Tq - q0), k0 + draw(Tk - k0)
+    sub = bm.sub(q0, q1, k0, k1)
+    assert (sub.block_m, sub.block_n) == (bm.block_m, bm.block_n)
+    check_map(sub, dense[:, :, q0:q1, k0:k1].contiguous())
+
+
+def test_sub_of_a_map_serves_attention_on_the_rectangle():
+    """The blockwise tier given the sub-map of a rectangle computes that rectangle's attention."""
+    q, k, v = (randn(2, 50, 8, gen=torch.Generator().manual_seed(i)) for i in range(3))
+    bm = block_mask.sliding_window(50, 50, 13, block=16)
+    out = blockwise_attention(q[:, 7:41], k[:, 3:29], v[:, 3:29], mask=bm.sub(7, 41, 3, 29))
+    dense = bm.to_dense()[0, 0, 7:41, 3:29]
+    want, _ = ref_attention(q[:, 7:41], k[:, 3:29], v[:, 3:29], dense, None, None)
+    assert_close(out, want)
+
+
+@pytest.mark.parametrize("args", [(-1, 3, 0, 4), (0, 41, 0, 4), (5, 4, 0, 4), (0, 3, 2, 1), (0, 3.0, 0, 4),
+                                  (0, 3, 0, True)])
+def test_sub_refuses_a_rectangle_outside_the_map(args):
+    bm = block_mask.causal(40, 30, block=16)
+    with pytest.raises(ValueError, match=r"must be ints with 0 <= [qk]0 <= [qk]1 <= (40|30), got"):
+        bm.sub(*args)
+
+
 def test_to_moves_every_tensor():
     bm = block_mask.causal(40, 40, block=16)
     moved = bm.to("meta")

@@ -407,3 +407,43 @@ def test_autocast_takes_mixed_floating_dtypes_as_torch_does():
         assert m(x.bfloat16()).dtype == torch.bfloat16 and m(x).dtype == torch.bfloat16
         with pytest.raises(TypeError, match="x has dtype torch.int64"):
             m(x.long())
+
+
+@pytest.mark.parametrize("Hkv", [4, 2])
+def test_mha_on_the_shard_of_one_process_is_mha(Hkv):
+    """A ContextParallel with torch.distributed not initialized is the whole sequence on one
+    process: causal or with a BlockMask, the output and gradients are the ordinary forward's
+    (several processes: tests/distributed/test_models_on_a_shard.py)."""
+    from selfattention import block_mask
+    from selfattention.distributed import ContextParallel
+
+    torch.manual_seed(1)
+    m = MultiHeadAttention(16, 4, num_kv_heads=Hkv).double()
+    x = torch.randn(2, 21, 16, dtype=F64)
+    window = block_mask.sliding_window(21, 21, 5, block=16)
+    for plain, sharded in (({"causal": True}, {"causal": True}),
+                           ({"mask": window.to_dense()}, {"mask": window})):
+        want, got = (m(x, **kw) for kw in (plain, {"shard": ContextParallel(21), **sharded}))
+        assert_close(got, want)
+        for a, b in zip(torch.autograd.grad(got.sum(), list(m.parameters())),
+                        torch.autograd.grad(want.sum(), list(m.parameters())), strict=True):
+            assert_close(a, b)
+
+
+def test_mha_on_a_shard_refuses_what_the_ring_cannot_do():
+    from selfattention.distributed import ContextParallel
+
+    m, x, shard = MultiHeadAttention(8, 2), torch.randn(1, 6, 8), ContextParallel(6)
+    for kw, words in (({"context": x}, "a context"), ({"cache": KVCache()}, "a KVCache"),
+                      ({"need_weights": True}, "need_weights"), ({"backend": "matrix"}, "backend='matrix'"),
+                      ({"mask": torch.ones(6, 6, dtype=torch.bool)}, "mask tensor")):
+        with pytest.raises(ValueError, match="attention on a shard") as err:
+            m(x, shard=shard, **kw)
+        assert words in str(err.value)
+    dropping = MultiHeadAttention(8, 2, dropout=0.1)
+    with pytest.raises(ValueError, match="takes no attention dropout 0.1"):
+        dropping(x, shard=shard)
+    dropping.eval()
+    assert dropping(x, shard=shard).shape == (1, 6, 8)  # no dropout out of training
+    with pytest.raises(TypeError, match="shard must be a selfattention.distributed.ContextParallel"):
+        m(x, shard=6)

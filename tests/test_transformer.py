@@ -248,3 +248,64 @@ def test_a_tiny_temperature_samples_the_argmax(temperature):
 def test_non_finite_logits_are_an_error_not_a_token():
     with pytest.raises(ValueError, match="inf or NaN"):
         pick_next(torch.tensor([[0.0, float("nan")]]), 0.0, None)
+
+
+# --- on a shard (selfattention.distributed.ContextParallel; several processes: tests/distributed) ---
+
+
+def test_positions_at_any_positions_are_the_tables_rows():
+    """A shard's positions are global and in the layout's order: ``at`` gives exactly those rows."""
+    from selfattention.transformer import Positions
+
+    for kind in ("learned", "sinusoidal"):
+        pos = Positions(kind, 32, 8)
+        where = torch.tensor([5, 6, 30, 31, 0])
+        assert torch.equal(pos.at(where), pos(32)[where])
+        with pytest.raises(ValueError, match="position 32 is beyond max_len=32"):
+            pos.at(torch.tensor([3, 32]))
+    assert Positions("none", 32, 8).at(torch.tensor([1])) is None
+
+
+@pytest.mark.parametrize("kind", ["decoder", "encoder"])
+def test_a_model_on_the_shard_of_one_process_is_the_model(kind):
+    """With torch.distributed not initialized a ContextParallel is the whole sequence on one process:
+    the output and every gradient are those of the ordinary forward (the ring of one process; several
+    processes are compared in tests/distributed/test_models_on_a_shard.py)."""
+    from selfattention import block_mask
+    from selfattention.distributed import ContextParallel
+
+    torch.manual_seed(0)
+    config = TransformerConfig(vocab_size=13, d_model=16, num_heads=4, max_len=40, positions="sinusoidal")
+    model = (DecoderLM if kind == "decoder" else Encoder)(config).double()
+    tokens = torch.randint(0, 13, (2, 37))
+    ids = torch.tensor([[0] * 20 + [1] * 17, [0] * 5 + [1] * 32])
+    dense = {} if kind == "decoder" else {"mask": (ids[:, :, None] == ids[:, None, :]).unsqueeze(1)}
+    sparse = {} if kind == "decoder" else {"mask": block_mask.documents(ids, block=16)}
+    results = []
+    for kw in (dense, {"shard": ContextParallel(37), **sparse}):
+        model.zero_grad()
+        out = model(tokens, **kw)
+        out.square().sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert_close(results[1][0], results[0][0], atol=ATOL64)
+    for got, want in zip(results[1][1], results[0][1], strict=True):
+        assert_close(got, want, atol=ATOL64)
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"need_weights": True}, "takes no need_weights"),
+    ({"caches": "new"}, "takes no KV caches"),
+    ({"mask": torch.ones(1, 1, 9, 9, dtype=torch.bool)}, "takes no mask tensor (give a BlockMask"),
+    ({"shard": "T=9"}, "shard must be a selfattention.distributed.ContextParallel"),
+    ({"tokens": torch.zeros(1, 7, dtype=torch.long)}, "hold 7 positions together, but the shard says T = 9"),
+])
+def test_a_model_on_a_shard_refuses_what_it_cannot_do(kw, words):
+    from selfattention.distributed import ContextParallel
+
+    model = DecoderLM(TransformerConfig(vocab_size=5, max_len=16))
+    if kw.get("caches") == "new":
+        kw = {"caches": model.new_caches()}
+    tokens = kw.pop("tokens", torch.zeros(1, 9, dtype=torch.long))
+    with pytest.raises((TypeError, ValueError)) as err:
+        model.hidden(tokens, **{"shard": ContextParallel(9), **kw})
+    assert words in str(err.value) and "\n" not in str(err.value)

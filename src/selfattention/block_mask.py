@@ -39,6 +39,7 @@ SKIP, PARTIAL, FULL = 0, 1, 2
 DEFAULT_BLOCK = 128  # the kernel's tiles divide it; FlexAttention uses the same
 # Elements of the boolean mask evaluated at once while building (bounds the builder's memory).
 _CHUNK_ELEMENTS = 1 << 25
+_TILES_AT_ONCE = 64  # partial blocks re-evaluated together by ``sub`` (bounds its memory)
 
 # A predicate takes index tensors b (Bm, 1, 1, 1), h (1, Hm, 1, 1), i (1, 1, rows, 1) and
 # j (1, 1, 1, Tk) and returns a bool tensor broadcastable to (Bm, Hm, rows, Tk): True = may attend.
@@ -111,6 +112,22 @@ class BlockMask:
             return torch.zeros(self.shape, dtype=torch.bool, device=self.device)
         return torch.cat([self.column(j) for j in range(self.kinds.shape[-1])], dim=-1)
 
+    def sub(self, q0: int, q1: int, k0: int, k1: int) -> BlockMask:
+        """The rectangle of queries [q0, q1) × keys [k0, k1) as a map of its own: (Bm, Hm, q1 − q0,
+        k1 − k0), the same block sizes counted from (q0, k0), equal to ``to_dense()[:, :, q0:q1, k0:k1]``.
+
+        Block-level first: a new block is SKIP where every old block it overlaps is SKIP, FULL where
+        every one is FULL and it lies whole inside the rectangle; only the rest (the mask's boundary)
+        is evaluated pair by pair from this map's tiles. So the cost follows the boundary, never the
+        rectangle's area. (Ring attention cuts the whole sequence's map into the blocks each process
+        computes this way.) ValueError unless 0 <= q0 <= q1 <= Tq and 0 <= k0 <= k1 <= Tk."""
+        for name, a, b, n in (("q", q0, q1, self.Tq), ("k", k0, k1, self.Tk)):
+            ints = all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in (a, b))
+            if not ints or not 0 <= a <= b <= n:
+                raise ValueError(f"{name}0, {name}1 must be ints with 0 <= {name}0 <= {name}1 <= {n}, "
+                                 f"got {a!r}, {b!r}")
+        return _sub(self, int(q0), int(q1), int(k0), int(k1))
+
     def check_for(self, B: int, H: int, Tq: int, Tk: int, device: torch.device) -> None:
         """ValueError unless this mask fits attention over (B, H, Tq, Tk) on ``device``."""
         self.check_batch((B, H), Tq, Tk, device)
@@ -159,6 +176,49 @@ def _assemble(Tq: int, Tk: int, block: tuple[int, int], kinds, tile_of, tiles) -
         Tq, Tk, *block, kinds.contiguous(), tile_of.contiguous(), tiles.contiguous(),
         *(x.contiguous() for x in (*kv, *q)),
     )
+
+
+def _sub(bm: BlockMask, qa: int, qb: int, ka: int, kb: int) -> BlockMask:
+    """``BlockMask.sub``, its arguments checked."""
+    bM, bN = bm.block_m, bm.block_n
+    n, m = qb - qa, kb - ka
+    nQ, nK = math.ceil(n / bM), math.ceil(m / bN)
+    dev = bm.device
+    r, c = torch.arange(nQ, device=dev), torch.arange(nK, device=dev)
+    # the old blocks holding each new block's first and last row (column)
+    rows = [(qa + r * bM) // bM, (qa + torch.clamp((r + 1) * bM, max=n) - 1) // bM]
+    cols = [(ka + c * bN) // bN, (ka + torch.clamp((c + 1) * bN, max=m) - 1) // bN]
+    parts = torch.stack([bm.kinds[:, :, R][:, :, :, C] for R in rows for C in cols])  # (4, Bm, Hm, nQ, nK)
+    live = parts.amax(0) != SKIP
+    whole = ((torch.clamp((r + 1) * bM, max=n) - r * bM == bM)[:, None]
+             & (torch.clamp((c + 1) * bN, max=m) - c * bN == bN)[None, :])
+    full = (parts.amin(0) == FULL) & whole
+    kinds = torch.where(full, FULL, torch.where(live, PARTIAL, SKIP)).to(torch.int8)
+    tile_of = torch.full(kinds.shape, -1, dtype=torch.int32, device=dev)
+    tiles, count = [], 0
+    todo = torch.nonzero(kinds == PARTIAL)  # (P, 4): b, h, block row, block col
+    stored = bm.tiles if len(bm.tiles) else bm.tiles.new_zeros(1, bM, bN)
+    for at in range(0, len(todo), _TILES_AT_ONCE):
+        b, h, i, j = todo[at : at + _TILES_AT_ONCE].unbind(-1)
+        gi = qa + i[:, None] * bM + torch.arange(bM, device=dev)  # (p, bM) rows of the old map
+        gj = ka + j[:, None] * bN + torch.arange(bN, device=dev)  # (p, bN) columns
+        inside = (gi < qb)[:, :, None] & (gj < kb)[:, None, :]
+        gi, gj = gi.clamp(max=qb - 1), gj.clamp(max=kb - 1)
+        idx = (b[:, None, None], h[:, None, None], (gi // bM)[:, :, None], (gj // bN)[:, None, :])
+        kind, tile = bm.kinds[idx], bm.tile_of[idx]  # (p, bM, bN)
+        bit = stored[tile.clamp(min=0).long(), (gi % bM)[:, :, None], (gj % bN)[:, None, :]].bool()
+        allowed = ((kind == FULL) | ((kind == PARTIAL) & bit)) & inside  # (p, bM, bN)
+        pairs = allowed.sum((-2, -1))
+        new = torch.where(pairs == bM * bN, FULL, torch.where(pairs == 0, SKIP, PARTIAL)).to(torch.int8)
+        kinds[b, h, i, j] = new
+        keep = new == PARTIAL
+        kept = int(keep.sum())
+        tile_of[b[keep], h[keep], i[keep], j[keep]] = torch.arange(count, count + kept, dtype=torch.int32,
+                                                                    device=dev)
+        tiles.append(allowed[keep].to(torch.uint8))
+        count += kept
+    stacked = torch.cat(tiles) if tiles else torch.zeros(0, bM, bN, dtype=torch.uint8, device=dev)
+    return _assemble(n, m, (bM, bN), kinds, tile_of, stacked)
 
 
 def _summarise(allowed: torch.Tensor, block: tuple[int, int]):

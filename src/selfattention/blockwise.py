@@ -20,13 +20,17 @@ dK += dSᵀ Q · scale.
 ``block_forward`` and ``block_backward`` are the same two loops for one block of a larger problem,
 outside autograd: (out, lse) left in the compute dtype, and gradients from a given lse and
 delta = rowsum(dO ∘ O). Ring attention (``selfattention.distributed``) runs them on each arriving
-part of the keys and merges the parts by their log-sum-exp.
+part of the keys and merges the parts by their log-sum-exp. They can also tile the queries
+(``block_q``): ``block_forward_tiles`` yields each tile's result for the caller to merge, and
+``block_backward`` adds into the caller's gradients (``into``), so a tile of scores is at most
+block_q × block_size and nothing the size of the block is allocated, however many queries it has.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import numbers
+from collections.abc import Iterator
 
 import torch
 
@@ -97,7 +101,7 @@ def _tile(qs, k, mask, region, offset, j0, j1, i0, i1, batch):
     if offset is not None and j1 - 1 > i0 + offset:  # the block straddles the diagonal
         i = torch.arange(i0, i1, device=qs.device).unsqueeze(-1)  # (i1-i0, 1)
         j = torch.arange(j0, j1, device=qs.device)  # (bk,)
-        s = s.masked_fill(j > i + offset, float("-inf"))
+        s = s.masked_fill_(j > i + offset, float("-inf"))  # s is fresh: no second tile
     if s.shape[:-2] != batch:  # v (or the mask) has leading dims q and k lack: give s them too
         s = s.expand(*batch, *s.shape[-2:]).contiguous()
     return s
@@ -130,27 +134,34 @@ def _forward(qc, kc, vc, mask, offset, scale, plan, batch):
     return out, lse
 
 
-def _backward(qc, kc, vc, do, lse, delta, mask, offset, scale, plan, batch):
+def _add(target: torch.Tensor, x: torch.Tensor) -> None:
+    """target += x, x first summed over the dims target broadcasts along (grouped K/V heads)."""
+    target.add_(x if x.shape == target.shape else x.sum_to_size(target.shape))
+
+
+def _backward(qc, kc, vc, do, lse, delta, mask, offset, scale, plan, batch, into=None):
     """Gradients of the tiles of ``plan`` from the softmax's ``lse`` (*batch, Tq) and
     ``delta`` = rowsum(dO ∘ O) (*batch, Tq), with ``batch``'s leading dims (the caller sums the
-    broadcast ones away): (dq, dk, dv), in the compute dtype of qc, kc, vc, do."""
+    broadcast ones away): (dq, dk, dv), in the compute dtype of qc, kc, vc, do. ``into``: three
+    tensors to add them to instead (each broadcastable to its gradient: a grouped K/V head's
+    gradient is summed over its query heads), returned."""
     cd, device = qc.dtype, qc.device
     # exp(s - (+inf)) = 0: rows that attended to nothing get zero weights and zero gradients.
     lse = lse.masked_fill(lse.isneginf(), float("inf")).unsqueeze(-1)  # (..., Tq, 1)
     delta = delta.unsqueeze(-1)  # (..., Tq, 1)
-    dq = torch.zeros((*batch, *qc.shape[-2:]), dtype=cd, device=device)
-    dk = torch.zeros((*batch, *kc.shape[-2:]), dtype=cd, device=device)
-    dv = torch.zeros((*batch, *vc.shape[-2:]), dtype=cd, device=device)
+    if into is None:
+        into = tuple(torch.zeros((*batch, *x.shape[-2:]), dtype=cd, device=device) for x in (qc, kc, vc))
+    dq, dk, dv = into
     qs = qc * scale
     for j0, j1, i0, i1, region in plan:  # the forward's tiles, in the same order
         s = _tile(qs, kc, mask, region, offset, j0, j1, i0, i1, batch)
         p = s.sub_(lse[..., i0:i1, :]).exp_()  # (..., i1-i0, bk), the forward's weights
         do_i = do[..., i0:i1, :]
-        dv[..., j0:j1, :] += torch.matmul(p.transpose(-2, -1), do_i)
+        _add(dv[..., j0:j1, :], torch.matmul(p.transpose(-2, -1), do_i))
         dp = torch.matmul(do_i, vc[..., j0:j1, :].transpose(-2, -1))  # (..., i1-i0, bk)
         ds = dp.sub_(delta[..., i0:i1, :]).mul_(p)  # P ∘ (dP − delta), in place
-        dq[..., i0:i1, :] += torch.matmul(ds, kc[..., j0:j1, :]) * scale
-        dk[..., j0:j1, :] += torch.matmul(ds.transpose(-2, -1), qs[..., i0:i1, :])
+        _add(dq[..., i0:i1, :], torch.matmul(ds, kc[..., j0:j1, :]).mul_(scale))
+        _add(dk[..., j0:j1, :], torch.matmul(ds.transpose(-2, -1), qs[..., i0:i1, :]))
         del s, p, dp, ds  # before the next tile is allocated: two tiles alive at a time, not three
     return dq, dk, dv
 
@@ -274,10 +285,55 @@ def _block_problem(q, k, v, offset, block_mask, key_lengths, block_size):
     return q, k, v, mask, plan, batch
 
 
+def _rows(plan, r0: int, r1: int):
+    """``plan`` for query rows [r0, r1) only, its rows counted from r0 (a block map's regions cut
+    to those rows); blocks none of these rows sees are left out."""
+    out = []
+    for j0, j1, i0, i1, m in plan:
+        a, b = max(i0, r0), min(i1, r1)
+        if a < b:
+            out.append((j0, j1, a - r0, b - r0, None if m is None else m[..., a - i0 : b - i0, :]))
+    return out
+
+
+def _row_tiles(Tq: int, block_q: int | None):
+    step = Tq if block_q is None else block_q
+    return [(r0, min(r0 + step, Tq)) for r0 in range(0, Tq, max(step, 1))]
+
+
+def _shifted(offset: int | None, r0: int) -> int | None:
+    """The causal offset of rows counted from r0: j <= i + offset is j <= (i - r0) + (offset + r0)."""
+    return None if offset is None else offset + r0
+
+
+def block_forward_tiles(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, offset: int | None = None,
+    block_mask: BlockMask | None = None, key_lengths: torch.Tensor | None = None,
+    block_size: int = DEFAULT_BLOCK, block_q: int | None = None,
+) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """``block_forward`` one tile of at most ``block_q`` query rows at a time (None: all of them):
+    yields (r0, r1, out (B, H, r1 - r0, d_v), lse (B, H, r1 - r0)) of rows [r0, r1), in the
+    compute dtype, leaving out the rows that see no key here (their out is 0, their lse −inf).
+
+    Nothing larger than a (block_q × block_size) tile of scores, or ``block_q`` rows of q, out
+    and the running max and sum, is held at once, whatever Tq: a caller merging each tile into its
+    own result (ring attention) holds no block-sized temporary."""
+    cd = compute_dtype(q.dtype)
+    B, H, Tq = q.shape[:3]
+    qg, kg, vg, mask, plan, batch = _block_problem(q, k, v, offset, block_mask, key_lengths, block_size)
+    kg, vg = kg.to(cd), vg.to(cd)
+    for r0, r1 in _row_tiles(Tq, block_q):
+        tile_plan = _rows(plan, r0, r1)
+        if tile_plan:
+            qt = qg[..., r0:r1, :].to(cd)
+            out, lse = _forward(qt, kg, vg, mask, _shifted(offset, r0), scale, tile_plan, batch)
+            yield r0, r1, out.reshape(B, H, r1 - r0, v.shape[-1]), lse.reshape(B, H, r1 - r0)
+
+
 def block_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float, offset: int | None = None,
     block_mask: BlockMask | None = None, key_lengths: torch.Tensor | None = None,
-    block_size: int = DEFAULT_BLOCK,
+    block_size: int = DEFAULT_BLOCK, block_q: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One block of attention, outside autograd and unrounded: q (B, H, Tq, d) against k, v
     (B, Hkv, Tk, ·) with H a multiple of Hkv → (out (B, H, Tq, d_v), lse (B, H, Tq)), both in the
@@ -286,33 +342,52 @@ def block_forward(
 
     The keys allowed: query i sees key j when j <= i + ``offset`` (None: no causal rule), the
     ``block_mask`` (B or 1, H or 1, Tq, Tk) allows it, and j < ``key_lengths[b]`` (B,). Inputs are
-    trusted (the caller validated them); only the blocks the mask allows are computed.
+    trusted (the caller validated them); only the blocks the mask allows are computed. Score tiles
+    are (``block_q`` or Tq) × ``block_size`` (see ``block_forward_tiles``).
     """
     cd = compute_dtype(q.dtype)
     B, H, Tq = q.shape[:3]
-    qg, kg, vg, mask, plan, batch = _block_problem(q, k, v, offset, block_mask, key_lengths, block_size)
-    out, lse = _forward(qg.to(cd), kg.to(cd), vg.to(cd), mask, offset, scale, plan, batch)
-    return out.reshape(B, H, Tq, v.shape[-1]), lse.reshape(B, H, Tq)
+    out = torch.zeros(B, H, Tq, v.shape[-1], dtype=cd, device=q.device)
+    lse = torch.full((B, H, Tq), float("-inf"), dtype=cd, device=q.device)
+    for r0, r1, o, l in block_forward_tiles(q, k, v, scale=scale, offset=offset, block_mask=block_mask,
+                                            key_lengths=key_lengths, block_size=block_size, block_q=block_q):
+        if r1 - r0 == Tq:
+            return o, l  # one tile: already the whole result
+        out[:, :, r0:r1] = o
+        lse[:, :, r0:r1] = l
+    return out, lse
 
 
 def block_backward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, dout: torch.Tensor,
     lse: torch.Tensor, delta: torch.Tensor, *, scale: float, offset: int | None = None,
     block_mask: BlockMask | None = None, key_lengths: torch.Tensor | None = None,
-    block_size: int = DEFAULT_BLOCK,
+    block_size: int = DEFAULT_BLOCK, block_q: int | None = None,
+    into: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients one block contributes, (dq (B, H, Tq, d), dk, dv (B, Hkv, Tk, ·)) in the
     compute dtype, from the log-sum-exp ``lse`` (B, H, Tq) and ``delta`` = rowsum(dO ∘ O) (B, H, Tq)
     of the whole softmax these keys are part of (the weights of this block are exp(s − lse)), and
-    ``dout`` (B, H, Tq, d_v). Masks as ``block_forward``. ``out`` is not read here (``delta``
-    carries it); it is in the signature for the kernel's backward, which takes it."""
+    ``dout`` (B, H, Tq, d_v). Masks as ``block_forward``; score tiles (``block_q`` or Tq) ×
+    ``block_size``. ``into``: (dq, dk, dv) in the compute dtype to add the gradients to (returned),
+    so that no block-sized gradient is allocated. ``out`` is not read here (``delta`` carries it);
+    it is in the signature for the kernel's backward, which takes it."""
     cd = compute_dtype(q.dtype)
     B, H, Tq = q.shape[:3]
+    Hkv = k.shape[1]
     qg, kg, vg, mask, plan, batch = _block_problem(q, k, v, offset, block_mask, key_lengths, block_size)
-    group = (*batch, Tq)  # lse and delta in q's layout: (B, Hkv, G, Tq) or (B, H, Tq)
-    do = dout.to(cd).reshape(*batch, Tq, dout.shape[-1])
-    dq, dk, dv = _backward(qg.to(cd), kg.to(cd), vg.to(cd), do, lse.to(cd).reshape(group),
-                           delta.to(cd).reshape(group), mask, offset, scale, plan, batch)
-    if len(batch) == 3:  # grouped: each K/V head's gradient is the sum over its G query heads
-        dk, dv = dk.sum(2), dv.sum(2)
-    return dq.reshape(q.shape), dk, dv
+    kg, vg = kg.to(cd), vg.to(cd)
+    if into is None:
+        into = tuple(torch.zeros(x.shape, dtype=cd, device=x.device) for x in (q, k, v))
+    dq, dk, dv = into
+    # q's layout for everything per query row: (B, Hkv, G, Tq, ·) under grouped heads, else (B, H, Tq, ·)
+    grouped = (lambda t: t.unflatten(1, (Hkv, H // Hkv))) if len(batch) == 3 else (lambda t: t)
+    dqg, dog, lseg, deltag = (grouped(t) for t in (dq, dout, lse, delta))
+    dkg, dvg = (t.unsqueeze(2) for t in (dk, dv)) if len(batch) == 3 else (dk, dv)
+    for r0, r1 in _row_tiles(Tq, block_q):
+        tile_plan = _rows(plan, r0, r1)
+        if tile_plan:
+            _backward(qg[..., r0:r1, :].to(cd), kg, vg, dog[..., r0:r1, :].to(cd), lseg[..., r0:r1].to(cd),
+                      deltag[..., r0:r1].to(cd), mask, _shifted(offset, r0), scale, tile_plan, batch,
+                      into=(dqg[..., r0:r1, :], dkg, dvg))
+    return dq, dk, dv

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,6 +18,9 @@ from ._checks import check_dtype
 from ._system import check_fits
 from .functional import attention, resolve_backend
 from .masks import check_mask_shape
+
+if TYPE_CHECKING:
+    from .distributed.context import ContextParallel
 
 
 def _check_x(name: str, x: object, d_model: int, weight: torch.Tensor) -> torch.Tensor:
@@ -302,6 +306,7 @@ class MultiHeadAttention(nn.Module):
         need_weights: bool = False,
         backend: str = "auto",
         cache: KVCache | None = None,
+        shard: ContextParallel | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (B, Tq, D), context (B, Tk, D) or None (self-attention) → (B, Tq, D).
 
@@ -312,7 +317,17 @@ class MultiHeadAttention(nn.Module):
         positions; their keys and values are appended to the cache, and the mask (if any) covers
         every cached key: (B, H, Tq, len(cache) after appending). With ``need_weights`` also
         returns the weights, (B, H, Tq, Tk).
+
+        ``shard`` (a ``selfattention.distributed.ContextParallel``): x (B, T_local, D) is this
+        process's part of a sequence split over processes, and the heads attend over all of it
+        through ring attention (causal, and ``mask`` a ``BlockMask``, in global positions) →
+        (B, T_local, D), this part of the whole sequence's output. Self-attention only: no context,
+        cache, weights, dropout or mask tensor; ``backend`` "auto" (the ring picks its local blocks).
         """
+        if shard is not None:
+            return self._on_shard(x, shard, context=context, mask=mask, causal=causal,
+                                  causal_alignment=causal_alignment, need_weights=need_weights,
+                                  backend=backend, cache=cache)
         if cache is not None and not isinstance(cache, KVCache):
             raise TypeError(f"cache must be a KVCache or None, got {type(cache).__name__}")
         if cache is not None and context is not None:
@@ -324,6 +339,34 @@ class MultiHeadAttention(nn.Module):
             causal_alignment = "bottom_right" if cache is not None else "top_left"
         return self.attend(q, k, v, mask=mask, causal=causal, causal_alignment=causal_alignment,
                            need_weights=need_weights, backend=backend)
+
+    def _on_shard(self, x, shard, *, context, mask, causal, causal_alignment, need_weights, backend, cache):
+        """``forward`` on a shard (see there): q, k, v of this process's positions, ring attention.
+        A refusal here is told to the other processes (in their next collective call) before it is
+        raised, so none of them is left waiting for this one."""
+        from .distributed.context import ContextParallel
+
+        if not isinstance(shard, ContextParallel):
+            raise TypeError(f"shard must be a selfattention.distributed.ContextParallel or None, got "
+                            f"{type(shard).__name__}")
+        refused = [(context is not None, "a context (cross-attention)"), (cache is not None, "a KVCache"),
+                   (need_weights, "need_weights (the whole sequence's weights are never on one process)"),
+                   (backend != "auto", f"backend={backend!r} (the ring picks its local blocks by device)"),
+                   (self.training and self.dropout > 0,
+                    f"attention dropout {self.dropout} (call .eval(), or build the layer with dropout=0)"),
+                   (isinstance(mask, torch.Tensor), "mask tensor (give a BlockMask of the whole sequence)")]
+        try:
+            for bad, what in refused:
+                if bad:
+                    raise ValueError(f"attention on a shard (ContextParallel) takes no {what}")
+            q, k, v = self.project(x)  # (B, H, T_local, d), (B, Hkv, T_local, d) ×2
+        except (TypeError, ValueError) as err:
+            shard.check(0, 0, x.device if isinstance(x, torch.Tensor) else torch.device("cpu"), error=err)
+            raise
+        alignment = causal_alignment or "top_left"  # (one sequence: both alignments are the same)
+        z = shard.attention(q, k, v, causal=causal, causal_alignment=alignment, mask=mask)
+        B, H, T, d = z.shape
+        return self.out_proj(z.transpose(1, 2).reshape(B, T, H * d))  # (B, T_local, D)
 
     def _grouped(self, q, k, v, mask, need_weights: bool = False):
         """Grouped-query attention by broadcasting, no copies: q (B, Hkv, G, T, d) against k, v

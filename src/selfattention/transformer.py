@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .layers import KVCache, MultiHeadAttention
+
+if TYPE_CHECKING:
+    from .distributed.context import ContextParallel
 
 POSITIONS = ("sinusoidal", "learned", "none")
 NORMS = ("pre", "post")
@@ -97,6 +101,16 @@ class Positions(nn.Module):
                              f"of the {self.kind} positions")
         return self.table[offset:offset + T]  # (T, D)
 
+    def at(self, positions: torch.Tensor) -> torch.Tensor | None:
+        """The vectors of ``positions`` (n,) int64, in any order (a shard's global positions) → (n, D),
+        or None for "none"."""
+        if self.table is None:
+            return None
+        if len(positions) and int(positions.max()) >= self.max_len:
+            raise ValueError(f"position {int(positions.max())} is beyond max_len={self.max_len} of the "
+                             f"{self.kind} positions")
+        return self.table[positions]  # (n, D)
+
 
 # --- blocks ---------------------------------------------------------------------------------------
 
@@ -142,13 +156,16 @@ class Block(nn.Module):
         cache: KVCache | None = None,
         need_weights: bool = False,
         backend: str = "auto",
+        shard: ContextParallel | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, D) → (B, T, D); with ``need_weights`` also the weights (B, H, T, Tk).
 
         ``mask`` as in ``MultiHeadAttention`` (True = may attend); ``cache``: x holds only the
-        new positions, attending to every cached one (see ``KVCache``)."""
+        new positions, attending to every cached one (see ``KVCache``). ``shard``: x (B, T_local, D)
+        is this process's part of a sequence; attention runs over all of it, the rest is per position."""
         h = self.norm1(x) if self.norm_first else x
-        a = self.attn(h, mask=mask, causal=causal, cache=cache, need_weights=need_weights, backend=backend)
+        a = self.attn(h, mask=mask, causal=causal, cache=cache, need_weights=need_weights, backend=backend,
+                      shard=shard)
         a, w = a if need_weights else (a, None)
         if self.norm_first:
             x = x + self.dropout(a)
@@ -187,6 +204,25 @@ class _Stack(nn.Module):
                              f"{int(tokens.min())} … {int(tokens.max())}")
         return tokens
 
+    def _check_shard(self, tokens, shard, refused: list[tuple[bool, str]]) -> torch.Tensor:
+        """A shard's tokens, checked here and then with the other processes (one small all_gather:
+        lengths that fit the layout and add up to shard.T), so a refusal stops every one at once."""
+        from .distributed.context import ContextParallel
+
+        if not isinstance(shard, ContextParallel):
+            raise TypeError(f"shard must be a selfattention.distributed.ContextParallel, got "
+                            f"{type(shard).__name__}")
+        error, shape = None, (0, 0)
+        try:
+            shape = self._check_tokens(tokens).shape
+            for bad, what in refused:
+                if bad:
+                    raise ValueError(f"a model on a shard (ContextParallel) takes no {what}")
+        except ValueError as err:
+            error = err
+        shard.check(shape[1], shape[0], getattr(tokens, "device", torch.device("cpu")), error)
+        return tokens
+
     def hidden(
         self,
         tokens: torch.Tensor,
@@ -195,15 +231,27 @@ class _Stack(nn.Module):
         caches: list[KVCache] | None = None,
         need_weights: bool = False,
         backend: str = "auto",
+        shard: ContextParallel | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """tokens (B, T) → (hidden states (B, T, D), per-layer weights (B, H, T, Tk) if asked, else [])."""
-        tokens = self._check_tokens(tokens)
+        """tokens (B, T) → (hidden states (B, T, D), per-layer weights (B, H, T, Tk) if asked, else []).
+
+        ``shard``: tokens (B, T_local) are this process's positions of a sequence (see
+        ``selfattention.distributed.ContextParallel``) → their hidden states (B, T_local, D)."""
+        if shard is None:
+            tokens = self._check_tokens(tokens)
+        else:
+            tokens = self._check_shard(tokens, shard, [
+                (caches is not None, "KV caches"), (need_weights, "need_weights"),
+                (isinstance(mask, torch.Tensor), "mask tensor (give a BlockMask of the whole sequence)")])
         if caches is not None and len(caches) != len(self.blocks):
             raise ValueError(f"caches must hold one KVCache per layer ({len(self.blocks)}), "
                              f"got {len(caches)}")
         offset = len(caches[0]) if caches else 0
         x = self.embed(tokens)  # (B, T, D)
-        pos = self.positions(tokens.shape[1], offset)
+        if shard is None:
+            pos = self.positions(tokens.shape[1], offset)
+        else:  # a shard's own global positions, in its order
+            pos = self.positions.at(shard.positions(tokens.device))
         if pos is not None:
             x = x + pos  # (B, T, D) + (T, D)
         x = self.dropout(x)
@@ -212,7 +260,7 @@ class _Stack(nn.Module):
         weights = []
         for i, block in enumerate(self.blocks):
             out = block(x, mask=mask, causal=causal, cache=caches[i] if caches else None,
-                        need_weights=need_weights, backend=backend)
+                        need_weights=need_weights, backend=backend, shard=shard)
             if need_weights:
                 x, w = out
                 weights.append(w)
@@ -226,12 +274,15 @@ class Encoder(_Stack):
 
     ``forward(tokens (B, T), mask=None)`` → hidden states z (B, T, D); ``mask`` (True = may
     attend) broadcastable to (B, H, T, T), e.g. ``masks.from_lengths`` for padded batches.
-    With ``need_weights`` also a list of per-layer weights (B, H, T, T).
+    With ``need_weights`` also a list of per-layer weights (B, H, T, T). With ``shard=`` (a
+    ``ContextParallel``), tokens (B, T_local) are this process's part of the sequence → their z
+    (B, T_local, D); ``mask`` then a ``BlockMask`` of the whole sequence, or None.
     """
 
     def forward(self, tokens: torch.Tensor, *, mask: torch.Tensor | None = None, need_weights: bool = False,
-                backend: str = "auto") -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        z, w = self.hidden(tokens, mask=mask, need_weights=need_weights, backend=backend)
+                backend: str = "auto", shard: ContextParallel | None = None,
+                ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        z, w = self.hidden(tokens, mask=mask, need_weights=need_weights, backend=backend, shard=shard)
         return (z, w) if need_weights else z
 
 
@@ -242,6 +293,11 @@ class DecoderLM(_Stack):
     ``forward(tokens (B, T))`` → logits (B, T, V), the prediction for token t + 1 at position t.
     With ``caches`` (``new_caches()``), ``tokens`` are only the new positions after those cached:
     decoding one token at a time costs one position's work per layer instead of the whole prefix.
+    With ``shard=`` (a ``selfattention.distributed.ContextParallel``), tokens (B, T_local) are this
+    process's positions of a sequence split over processes → their logits (B, T_local, V), equal
+    to those rows of one process's logits on the whole sequence: attention runs over every
+    position through ring attention (causal in global positions), position encodings are the
+    shard's global ones, the rest is per position. Sum each weight's gradient over the group.
     """
 
     causal = True
@@ -255,9 +311,9 @@ class DecoderLM(_Stack):
         return [KVCache() for _ in self.blocks]
 
     def forward(self, tokens: torch.Tensor, *, caches: list[KVCache] | None = None,
-                need_weights: bool = False,
-                backend: str = "auto") -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        h, w = self.hidden(tokens, caches=caches, need_weights=need_weights, backend=backend)
+                need_weights: bool = False, backend: str = "auto", shard: ContextParallel | None = None,
+                ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        h, w = self.hidden(tokens, caches=caches, need_weights=need_weights, backend=backend, shard=shard)
         logits = self.head(h)  # (B, T, V)
         return (logits, w) if need_weights else logits
 

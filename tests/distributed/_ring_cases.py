@@ -5,6 +5,8 @@ back together — with its own statement of the layouts, not the library's."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -32,6 +34,8 @@ class Case:
     scale: float | None = None
     q_gain: float = 1.0  # scales q: 3 with scale 2 gives scores near 100, past float32's e^88.7
     seed: int = 0
+    lane: int | None = None  # the local row's lane and rows (None: the defaults, one lane at these T)
+    rows: int | None = None
     extra: dict = field(default_factory=dict, hash=False)
 
 
@@ -55,6 +59,18 @@ CASES = [
     Case("float32 large scores", Tq=48, Tk=48, dtype=torch.float32, d=16, dv=16, scale=2.0, q_gain=3.0),
     Case("bfloat16", Tq=48, Tk=48, causal=True, dtype=torch.bfloat16, d=16, dv=16),
     Case("float16", Tq=48, Tk=48, dtype=torch.float16, d=16, dv=16, layout="contiguous"),
+    # Many lanes and query tiles (uneven ones too), as the defaults give at long T:
+    Case("causal zigzag in lanes", Tq=48, Tk=48, causal=True, lane=6, rows=5),
+    Case("T not divisible in lanes", B=1, Tq=37, Tk=37, causal=True, lane=4, rows=3),
+    Case("key padding in lanes", Tq=44, Tk=44, lengths=(44, 17), causal=True, lane=6, rows=4),
+    Case("documents in lanes", B=2, Tq=60, Tk=60, mask="documents", lane=10, rows=7),
+    Case("sliding window in lanes", B=1, Tq=64, Tk=64, mask="window", layout="contiguous", lane=5, rows=6),
+    Case("GQA 8:2 in lanes", B=1, H=8, Hkv=2, Tq=36, Tk=36, causal=True, lane=4, rows=3),
+    Case("cross-attention causal in lanes", B=1, Tq=52, Tk=20, causal=True, alignment="bottom_right", lane=4,
+         rows=5),
+    Case("rows with no allowed key in lanes", B=2, Tq=40, Tk=40, mask="holes", lengths=(40, 0), lane=6,
+         rows=4),
+    Case("float32 in lanes", Tq=48, Tk=48, causal=True, dtype=torch.float32, d=16, dv=16, lane=6, rows=5),
 ]
 BY_NAME = {c.name: c for c in CASES}
 
@@ -156,6 +172,20 @@ def reference(c: Case, q, k, v, do, *, backend: str = "matrix"):
     return out.detach(), lse, dq, dk, dv
 
 
+@contextlib.contextmanager
+def local_row(c: Case):
+    """The CPU's local block functions with the case's lane and rows, for the duration."""
+    from selfattention.distributed import local
+
+    real = local.LOCAL["cpu"]
+    if c.lane is not None:
+        local.LOCAL["cpu"] = dataclasses.replace(real, lane=c.lane, rows=c.rows)
+    try:
+        yield
+    finally:
+        local.LOCAL["cpu"] = real
+
+
 def run_cases(rank: int, world: int, names: list[str]) -> dict:
     """In each process: every case's ring forward and backward on its shards, then the checks
     that every process must fail together. Returns what the test compares."""
@@ -168,9 +198,11 @@ def run_cases(rank: int, world: int, names: list[str]) -> dict:
             q, k, v, do = (shard_sequence(x, layout=c.layout) for x in inputs(c))
             q, k, v = (x.requires_grad_() for x in (q, k, v))
             lengths = None if c.lengths is None else list(c.lengths)
-            out, lse = ring_attention(q, k, v, layout=c.layout, causal=c.causal, causal_alignment=c.alignment,
-                                      mask=block_mask_of(c), lengths=lengths, scale=c.scale, return_lse=True)
-            dq, dk, dv = torch.autograd.grad(out, (q, k, v), do)
+            with local_row(c):
+                out, lse = ring_attention(q, k, v, layout=c.layout, causal=c.causal,
+                                          causal_alignment=c.alignment, mask=block_mask_of(c),
+                                          lengths=lengths, scale=c.scale, return_lse=True)
+                dq, dk, dv = torch.autograd.grad(out, (q, k, v), do)
             results[name] = {"out": out.detach(), "lse": lse, "dq": dq, "dk": dk, "dv": dv,
                              "dtypes": [x.dtype for x in (out, dq, dk, dv)]}
         except Exception as err:  # noqa: BLE001 (the test reports it)
@@ -184,6 +216,9 @@ def run_cases(rank: int, world: int, names: list[str]) -> dict:
                          "grad": grad, "contiguous": shard_sequence(x, layout="contiguous")}
     results["errors"] = _errors(rank, world)
     results["memory"] = ring_memory(rank, world)
+    from _model_cases import run_models
+
+    results["models"] = run_models(rank, world)
     return results
 
 
@@ -232,7 +267,7 @@ def peer_fails(rank: int, world: int, how: str) -> dict:
             time.sleep(3600)
             return real.forward(*args, **kw)
 
-        local.LOCAL["cpu"] = local.LocalBlocks("failing", forward, real.backward)
+        local.LOCAL["cpu"] = dataclasses.replace(real, name="failing", forward=forward)
     c = BY_NAME["causal zigzag"]
     q, k, v, do = (shard_sequence(x) for x in inputs(c))
     q, k, v = (x.requires_grad_() for x in (q, k, v))

@@ -68,3 +68,16 @@ def spawn(world: int, target: str, args: tuple, folder: Path, *, group_timeout_s
         f = folder / f"result-{r}.pt"
         results.append(torch.load(f, weights_only=False) if f.exists() else None)
     return results
+
+
+_STARTED: dict[tuple[int, str], list[object]] = {}
+
+
+def spawn_once(world: int, target: str, args: tuple, tmp_path_factory) -> list[object]:
+    """``spawn``, once per (world, target) in this pytest process: the test modules that read the
+    same processes' results share one start of them (each start costs seconds of imports)."""
+    key = (world, target)
+    if key not in _STARTED:
+        folder = tmp_path_factory.mktemp(f"{target.replace(':', '-')}-{world}")
+        _STARTED[key] = spawn(world, target, args, folder)
+    return _STARTED[key]

@@ -2,9 +2,9 @@
 and of dq, dk, dv, put back together by the layouts' definition, equals ``attention()`` on the
 whole sequence — 1e-10 in float64, FlashAttention's rule in float32, bfloat16 and float16.
 
-Each world size is started once (a module fixture): its processes run every case and return their
-shards, and the tests compare here. Shapes are small (T 13…64, d 8…16) so the three worlds take
-well under a minute; the benchmark holds the large ones.
+Each world size is started once (``spawn_once``, shared with test_models_on_a_shard.py): its
+processes run every case and return their shards, and the tests compare here. Shapes are small
+(T 13…64, d 8…16) so the three worlds take well under a minute; the benchmark holds the large ones.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 from _ring_cases import BY_NAME, CASES, F64, MEMORY_CASE, assemble, dense_mask, inputs, owned, reference
-from _ring_harness import spawn
+from _ring_harness import spawn_once
 from conftest import ATOL64, EPS32, assert_close, flash_rule
 
 pytestmark = pytest.mark.distributed
@@ -25,8 +25,7 @@ LOW = (torch.float32, torch.bfloat16, torch.float16)
 @pytest.fixture(scope="module", params=[2, 3, 4], ids=lambda n: f"{n}-processes")
 def ring(request, tmp_path_factory):
     world = request.param
-    results = spawn(world, "_ring_cases:run_cases", ([c.name for c in CASES],),
-                    tmp_path_factory.mktemp(f"ring{world}"))
+    results = spawn_once(world, "_ring_cases:run_cases", ([c.name for c in CASES],), tmp_path_factory)
     for r, res in enumerate(results):
         assert res is not None, f"rank {r} saved no result"
         assert "crashed" not in res, f"rank {r}: {res['crashed']}\n{res.get('traceback', '')}"
@@ -127,22 +126,26 @@ def test_mismatched_calls_fail_on_every_process(ring):
         assert torch.equal(res["errors"]["after"]["out"], res["T not divisible"]["out"])
 
 
-def test_no_process_holds_anything_the_size_of_the_whole_sequence(ring):
+def test_a_process_holds_its_shard_and_a_constant_not_the_whole_sequence(ring):
     """Forward + backward, causal, T = 2048, d = 256: the largest tensor allocated during the call
-    is a shard-sized buffer or one of the blockwise tier's tiles of (T/2N × min(512, T/2N)) scores —
-    never one of the whole sequence (B·H·T·d floats, larger than both here), nor the (T × T) scores;
-    and each process's live tensors stay below a fixed multiple of its shard plus two tiles."""
+    is one of the shard's (B·H·T/N·d floats) — never one of the whole sequence, nor the (T × T)
+    scores — and each process's live tensors stay within what the design holds: its shard's out,
+    dq, dk and dv (4 shards, the part that falls as 1/N), the ring's lanes (two of K and V, three
+    of the dK and dV sums: 10 tensors of one lane; none for one process), and the local block
+    functions' working set (up to 4 tiles of rows × a lane's run of scores, and 2 tiles of rows × d
+    of products). The ring used to hold 12 shards and tiles of a whole chunk of queries."""
+    from selfattention.distributed.local import BLOCKWISE
+
     world, results = ring
     m = MEMORY_CASE
     whole = m["B"] * m["H"] * m["T"] * m["d"] * 4  # one float32 tensor of the whole sequence
-    run = -(-m["T"] // (2 * world))  # a zigzag chunk (the longest)
-    shard = m["B"] * m["H"] * 2 * run * m["d"] * 4  # one tensor of the longest shard
-    tile = m["B"] * m["H"] * run * min(512, run) * 4
-    assert max(shard, tile) < whole
+    chunk = -(-m["T"] // (2 * world))  # a zigzag chunk (the longest)
+    shard = m["B"] * m["H"] * 2 * chunk * m["d"] * 4  # one tensor of the longest shard
+    lane = m["B"] * m["H"] * min(BLOCKWISE.lane, 2 * chunk) * m["d"] * 4
+    rows, run = min(BLOCKWISE.rows, chunk), min(BLOCKWISE.lane // 2, chunk)
+    tile, q_tile = m["B"] * m["H"] * rows * run * 4, m["B"] * m["H"] * rows * m["d"] * 4
+    assert shard < whole
     for rank, res in enumerate(results):
         got = res["memory"]
-        assert got["largest"] <= max(shard, tile) < whole, (rank, got, shard, tile)
-        # out and dq (2), two receive buffers of K and V (4), three sums of dK and dV (6), a chunk's
-        # dq, dk, dv, scaled q and two products being added (6 halves of a shard): 15 shards and
-        # two tiles (P and dP); one shard more for the small ones (lse, delta, the step's rules)
-        assert got["peak"] <= 16 * shard + 2 * tile, (rank, got, shard, tile)
+        assert got["largest"] <= shard < whole, (rank, got, shard)
+        assert got["peak"] <= 4 * shard + 10 * lane + 4 * tile + 2 * q_tile, (rank, got, shard, lane, tile)

@@ -26,8 +26,8 @@ def test_a_dead_or_hung_peer_ends_the_others_with_one_line(tmp_path, how):
     assert got is not None and "crashed" not in got, got
     assert got["type"] == "PeerError" and got["user_error"], got
     assert "\n" not in got["message"] and "Traceback" not in got["message"]
-    assert got["message"].startswith(f"rank 0 of 2: another training process died or did not answer within "
-                                     f"{TIMEOUT_S} s while passing "), got["message"]
+    assert got["message"].startswith(f"rank 0 of 2: another process of the ring died or did not answer "
+                                     f"within {TIMEOUT_S} s while passing "), got["message"]
     assert "around the ring" in got["message"]
     # a hang is noticed at the timeout; a death at once. Either well before the harness's deadline.
     assert got["seconds"] < 3 * TIMEOUT_S + 10

@@ -9,11 +9,11 @@ import random
 
 import pytest
 import torch
-from _ring_cases import BY_NAME, CASES, F64, block_mask_of, inputs, owned, reference, tensor_bytes
+from _ring_cases import BY_NAME, CASES, F64, block_mask_of, inputs, local_row, owned, reference, tensor_bytes
 from conftest import ATOL64, assert_close
 
 from selfattention import block_mask
-from selfattention.blockwise import block_backward, block_forward
+from selfattention.blockwise import block_backward, block_forward, block_forward_tiles
 from selfattention.distributed import LAYOUTS, positions, ring_attention, shard_positions, shard_sequence
 from selfattention.distributed.merge import merge_
 from selfattention.distributed.regions import sub_block_mask
@@ -134,11 +134,13 @@ def test_a_ring_of_one_process_is_attention(name):
     c = BY_NAME[name]
     q, k, v, do = inputs(c)
     q, k, v = (x.clone().requires_grad_() for x in (q, k, v))
-    out = ring_attention(q, k, v, layout=c.layout, causal=c.causal, causal_alignment=c.alignment,
-                         mask=block_mask_of(c), lengths=c.lengths, scale=c.scale)
+    with local_row(c):
+        out = ring_attention(q, k, v, layout=c.layout, causal=c.causal, causal_alignment=c.alignment,
+                             mask=block_mask_of(c), lengths=c.lengths, scale=c.scale)
+        grads = torch.autograd.grad(out, (q, k, v), do)
     want = reference(c, q, k, v, do)
     assert_close(out, want[0])
-    for got, w in zip(torch.autograd.grad(out, (q, k, v), do), want[2:], strict=True):
+    for got, w in zip(grads, want[2:], strict=True):
         assert_close(got, w)
 
 
@@ -204,3 +206,80 @@ def test_the_local_block_functions_hold_two_tiles_at_most():
     peak_bwd, _ = tensor_bytes(lambda: block_backward(q, k, v, out, do, lse, delta, scale=0.25))
     assert peak_fwd < 1.5 * tile, (peak_fwd, tile)
     assert peak_bwd < 2.5 * tile, (peak_bwd, tile)
+
+
+def test_query_tiles_give_the_same_block():
+    """block_forward with block_q (its tiles through block_forward_tiles) and block_backward with
+    block_q and ``into`` give what the untiled ones give — causal offsets, block maps, padding and
+    GQA alike — and ``into`` is added to, not overwritten; rows no key reaches are not yielded."""
+    g = torch.Generator().manual_seed(5)
+    B, H, Hkv, n, m, d = 2, 6, 2, 23, 30, 8
+    q, k, v, do = (torch.randn(*s, generator=g, dtype=F64) for s in
+                   ((B, H, n, d), (B, Hkv, m, d), (B, Hkv, m, 5), (B, H, n, 5)))
+    bm = block_mask.from_predicate(lambda b, h, i, j: (i * j + h) % 5 != 1, H=H, Tq=n, Tk=m, block=16)
+    for kw in (dict(offset=-9), dict(offset=4, key_lengths=torch.tensor([30, 11])), dict(block_mask=bm)):
+        out, lse = block_forward(q, k, v, scale=0.4, block_size=8, **kw)
+        tiled = block_forward(q, k, v, scale=0.4, block_size=8, block_q=5, **kw)
+        assert_close(tiled[0], out)
+        assert torch.equal(tiled[1].isneginf(), lse.isneginf())
+        assert torch.equal(lse.isneginf(), out.eq(0).all(-1))
+        tiles = block_forward_tiles(q, k, v, scale=0.4, block_size=8, block_q=5, **kw)
+        seen = [(r0, r1) for r0, r1, *_ in tiles]
+        assert all(not bool(lse[:, :, r0:r1].isneginf().all()) for r0, r1 in seen)
+        if "offset" in kw and kw["offset"] < 0:
+            assert seen[0][0] > 0  # the first rows see no key under offset −9: never computed
+        delta = (do * out).sum(-1)
+        want = block_backward(q, k, v, out, do, lse, delta, scale=0.4, block_size=8, **kw)
+        start = [torch.randn(x.shape, generator=g, dtype=F64) for x in (q, k, v)]
+        got = block_backward(q, k, v, out, do, lse, delta, scale=0.4, block_size=8, block_q=5,
+                             into=tuple(x.clone() for x in start), **kw)
+        for x, w, s0 in zip(got, want, start, strict=True):
+            assert_close(x - s0, w)
+
+
+def test_query_tiles_bound_the_tiles_whatever_the_queries():
+    """With block_q, the forward holds one (block_q × block) tile of scores at a time and the
+    backward two, plus block_q rows of q-sized running values — not T rows: a chunk of 2048 queries
+    costs what 128 do. Without block_q the tile is (T × block), 16 times larger here."""
+    g = torch.Generator().manual_seed(0)
+    T, d, bq = 2048, 16, 128
+    q, k, v, do = (torch.randn(1, 1, T, d, generator=g) for _ in range(4))
+    out, lse = block_forward(q, k, v, scale=0.25)
+    delta = (do * out).sum(-1)
+    into = tuple(torch.zeros_like(x) for x in (q, k, v))
+    tile = bq * 512 * 4
+    rows = bq * d * 4  # one tile's rows of q, out or dq
+
+    def forward():
+        for _ in block_forward_tiles(q, k, v, scale=0.25, block_q=bq):
+            pass
+
+    peak_fwd, _ = tensor_bytes(forward)
+    peak_bwd, _ = tensor_bytes(lambda: block_backward(q, k, v, out, do, lse, delta, scale=0.25, block_q=bq,
+                                                      into=into))
+    assert peak_fwd <= tile + 8 * rows, (peak_fwd, tile)
+    assert peak_bwd <= 2 * tile + 8 * rows + 2 * 512 * d * 4, (peak_bwd, tile)
+
+
+def test_a_peer_is_named_in_its_users_words():
+    """peers.guard turns a failure of torch.distributed into one PeerError in its user's words: the
+    ring's "another process of the ring", training's "another training process" (train.distributed
+    re-exports the plumbing, so every existing import still finds it). Other errors pass through."""
+    from selfattention.distributed import peers
+    from selfattention.distributed.comm import Comm
+    from selfattention.train import distributed as training
+
+    def message(guard) -> str:
+        with pytest.raises(peers.PeerError) as err, guard:
+            raise RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection reset by peer. x")
+        return str(err.value)
+
+    said = " died or did not answer within 5 s while {} (Connection reset by peer)"
+    assert message(Comm(None, 1, 2, "gloo", 5.0).guard("passing keys")) == (
+        "rank 1 of 2: another process of the ring" + said.format("passing keys"))
+    assert message(training.guard(peers.Dist(1, 2, 0, "gloo", 5.0), "training step 3")) == (
+        "rank 1 of 2: another training process" + said.format("training step 3"))
+    assert training.Dist is peers.Dist and training.PeerError is peers.PeerError
+    assert training.teardown is peers.teardown
+    with pytest.raises(ValueError, match="not a peer"), peers.guard(peers.Dist(0, 2), "x"):
+        raise ValueError("not a peer")

@@ -23,6 +23,7 @@ from _train_helpers import curve, env, one_thread, same_state, tiny  # noqa: F40
 from selfattention.train import checkpoint, metrics
 from selfattention.train.loop import run
 
+pytestmark = [pytest.mark.distributed, pytest.mark.subprocess]
 STEPS = 20
 ARGS = ["--d-model", "16", "--d-ff", "32", "--heads", "2", "--layers", "1", "--max-len", "6", "--longer-len",
         "8", "--batch-size", "8", "--eval-every", "2", "--checkpoint-every", "10", "--no-progress",

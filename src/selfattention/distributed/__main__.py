@@ -19,6 +19,8 @@ import torch
 from .. import attention
 from ..errors import UserError
 from . import ring_attention, shard_sequence, unshard_sequence
+from .comm import PEERS
+from .peers import setup, teardown
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -47,10 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     kv = a.kv_heads or a.heads
     if a.heads % kv:
         ap.error(f"--kv-heads {kv} must divide --heads {a.heads}")
-    from ..train.distributed import setup, teardown
-
     try:
-        dist = setup(a.timeout)
+        dist = setup(a.timeout, who=PEERS)
     except UserError as err:
         print(f"selfattention.distributed: error: {err}", file=sys.stderr)
         return 2

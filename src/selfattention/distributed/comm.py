@@ -2,8 +2,9 @@
 neighbours, the point-to-point exchanges of one ring step, and small collectives.
 
 Every wait is bounded (the group's timeout, set by ``init_process_group(timeout=…)``; torchrun and
-``selfattention train --timeout`` set it) and runs under ``train.distributed.guard``, which turns
-a peer that died or hung into one ``PeerError`` line instead of a hang or a traceback.
+``selfattention train --timeout`` set it) and runs under ``peers.guard``, which turns a peer that
+died or hung into one ``PeerError`` line ("another process of the ring …") instead of a hang or a
+traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Any
 
 import torch
 
+from .peers import Dist, guard
+
+PEERS = "another process of the ring"  # what PeerError calls a peer
 _DEFAULT_TIMEOUT_S = 1800.0  # torch's own default for gloo, where a group does not say its own
 
 
@@ -47,10 +51,8 @@ class Comm:
 
     @contextlib.contextmanager
     def guard(self, doing: str) -> Iterator[None]:
-        """A peer gone or silent past the timeout → one ``PeerError`` (train.distributed's)."""
-        from ..train.distributed import Dist, guard
-
-        with guard(Dist(self.rank, self.world, 0, self.backend, self.timeout_s), doing):
+        """A peer gone or silent past the timeout → one ``PeerError``."""
+        with guard(Dist(self.rank, self.world, 0, self.backend, self.timeout_s), doing, who=PEERS):
             yield
 
     def exchange(self, sends: list[torch.Tensor], recvs: list[torch.Tensor], tag: int, doing: str) -> Pending:

@@ -20,7 +20,7 @@ import torch
 
 from .comm import Comm
 
-OPS = ("ring_attention", "unshard_sequence")
+OPS = ("ring_attention", "unshard_sequence", "a model on a shard")
 SLOTS = 48  # fields per call, at most
 MESSAGE_BYTES = 320  # of a refused argument's message (one line)
 _WORDS = MESSAGE_BYTES // 8

@@ -10,14 +10,11 @@ skipped whole: never evaluated, not even as a tile.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
-from ..block_mask import FULL, PARTIAL, SKIP, BlockMask, _assemble
-
-_TILES_AT_ONCE = 64  # candidate blocks evaluated together (bounds the sub-map builder's memory)
+from ..block_mask import FULL, SKIP, BlockMask
 
 
 @dataclass(frozen=True)
@@ -33,56 +30,17 @@ class Rule:
 
 
 def sub_block_mask(bm: BlockMask, qa: int, qb: int, ka: int, kb: int) -> tuple[str, BlockMask | None]:
-    """The rectangle [qa, qb) × [ka, kb) of ``bm`` as a map of its own, with the same block sizes
-    counted from (qa, ka): ("none", None) where it allows no pair, ("all", None) where it allows
-    every pair, else ("some", map).
-
-    Block-level first: a new block is SKIP where every old block it overlaps is SKIP, FULL where
-    every one is FULL and it lies whole inside the rectangle; only the rest (the mask's boundary)
-    is evaluated pair by pair from the old map's tiles. So the cost follows the boundary, never n × m.
-    """
-    bM, bN = bm.block_m, bm.block_n
-    n, m = qb - qa, kb - ka
-    nQ, nK = math.ceil(n / bM), math.ceil(m / bN)
-    dev = bm.device
-    r, c = torch.arange(nQ, device=dev), torch.arange(nK, device=dev)
-    rows = [(qa + r * bM) // bM, (qa + torch.clamp((r + 1) * bM, max=n) - 1) // bM]  # old block rows
-    cols = [(ka + c * bN) // bN, (ka + torch.clamp((c + 1) * bN, max=m) - 1) // bN]
-    parts = [bm.kinds[:, :, R][:, :, :, C] for R in rows for C in cols]  # each (Bm, Hm, nQ, nK)
-    live = torch.stack(parts).amax(0) != SKIP
-    whole = ((torch.clamp((r + 1) * bM, max=n) - r * bM == bM)[:, None]
-             & (torch.clamp((c + 1) * bN, max=m) - c * bN == bN)[None, :])
-    full = (torch.stack(parts).amin(0) == FULL) & whole
-    kinds = torch.where(full, FULL, torch.where(live, PARTIAL, SKIP)).to(torch.int8)
-    tile_of = torch.full(kinds.shape, -1, dtype=torch.int32, device=dev)
-    tiles = []
-    todo = torch.nonzero(kinds == PARTIAL)  # (P, 4): b, h, block row, block col
-    for at in range(0, len(todo), _TILES_AT_ONCE):
-        b, h, i, j = todo[at : at + _TILES_AT_ONCE].unbind(-1)
-        gi = qa + i[:, None] * bM + torch.arange(bM, device=dev)  # (p, bM) global rows
-        gj = ka + j[:, None] * bN + torch.arange(bN, device=dev)  # (p, bN) global cols
-        inside = (gi < qb)[:, :, None] & (gj < kb)[:, None, :]
-        gi, gj = gi.clamp(max=qb - 1), gj.clamp(max=kb - 1)
-        idx = (b[:, None, None], h[:, None, None], (gi // bM)[:, :, None], (gj // bN)[:, None, :])
-        kind, tile = bm.kinds[idx], bm.tile_of[idx]  # (p, bM, bN)
-        stored = bm.tiles if len(bm.tiles) else bm.tiles.new_zeros(1, bM, bN)
-        bit = stored[tile.clamp(min=0).long(), (gi % bM)[:, :, None], (gj % bN)[:, None, :]].bool()
-        allowed = ((kind == FULL) | ((kind == PARTIAL) & bit)) & inside  # (p, bM, bN)
-        count = allowed.sum((-2, -1))
-        new = torch.where(count == bM * bN, FULL, torch.where(count == 0, SKIP, PARTIAL)).to(torch.int8)
-        kinds[b, h, i, j] = new
-        keep = new == PARTIAL
-        tile_of[b[keep], h[keep], i[keep], j[keep]] = torch.arange(
-            sum(len(t) for t in tiles), sum(len(t) for t in tiles) + int(keep.sum()), dtype=torch.int32,
-            device=dev)
-        tiles.append(allowed[keep].to(torch.uint8))
-    if not bool((kinds != SKIP).any()):
+    """The rectangle [qa, qb) × [ka, kb) of ``bm`` (``BlockMask.sub``), classified: ("none", None)
+    where it allows no pair, ("all", None) where it allows every pair, else ("some", map)."""
+    sub = bm.sub(qa, qb, ka, kb)
+    if not bool((sub.kinds != SKIP).any()):
         return "none", None
-    stacked = torch.cat(tiles) if tiles else torch.zeros(0, bM, bN, dtype=torch.uint8, device=dev)
-    allowed = int((kinds == FULL).sum()) * bM * bN + int(stacked.sum(dtype=torch.int64))
-    if allowed == kinds.shape[0] * kinds.shape[1] * n * m:
+    # FULL blocks never reach past the rectangle, so this counts the allowed pairs exactly
+    full = int((sub.kinds == FULL).sum()) * sub.block_m * sub.block_n
+    allowed = full + int(sub.tiles.sum(dtype=torch.int64))
+    if allowed == sub.kinds.shape[0] * sub.kinds.shape[1] * (qb - qa) * (kb - ka):
         return "all", None  # every pair (edge blocks, partial only by reaching past the rectangle)
-    return "some", _assemble(n, m, (bM, bN), kinds, tile_of, stacked)
+    return "some", sub
 
 
 class Rules:
