@@ -2,7 +2,7 @@
 
 Numbers in the JSON report are re-derived here from its own inputs (H, W's) with NumPy, so the
 tests can fail if the report is wrong; they do not re-run the package's code paths. The toy model
-is named explicitly everywhere (the default is the pretrained model: tests/test_cli_pretrained.py).
+is named explicitly everywhere (the default is the pretrained model: tests/cli/test_cli_pretrained.py).
 """
 
 from __future__ import annotations
@@ -175,6 +175,7 @@ def test_version_and_help(capsys):
     assert "--word" in capsys.readouterr().out
 
 
+@pytest.mark.subprocess
 def test_console_script_runs(tmp_path):
     env = {**os.environ, "NO_COLOR": ""}
     cmd = [sys.executable, "-m", "selfattention.cli", "explain", SENTENCE, *TOY]
@@ -221,7 +222,7 @@ def test_heatmap_shades_and_colour():
     M = np.array([[0.0, 1.0], [0.5, 0.25]])
     plain = terminal.heatmap(M, ["a", "b"], ["a", "b"], vmin=0.0, vmax=1.0)
     rows = plain.splitlines()
-    assert rows[1].startswith("a ") and "█" in rows[1] and "·" in rows[1]
+    assert rows[1].startswith("a ") and terminal.SHADES[-1] in rows[1] and terminal.SHADES[0] in rows[1]
     assert "\x1b" not in plain
     coloured = terminal.heatmap(M, ["a", "b"], ["a", "b"], color=True)
     assert coloured.count("\x1b[48;5;") >= 4

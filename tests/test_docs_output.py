@@ -13,7 +13,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from _cli import run_cli
 
 pytestmark = pytest.mark.numerics
 

@@ -9,7 +9,7 @@ import pytest
 
 from selfattention.cli import main
 
-pytestmark = pytest.mark.numerics  # rounding-sensitive: run on 1 thread too (conftest.py)
+pytestmark = pytest.mark.numerics  # rounding-sensitive: run on 1 thread too (scripts/dev test)
 
 README = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
 

@@ -16,8 +16,9 @@ import pytest
 ROOT = Path(__file__).parent.parent
 DEV = ROOT / "scripts" / "dev"
 
-pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("sha1sum") is None,
-                                reason="scripts/dev needs bash and sha1sum")
+pytestmark = [pytest.mark.skipif(shutil.which("bash") is None or shutil.which("sha1sum") is None,
+                                 reason="scripts/dev needs bash and sha1sum"),
+              pytest.mark.subprocess]
 
 
 @pytest.fixture
@@ -63,3 +64,13 @@ def test_test_runs_in_the_repository_from_anywhere(tmp_path: Path, venv: Path):
     r = dev("test", "--collect-only", "-q", "tests/test_architecture.py", cwd=tmp_path, venv=venv)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "test_architecture.py::test_viz_imports_nothing_from_models" in r.stdout
+
+
+def test_quick_leaves_out_the_marked_tests_and_passes_the_rest_on(tmp_path: Path, venv: Path):
+    """--quick is pytest with the marks of _marks.HEAVY left out; further arguments go to pytest."""
+    r = dev("test", "--quick", "--collect-only", "-q", "tests/test_scripts_dev.py", "tests/test_marks.py",
+            cwd=tmp_path, venv=venv)
+    assert r.returncode == 0, r.stdout + r.stderr
+    collected = [line for line in r.stdout.splitlines() if "::" in line]
+    assert collected and all(line.startswith("tests/test_marks.py::") for line in collected), r.stdout
+    assert "deselected" in r.stdout  # this module's own tests: subprocess

@@ -1,6 +1,6 @@
 """Shared by the Hugging Face tests: transformers itself, tiny models, padded batches, the 2× rule.
 
-The accuracy rule (FlashAttention's, as in tests/conftest.py): run the model in float64 as the
+The accuracy rule (FlashAttention's, as in tests/_rules.py): run the model in float64 as the
 reference; our float32 error against it must be at most K × the error of the same model's
 ``eager`` attention in float32 against it, plus one float32 rounding of the reference's largest
 value (for an eager error that happens to be 0). K = 4, as in the transformers peer test: our

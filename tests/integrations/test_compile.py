@@ -2,7 +2,7 @@
 
 ``fullgraph=True`` turns any graph break into an error, so a call that returns proves the input
 checks and the dispatch trace into one graph. Values are checked in float64 against the float64
-references of tests/conftest.py (NumPy loops for outputs, a plain-torch implementation for
+references of tests/_rules.py (NumPy loops for outputs, a plain-torch implementation for
 gradients), so the tolerance is float64's (``ATOL64``), not a guess at Inductor's rounding.
 Inductor's C++ code generation takes tens of seconds per graph on a 2-core CPU, so the cases are
 few, each graph covers several, and the tests that are about tracing (graph breaks, backward
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import F64, assert_close, naive_torch, randn, ref_attention
+from _rules import F64, assert_close, naive_torch, randn, ref_attention
 
 from selfattention import MultiHeadAttention, attention
 from selfattention.layers import KVCache

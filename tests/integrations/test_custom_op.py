@@ -2,7 +2,7 @@
 
 On the CPU the operator runs its CPU implementation: the blockwise tier forward and
 FlashAttention-2's backward in PyTorch; both are checked here in float64 against
-tests/conftest.py's references (NumPy loops for outputs and weights, plain torch for gradients,
+tests/_rules.py's references (NumPy loops for outputs and weights, plain torch for gradients,
 ``gradcheck`` for the formula). Its Triton path is checked without a GPU in
 test_custom_op_kernel.py (values under TRITON_INTERPRET=1, tracing on fake CUDA tensors) and on a
 GPU in test_gpu.py.
@@ -20,7 +20,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import F64, assert_close, naive_torch, randn, ref_attention
+from _rules import F64, assert_close, naive_torch, randn, ref_attention
 from torch import nn
 
 from selfattention.integrations.torch_library import attention_op
@@ -231,7 +231,7 @@ def test_registration():
 _WITHOUT_TRITON_OP = """
 import torch
 del torch.library.triton_op  # as in a torch that lacks it (before 2.6)
-from conftest import F64, assert_close, naive_torch
+from _rules import F64, assert_close, naive_torch
 from selfattention.integrations import torch_library as tl
 assert not tl.TRITON_OP
 g = torch.Generator().manual_seed(0)
@@ -249,6 +249,7 @@ print("ok")
 """
 
 
+@pytest.mark.subprocess
 def test_custom_op_where_torch_has_no_triton_op():
     """The fallback registration (torch.library.custom_op) passes the same checks."""
     tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -76,6 +76,7 @@ print("ok")
 """
 
 
+@pytest.mark.subprocess
 @needs_triton
 def test_kernel_path_under_the_interpreter():
     """The operator's Triton forward and backward against the blockwise tier on the same inputs,

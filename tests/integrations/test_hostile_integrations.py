@@ -17,7 +17,8 @@ import re
 
 import pytest
 import torch
-from conftest import F64, assert_close, model_dir_copy, randn, run_cli
+from _cli import model_dir_copy, run_cli
+from _rules import F64, assert_close, randn
 
 import selfattention.integrations.transformers as hf
 from selfattention import MultiHeadAttention, SelfAttention, attention

@@ -1,6 +1,6 @@
 """The attention function's side of transformers' contract, called directly, and ``register``'s errors.
 
-Expected values come from ``tests/conftest.py``'s float64 NumPy reference (loops over rows), with
+Expected values come from ``tests/_rules.py``'s float64 NumPy reference (loops over rows), with
 grouped-query heads expanded there by repetition: head h reads key/value head h // (H / Hkv).
 """
 
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from _hf import transformers
-from conftest import assert_close, causal_np, randn, ref_attention
+from _rules import assert_close, causal_np, randn, ref_attention
 
 import selfattention.integrations.transformers as hf
 from selfattention import kernels

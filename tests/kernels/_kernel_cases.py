@@ -10,7 +10,7 @@ from selfattention import attention, masks
 def reference(q, k, v, *, causal=False, alignment="top_left", mask=None, lengths=None, dtype=torch.float64):
     """out, (dq, dk, dv) of the matrix tier on upcast inputs, GQA by repeating K/V heads.
 
-    The matrix tier is itself checked against the lecture's loops in tests/test_functional.py.
+    The matrix tier is itself checked against the lecture's loops in tests/tiers/test_functional.py.
     """
     G = q.shape[1] // k.shape[1]
     qr, kr, vr = (x.detach().to(dtype).requires_grad_() for x in (q, k, v))

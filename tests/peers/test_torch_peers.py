@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import F64, assert_close, randn
+from _rules import F64, assert_close, randn
 from torch import nn
 
 from selfattention import MultiHeadAttention, attention, available_backends, masks
 
-pytestmark = pytest.mark.numerics  # rounding-sensitive: run on 1 thread too (conftest.py)
+pytestmark = pytest.mark.numerics  # rounding-sensitive: run on 1 thread too (scripts/dev test)
 
 BACKENDS = ["auto", *available_backends()]
 

@@ -30,7 +30,7 @@ import torch
 from selfattention import available_backends
 from selfattention.models.pretrained import PretrainedModel, default_model_path, mean_pool
 
-pytestmark = pytest.mark.numerics  # rounding-sensitive: run on 1 thread too (conftest.py)
+pytestmark = pytest.mark.numerics  # rounding-sensitive: run on 1 thread too (scripts/dev test)
 
 if os.environ.get("CI", "").lower() not in ("", "0", "false"):
     import transformers  # CI installs the peers: an ImportError here must fail the run

@@ -1,5 +1,6 @@
-"""Helpers of the training tests: a tiny run's options, the command line in a subprocess, and the
-``one_thread`` fixture (import it into a test module to use it there)."""
+"""Helpers of the training tests: a tiny run's options, the command line in a subprocess or in this
+process (``cli_here``), a tiny trained run, and the ``one_thread`` fixture (import it into a test
+module to use it there)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _cli import no_hang, run_cli
 
 from selfattention.train.config import TrainConfig
 
@@ -42,6 +44,22 @@ def cli(*args: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     """``python -m selfattention ARGS`` in a subprocess; text output."""
     return subprocess.run([sys.executable, "-m", "selfattention", *args], capture_output=True, text=True,
                           timeout=timeout, env=env(), **kw)
+
+
+def cli_here(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:
+    """``cli(*args)`` run in this process (``main``, no interpreter to start): for the tests where a
+    second process is not the thing tested. Bounded by ``no_hang``, as ``cli`` by its timeout."""
+    with no_hang(timeout):
+        rc, out, err = run_cli(*args)
+    return subprocess.CompletedProcess(["selfattention", *args], rc, out, err)
+
+
+def tiny_run(out: Path) -> Path:
+    """A tiny reverse run trained in this process into ``out``: checkpoints at steps 2 and 4."""
+    r = cli_here("train", "reverse", "--steps", "4", "--out", str(out), *TINY_ARGS, "--checkpoint-every", "2",
+                 "--eval-every", "2")
+    assert r.returncode == 0, r.stderr
+    return out
 
 
 def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

@@ -164,7 +164,12 @@ def test_cli_errors_are_one_line(finished: Path, tmp_path: Path, capsys):
     assert main(["generate", str(tmp_path), "--prompt", "abc"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no checkpoints" in err
-    # a real process, as a user runs it: one line on stderr, no traceback
+
+
+@pytest.mark.subprocess
+def test_a_broken_checkpoint_is_one_line_in_a_real_process(finished: Path, tmp_path: Path):
+    """As a user runs it: one line on stderr, no traceback; the run falls back and says so."""
+    out = _copy(finished, tmp_path / "run")
     _break(checkpoint.listing(out)[0], "truncated")
     r = cli("generate", str(checkpoint.listing(out)[0]), "--prompt", "abc")
     assert r.returncode == 2 and "truncated" in r.stderr and r.stderr.count("\n") == 1

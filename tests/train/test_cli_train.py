@@ -38,6 +38,7 @@ def reverse(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_a_small_transformer_learns_to_reverse(reverse: Path):
     last = metrics.read(reverse)[-1]
     assert last["step"] == 800 and last["accuracy"] >= 0.95, last
@@ -46,6 +47,7 @@ def test_a_small_transformer_learns_to_reverse(reverse: Path):
         assert (reverse / name).is_file()
 
 
+@pytest.mark.slow
 def test_generate_answers_held_out_prompts(reverse: Path, capsys):
     task = get_task("reverse")
     for prompt in heldout_prompts(task, np.random.default_rng(0), 5, 3, 5):
@@ -53,6 +55,7 @@ def test_generate_answers_held_out_prompts(reverse: Path, capsys):
         assert capsys.readouterr().out == prompt[::-1] + "\n"
 
 
+@pytest.mark.slow
 def test_accuracy_is_what_greedy_decoding_gets_right(reverse: Path):
     """Teacher-forced whole-sequence accuracy counts exactly the sequences greedy generation gets right,
     checked on a half-trained checkpoint (step 300) where both kinds occur."""
@@ -70,6 +73,7 @@ def test_accuracy_is_what_greedy_decoding_gets_right(reverse: Path):
     assert 0 < sum(right_greedy) < len(prompts)  # both outcomes occur: the comparison means something
 
 
+@pytest.mark.slow
 def test_generate_refuses_a_bad_prompt_in_one_line(reverse: Path, capsys):
     assert main(["generate", str(reverse), "--prompt", "ab=c"]) == 2
     err = capsys.readouterr().err
@@ -107,6 +111,7 @@ def test_bad_text_files_are_one_line_and_exit_2(tmp_path: Path, capsys, content,
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
+@pytest.mark.subprocess
 def test_bad_text_from_a_real_process(tmp_path: Path):
     f = tmp_path / "latin1.txt"
     f.write_bytes("café".encode("latin-1"))
@@ -130,6 +135,7 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, capsys, argv, messa
     assert message in err and err.count("\n") == 1
 
 
+@pytest.mark.subprocess
 def test_a_progress_bar_on_a_terminal(tmp_path: Path):
     """On a terminal, stderr shows tqdm's bar; the evaluations still go to stdout, one line each."""
     master, slave = pty.openpty()

@@ -113,7 +113,7 @@ def test_the_slider_shows_each_steps_weights(chrome, tmp_path: Path):
     urls = browser.requested_urls(chrome)
     assert urls and all(u == path.as_uri() or u.startswith("data:") for u in urls), urls
     assert chrome.find_element("css selector", "#step").get_attribute("max") == "2"
-    assert chrome.find_element("css selector", "#step-label").text == "step 100"  # opens at the last
+    assert chrome.find_element("css selector", "#step-label").text == "step 0"  # opens at the first
     assert len(chrome.find_elements("css selector", "#heads canvas")) == 2
     top = payload(snaps)["max"]
     from selenium.webdriver.support.ui import Select

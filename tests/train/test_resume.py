@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _train_helpers import TINY_ARGS, curve, env, one_thread, same_state, tiny  # noqa: F401
+from _train_helpers import TINY_ARGS, cli_here, curve, env, one_thread, same_state, tiny  # noqa: F401
 
 from selfattention.cli import main
 from selfattention.train import checkpoint, metrics
@@ -62,6 +62,7 @@ def _wait_for(out: Path, step: int, proc: subprocess.Popen, timeout: float = 90)
     raise AssertionError(f"no evaluation of step {step} within {timeout} s")
 
 
+@pytest.mark.subprocess
 def test_kill_9_loses_at_most_one_checkpoint_interval(tmp_path: Path):
     out, every = tmp_path / "killed", 10
     args = [*TINY_ARGS, "--checkpoint-every", str(every), "--out", str(out)]
@@ -109,6 +110,7 @@ def test_dropout_resumes_exactly_too(tmp_path: Path):
 DEFAULT_EVAL = [a for a in TINY_ARGS if a not in ("--eval-every", "5")]  # evaluations every 100 steps
 
 
+@pytest.mark.slow
 def test_n_plus_n_is_2n_in_metrics_with_the_default_eval_every(tmp_path: Path, capsys):
     """The first run's last step (130, not an evaluation step) is evaluated and logged, but its line,
     its snapshot and its reset of the running loss are not what an uninterrupted run does: a resume
@@ -136,22 +138,22 @@ def test_resuming_the_finished_run_keeps_its_last_evaluation(tmp_path: Path):
     assert [r["step"] for r in metrics.read(out)] == [100, 130]
 
 
-def test_a_text_run_resumes_from_any_folder(tmp_path: Path):
+def test_a_text_run_resumes_from_any_folder(tmp_path: Path, monkeypatch):
     """--text is stored whole (item 13); a file moved since is named, with what to pass."""
-    from _train_helpers import cli
-
     start, elsewhere = tmp_path / "start", tmp_path / "elsewhere"
     start.mkdir()
     elsewhere.mkdir()
     (start / "t.txt").write_text("to be or not to be, that is the question. " * 20)
     small = ["--context", "8", *TINY_ARGS, "--checkpoint-every", "5"]
-    r = cli("train", "text", "--text", "t.txt", "--steps", "5", "--out", "run", *small, cwd=start)
+    monkeypatch.chdir(start)  # relative --text and --out, as given in a shell there
+    r = cli_here("train", "text", "--text", "t.txt", "--steps", "5", "--out", "run", *small)
     assert r.returncode == 0, r.stderr
-    r = cli("train", "text", "--steps", "10", "--out", str(start / "run"), "--resume", *small, cwd=elsewhere)
+    monkeypatch.chdir(elsewhere)
+    r = cli_here("train", "text", "--steps", "10", "--out", str(start / "run"), "--resume", *small)
     assert r.returncode == 0 and "at step 5" in r.stdout, r.stderr
     (start / "t.txt").rename(elsewhere / "moved.txt")
-    r = cli("train", "text", "--steps", "15", "--out", str(start / "run"), "--resume", *small, cwd=elsewhere)
+    r = cli_here("train", "text", "--steps", "15", "--out", str(start / "run"), "--resume", *small)
     assert r.returncode == 2 and str(start / "t.txt") in r.stderr and "give --text FILE" in r.stderr, r.stderr
-    r = cli("train", "text", "--text", "moved.txt", "--steps", "15", "--out", str(start / "run"), "--resume",
-            *small, cwd=elsewhere)
+    r = cli_here("train", "text", "--text", "moved.txt", "--steps", "15", "--out", str(start / "run"),
+                 "--resume", *small)
     assert r.returncode == 0 and "at step 10" in r.stdout, r.stderr

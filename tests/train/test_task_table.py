@@ -98,6 +98,7 @@ def test_a_name_not_in_the_table_is_refused():
         TrainConfig(task=["copy"]).check()  # type: ignore[arg-type]  (a hand-edited state.json)
 
 
+@pytest.mark.subprocess
 def test_the_parser_reads_the_table_without_torch():
     code = ("import sys; from selfattention.train import cli, tasks; "
             "assert 'torch' not in sys.modules, 'torch imported'; "

@@ -7,13 +7,12 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import TINY_ARGS, cli, one_thread  # noqa: F401
+from _cli import no_hang
+from _train_helpers import TINY_ARGS, one_thread  # noqa: F401
 from safetensors.torch import load_file, save_file
 
 from selfattention.cli import main
@@ -297,20 +296,6 @@ def test_an_empty_prompt_is_only_the_error(capsys, base):
 
 # Second review ------------------------------------------------------------------------------------
 
-@contextmanager
-def no_hang(seconds: int = 30):
-    """Fail (instead of hanging the test run) if the body blocks, e.g. opening a FIFO."""
-    def stop(signum, frame):  # noqa: ARG001
-        raise TimeoutError(f"hung for {seconds} s")
-    old = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def resume(capsys, out: Path, steps: str = "6", *extra: str) -> tuple[int, str, str]:
     with no_hang():
         return run(capsys, "train", "reverse", "--resume", "--steps", steps, "--out", str(out), *TINY, *extra)
@@ -326,12 +311,14 @@ def text_run(tmp_path_factory) -> Path:
     return out
 
 
-def test_text_that_is_a_fifo_is_refused_at_once(tmp_path):
+def test_text_that_is_a_fifo_is_refused_at_once(capsys, tmp_path):
     fifo = tmp_path / "f"
     os.mkfifo(fifo)
-    r = cli("train", "text", "--text", str(fifo), "--steps", "1", "--out", str(tmp_path / "r"), timeout=60)
-    assert r.returncode == 2 and "--text" in r.stderr and "is a FIFO" in r.stderr, r.stderr
-    assert r.stderr.count("\n") == 1
+    with no_hang():
+        rc, _, err = run(capsys, "train", "text", "--text", str(fifo), "--steps", "1", "--out",
+                         str(tmp_path / "r"))
+    assert rc == 2 and "--text" in err and "is a FIFO" in err, err
+    assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize("name", ["state.json", "model.safetensors", "train.safetensors"])

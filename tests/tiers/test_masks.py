@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import F64, assert_close, randn
+from _rules import F64, assert_close, randn
 
 from selfattention import attention, masks
 

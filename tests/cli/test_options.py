@@ -11,7 +11,7 @@ import pytest
 
 from selfattention._options import MAX_SEED, integer, non_negative, number, positive, seed, sizes
 
-SRC = Path(__file__).parent.parent / "src" / "selfattention"
+SRC = Path(__file__).parents[2] / "src" / "selfattention"
 
 
 def refused(parse, text: str) -> str:

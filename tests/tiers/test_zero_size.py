@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import F64, randn
+from _rules import F64, randn
 
 from selfattention import (
     MultiHeadAttention,

@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import model_dir_copy
+from _cli import model_dir_copy
 
 from selfattention.errors import ModelError
 from selfattention.models import bert, pretrained

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import model_dir_copy, run_cli
+from _cli import model_dir_copy, no_hang, run_cli
 
 from selfattention import _io
 from selfattention.errors import ModelError
@@ -99,7 +99,7 @@ def test_fifo_is_written_through(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     got: list[bytes] = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
     reader.start()
     rc, _, err = run("embed", "one", "two", "--out", str(fifo))
     reader.join(timeout=60)
@@ -188,6 +188,8 @@ def _max_rss_mb(args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
     return int(kb) / 1024, subprocess.CompletedProcess(args, int(rc), "", p.stderr)
 
 
+@pytest.mark.slow
+@pytest.mark.subprocess
 def test_a_huge_line_is_read_and_tokenized_only_as_far_as_needed(tmp_path):
     """Before the fix, a 36 MB line took 5.4 GB (tokenized whole, twice). Now the extra memory
     for a 24 MB line must stay under 200 MB over a one-line file (whatever the machine)."""
@@ -222,6 +224,7 @@ def test_tokenize_prefix_is_exact_where_it_can_be_and_bounded_where_not():
 # --- 3. bytes that are not UTF-8, closed stdin --------------------------------------------------
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("argv", [
     ["explain", b"I am \xff here"],
     ["explain", "I am here", "--model", "toy", "--word", b"\xfe"],
@@ -236,6 +239,7 @@ def test_arguments_that_are_not_utf8(argv):
     assert err.startswith("selfattention: error: ") and err.count("\n") == 1 and "not valid UTF-8" in err
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("data, message", [
     (b"good line\n\xff\xfe bad\n", r"not UTF-8 text \(bad byte at offset 10\)"),
     (b"good\nnul \x00 inside\n", r"not a text file"),
@@ -250,6 +254,7 @@ def test_stdin_and_files_that_are_not_text(tmp_path, data, message):
     one_error(*run("embed", "--file", str(f)), message)
 
 
+@pytest.mark.subprocess
 def test_closed_stdin():
     p = subprocess.run([*CMD, "embed", "--file", "-"], capture_output=True, timeout=120,
                        preexec_fn=lambda: os.close(0))
@@ -263,6 +268,7 @@ def test_library_refuses_lone_surrogates():
         model.embed(["fine", "ab\udcffc"])
 
 
+@pytest.mark.subprocess
 def test_a_terminal_that_cannot_show_greek_gets_escapes():
     env = {**os.environ, "PYTHONIOENCODING": "latin-1"}
     p = process(["explain", "I am here", "--model", "toy"], env=env)
@@ -367,6 +373,7 @@ def _loaded(pid: int, library: str) -> bool:
         return False
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("when", ["numpy", "libtorch_cpu", "tokenizers", 0.5, 1.0, 1.5])
 def test_ctrl_c_is_one_line_whenever_it_comes(when):
     """SIGINT in the middle of the heavy imports (as soon as numpy's or torch's library is mapped)
@@ -388,6 +395,7 @@ def test_ctrl_c_is_one_line_whenever_it_comes(when):
 # --- 8. the package as the README writes it --------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_import_selfattention_then_the_reference_tier():
     code = ("import numpy as np, sys, selfattention; "
             "assert 'torch' not in sys.modules; "
@@ -409,17 +417,20 @@ def test_unknown_attribute_is_an_attribute_error():
 
 
 def test_file_that_can_be_read_only_once(tmp_path):
-    """A FIFO (or /dev/stdin) as --file: read once, kept aside for the second read, not re-opened."""
+    """A FIFO (or /dev/stdin) as --file: read once, kept aside for the second read, not re-opened
+    (a second open would wait for a writer that is gone: no_hang turns that into a failure)."""
     fifo = tmp_path / "lines"
     os.mkfifo(fifo)
-    writer = threading.Thread(target=lambda: fifo.write_text("one\ntwo\n"))
+    writer = threading.Thread(target=lambda: fifo.write_text("one\ntwo\n"), daemon=True)
     writer.start()
-    p = process(["embed", "--file", str(fifo), "--json"])
+    with no_hang():
+        rc, out, err = run("embed", "--file", str(fifo), "--json")
     writer.join(timeout=60)
-    assert p.returncode == 0, p.stderr
-    assert [e["text"] for e in json.loads(p.stdout)["embeddings"]] == ["one", "two"]
+    assert rc == 0, err
+    assert [e["text"] for e in json.loads(out)["embeddings"]] == ["one", "two"]
 
 
+@pytest.mark.subprocess
 def test_errors_never_go_to_stdout_when_stderr_is_closed():
     p = subprocess.run([*CMD, "explain", "", "--model", "toy"], capture_output=True, timeout=120,
                        preexec_fn=lambda: os.close(2))

@@ -7,17 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import (
-    F64,
-    assert_close,
-    call_kwargs,
-    causal_np,
-    flash_rule,
-    naive_torch,
-    problems,
-    randn,
-    ref_attention,
-)
+from _problems import call_kwargs, problems
+from _rules import F64, assert_close, causal_np, flash_rule, naive_torch, randn, ref_attention
 from hypothesis import given
 
 from selfattention import attention, available_backends, reference

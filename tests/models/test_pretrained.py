@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import EPS32, NORM_TOL, model_dir_copy
+from _cli import model_dir_copy
+from _rules import EPS32, NORM_TOL
 from safetensors.torch import load_file, save_file
 
 from selfattention.errors import ModelError
@@ -315,6 +316,7 @@ def test_similarity_is_sensible(model):
     assert a @ b > a @ c + 0.4
 
 
+@pytest.mark.subprocess
 def test_loading_does_not_import_dynamo():
     """Cold start: building the encoder on the meta device once pulled in torch._dynamo (~1 s)."""
     import subprocess

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import NORM_TOL, formula_rule, layer_norm_rows, model_dir_copy, run_cli, softmax_rows
+from _cli import model_dir_copy, run_cli
+from _rules import NORM_TOL, formula_rule, layer_norm_rows, softmax_rows
 
 from selfattention.embed import PROGRESS_MIN
 from selfattention.explain import LAYER_TOLERANCE
@@ -195,6 +196,7 @@ def test_unusual_unicode(text):
     assert run("embed", text)[0] == 0
 
 
+@pytest.mark.slow
 def test_too_long_is_truncated_with_one_warning_line():
     rc, out, err = run("explain", LONG, "--no-color")
     assert rc == 0 and "(T = 512 word pieces)" in out and "truncated" in out
@@ -333,6 +335,7 @@ def test_similarity(vectors):
 # --- the installed command, cold ----------------------------------------------------------------
 
 
+@pytest.mark.subprocess
 def test_console_script_and_lazy_imports():
     exe = Path(sys.executable).with_name("selfattention")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "selfattention.cli"]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from _cli import run_cli
 
 from selfattention import models
 from selfattention.cli import main

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from _cli import run_cli
 
 from selfattention import _io
 from selfattention.cli import build_parser, main
@@ -143,6 +143,7 @@ def test_the_default_model_is_read_too(tmp_path, model_copy, monkeypatch):
     assert snapshot(model_copy) == before
 
 
+@pytest.mark.subprocess
 def test_embed_never_writes_over_the_text_it_reads(tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("hello\nworld\n")
@@ -196,6 +197,7 @@ def test_explain_never_writes_over_a_run(tmp_path, trained_run):
     assert rc == 0 and (tmp_path / "a.png").stat().st_size > 0, err  # outside the run: written
 
 
+@pytest.mark.subprocess
 def test_png_and_html_and_stdout_are_never_one_file(tmp_path):
     (tmp_path / "sub").mkdir()
     one_error(*run("explain", "a b", "--model", "toy", "--png", str(tmp_path / "x"),
@@ -208,6 +210,7 @@ def test_png_and_html_and_stdout_are_never_one_file(tmp_path):
     assert p.returncode == 2 and b"stdout (redirected to " in p.stderr and b"the same file" in p.stderr
 
 
+@pytest.mark.subprocess
 def test_stdout_redirected_into_what_is_read_is_refused(tmp_path, trained_run):
     """--json (or any printed result) to a file the command reads: with `>>` nothing is lost."""
     metrics = trained_run / "metrics.jsonl"
@@ -292,6 +295,7 @@ def test_a_failing_stdout_leaves_no_half_file(tmp_path):
     assert out.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["e.npy"]
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
 @pytest.mark.parametrize("argv", [["explain", "I am here", "--model", "toy"], ["--help"]])
 def test_stdout_on_a_full_device(argv):
@@ -302,6 +306,7 @@ def test_stdout_on_a_full_device(argv):
                                  "device\n")
 
 
+@pytest.mark.subprocess
 def test_a_reader_that_went_away():
     """`selfattention explain … | head`: however much is printed, no message and 141, as `yes | head`;
     the same for a picture written through to the pipe (--png /dev/stdout)."""
@@ -317,6 +322,7 @@ def test_a_reader_that_went_away():
         assert (p.returncode, p.stderr) == (141, b""), p.stderr
 
 
+@pytest.mark.subprocess
 def test_a_closed_stdout_is_refused_before_any_work(tmp_path):
     png = tmp_path / "a.png"
     p = process(["explain", "I am here", "--model", "toy", "--png", str(png)], preexec_fn=lambda: os.close(1))
