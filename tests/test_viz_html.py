@@ -275,7 +275,7 @@ def test_the_page_opens_on_the_runs_layer_head_and_word(chrome, tmp_path: Path, 
     open_page(chrome, full, tmp_path / "open.html", layer=3, head=5, word=4, vmax=1)
     view = shown(chrome)
     assert (view["layer"], view["head"], view["word"]) == (2, 4, 3)
-    assert "layer 3 · head 5 · word 4 “enjoying”" in view["caption"]
+    assert "layer 3 · head 5 · word piece 4 “enjoying”" in view["caption"]
     assert_row(view, full)
     texts = chrome.execute_script("""return [document.getElementById('legend-max').textContent,
         document.getElementById('word-unit').textContent, document.getElementById('subtitle').textContent]""")

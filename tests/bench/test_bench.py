@@ -144,6 +144,7 @@ def test_warnings_reach_stderr_as_one_line_each(monkeypatch):
     costs["lstm fwd"] = lambda: float(rng.uniform(0.001, 0.01))
     monkeypatch.setattr(bench, "candidates", fake_candidates(clock, costs, []))
     monkeypatch.setattr(bench, "measure_size", _with_clock(bench.measure_size, clock))
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # quiet; loaded: test_bench_load
     rc, out, err = run_cli("bench", "--sizes", "8", "--rounds", "3", "--budget", "0.1", "--device", "cpu")
     assert rc == 0
     warned = [line for line in err.splitlines() if line.startswith("selfattention: warning: bench:")]

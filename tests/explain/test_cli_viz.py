@@ -145,6 +145,7 @@ def test_no_truncate_refuses_a_long_text(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_truncated_text_warns_once(tmp_path, capsys):
     path = tmp_path / "long.png"
     code, out, err = explain(capsys, "word " * 600, "--png", str(path), "--all-heads")
@@ -195,6 +196,7 @@ def test_html_and_png_together_toy(tmp_path, capsys):
     png_shape(pic)
 
 
+@pytest.mark.subprocess
 def test_console_script_error_has_no_traceback(tmp_path):
     exe = Path(sys.executable).with_name("selfattention")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "selfattention.cli"]

@@ -257,12 +257,15 @@ def test_wide_prints_everything():
 
 def test_learner_notes_are_in_the_walk_through():
     out = flat(explain_text(SENTENCE))
-    for piece in ["([CLS], [SEP]: markers the tokenizer adds; word pieces: the tokenizer's units",
-                  "(T = 7 word pieces)",
-                  "(score: the mean over real word pieces of the weight each puts on real word pieces",
-                  "The lecture's matrix form Z = softmax(QᵀK/√d_k)·Vᵀ has one row per word, T × d_v",
+    for piece in ["(T = 7 word pieces)",
+                  "The lecture's matrix form Z = softmax(QᵀK/√d_k)·Vᵀ has one row per word piece, T × d_v",
                   "e_2j = q_2·k_j e_2j / √d_k α_2j"]:
         assert piece in out, piece
+    verbose = flat(explain_text(SENTENCE, "--verbose"))  # issue 20: where the numbers come from, on request
+    for piece in ["[CLS], [SEP]: markers the tokenizer adds; word pieces: the tokenizer's units",
+                  "(score: the mean over real word pieces of the weight each puts on real word pieces",
+                  "rows 96…127 (counted from 0) of the Q, K, V blocks of layer 1's in_proj"]:
+        assert piece in verbose and piece not in out, piece
     toy = flat(explain_text(SENTENCE, *TOY))
     assert "random, untrained W's" in toy and "random (untrained) here" in toy
     assert "W_Q, W_K, W_V ~ N(0, 1/D) from seed 0 (random, untrained)" in toy

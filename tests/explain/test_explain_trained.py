@@ -6,22 +6,20 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ATOL64, formula_rule, layer_norm_rows, run_cli, softmax_rows
+from _cli import run_cli
+from _rules import ATOL64, formula_rule, layer_norm_rows, softmax_rows
 from safetensors.numpy import load_file
 
 SIZES = ["--d-model", "16", "--layers", "2", "--heads", "2", "--d-ff", "32", "--no-progress", "--no-pictures"]
 
 
 def train(out: Path, *argv: str) -> Path:
-    cmd = [sys.executable, "-m", "selfattention", "train", "reverse", "--out", str(out), *SIZES, *argv]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
+    rc, _, err = run_cli("train", "reverse", "--out", str(out), *SIZES, *argv)  # in this process: quick
+    assert rc == 0, err
     return out
 
 

@@ -70,15 +70,23 @@ def test_a_wrong_answer_exits_1_with_its_worked_step():
     assert total == pytest.approx(answers[0] - 0.5, abs=5e-5)
 
 
+def verdicts(out: str) -> list[bool]:
+    """Right or not, for each question in the order asked."""
+    return [line.strip().startswith("right ✓") for line in out.splitlines()
+            if line.strip().startswith(("right ✓", "not quite ✗"))]
+
+
 def test_answers_from_stdin_and_the_end_of_input():
+    """From stdin the quiz asks every kind (issue 20): q, then e, α, z (2…4), shapes, causal, heads;
+    tests/explain/test_quiz_kinds.py answers all of them right."""
     answers, _ = expected()
-    rc, out, _ = quiz(SENTENCE, stdin="\n".join(map(str, answers)) + "\n")
-    assert rc == 0 and out.count("your answer:") == 3
+    rc, out, _ = quiz(SENTENCE, stdin="\n".join(["0", *map(str, answers), "1x1", "1x1", "0", "0"]) + "\n")
+    assert rc == 1 and out.count("your answer:") == 8 and verdicts(out)[1:4] == [True] * 3
     rc, out, err = quiz(SENTENCE, stdin=f"{answers[0]}\n")
-    assert rc == 2 and err.count("\n") == 1 and "ended before answer 2 of 3" in err
+    assert rc == 2 and err.count("\n") == 1 and "ended before answer 2 of 8" in err
     rc, _, err = quiz(SENTENCE, stdin="twelve\n")
     assert rc == 2 and err.count("\n") == 1
-    assert "ended before answer 1 of 3; the last line read, 'twelve', is not a number" in err
+    assert "ended before answer 1 of 8; the last line read, 'twelve', is not a number" in err
 
 
 def test_word_and_three_words():
@@ -93,9 +101,9 @@ def test_an_answer_that_is_not_a_number_is_asked_again():
     from selfattention.explain.quiz import TRIES
 
     answers, _ = expected()
-    rc, out, err = quiz(SENTENCE, stdin="\n".join(["twelve", f"{answers[0]}", "٠.٥", "1_0", f"{answers[1]}",
-                                                   f"{answers[2]}"]) + "\n")
-    assert (rc, err) == (0, "") and "3 of 3 right" in out
+    rc, out, err = quiz(SENTENCE, stdin="\n".join(["twelve", "0", "٠.٥", "1_0", *map(str, answers), "3x3",
+                                                   "4x3", "0", "0"]) + "\n")
+    assert (rc, err) == (1, "") and verdicts(out)[1:4] == [True] * 3  # e, α, z: read after the tries
     assert out.count("that is not a number; try again") == 3 and "your answer '٠.٥'" in out
     rc, out, err = quiz(SENTENCE, stdin="x\n" * 1000)
     assert rc == 2 and err.count("\n") == 1 and f"answer 1: {TRIES} tries and none is a number" in err

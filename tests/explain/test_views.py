@@ -13,7 +13,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from _cli import run_cli
 
 from selfattention.cli import build_parser
 from selfattention.errors import OptionError, UsageError

@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
                        progress=progress)
     if tty:
         sys.stderr.write("\r\x1b[K")
+    # A loaded machine: the table's first line says so. Noisy cells are warned about on stderr, which
+    # a terminal shows first: then the load, their likely cause, is the first warning.
+    if result["unreliable"] and result["warnings"]:
+        say(f"selfattention: warning: bench: unreliable, {result['unreliable']}")
     for w in result["warnings"]:
         say(f"selfattention: warning: bench: {w}")
     print(json.dumps(result) if args.json else render_table(result))

@@ -266,12 +266,31 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity; else every CPU of the machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def unreliable(load_before: list[float] | None, load_after: list[float] | None, n: int) -> str | None:
+    """Why the figures cannot be trusted, in one line, when the 1-minute load average before or after
+    was at least the ``n`` cores: other work then ran on them and its time is in every cell (a
+    spread of thousands of percent, a ratio that is the other work's); None otherwise."""
+    loads = [x[0] for x in (load_before, load_after) if x]
+    if not loads or max(loads) < n:
+        return None
+    return f"load average {max(loads):.2f} ≥ {n} cores: other work ran on them"
+
+
 def machine(device: str = "cpu") -> dict[str, object]:
     """What the numbers were measured on."""
     out: dict[str, object] = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cores": cores(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "device": device,
@@ -301,7 +320,8 @@ def run_bench(
     progress: Progress | None = None, clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, object]:
     """Measure every size; a JSON-serializable dict with "config", "machine", "rows", "scaling",
-    "steps" and "warnings" (one per cell whose spread stayed above ``target``).
+    "steps", "warnings" (one per cell whose spread stayed above ``target``) and "unreliable" (why
+    the figures cannot be trusted, when the machine was loaded: ``unreliable``; else None).
 
     Each row: {"T", "ms", "ratio", "fastest_attention", "rounds", "seconds"} (``measure_size``),
     where a ratio is the RNN's time over the fastest attention backend's (> 1: attention is faster).
@@ -330,7 +350,9 @@ def run_bench(
     config = {"sizes": list(sizes), "dim": dim, "batch": batch, "loop_max_t": loop_max_t, "device": device,
               "min_rounds": min_rounds, "max_rounds": max_rounds, "target": target, "budget": budget,
               "dtype": "float32 (loop: NumPy float64, CPU)"}
-    return {"config": config, "machine": {**machine(device), "load_average_start": before}, "rows": rows,
+    after = machine(device)
+    return {"config": config, "machine": {**after, "load_average_start": before}, "rows": rows,
             "scaling": {m: {p: scaling(rows, m, p) for p in PASSES} for m in methods},
             "steps": {m: [steps(m, row["T"]) for row in rows] for m in methods},
-            "warnings": warnings}
+            "warnings": warnings,
+            "unreliable": unreliable(before, after.get("load_average"), after["cores"])}

@@ -45,12 +45,15 @@ def render_table(result: dict, *, width: int = TABLE_WIDTH) -> str:
     methods, rows = list(result["scaling"]), result["rows"]
     where = (f"cuda ({mach.get('gpu', 'GPU')})" if c["device"] == "cuda" else
              f"cpu ({mach['cpu_count']} CPUs, {mach['torch_threads']} torch threads)")
-    out = [f"bench: one attention head vs GRU and LSTM, B = {c['batch']}, D = {c['dim']}, float32, {where}"]
+    why = result.get("unreliable")
+    out = [f"UNRELIABLE ({why}): rerun on a quiet machine"] if why else []  # the first line
+    out += [f"bench: one attention head vs GRU and LSTM, B = {c['batch']}, D = {c['dim']}, float32, {where}"]
     if mach.get("load_average"):
-        before = mach.get("load_average_start", mach["load_average"])
-        busy = max(before[0], mach["load_average"][0]) > (mach["cpu_count"] or 1)
+        before = mach.get("load_average_start") or mach["load_average"]
+        n = mach.get("cores", mach["cpu_count"]) or 1
+        busy = max(before[0], mach["load_average"][0]) >= n
         out.append(f"load average (1 min) {before[0]:.2f} before, {mach['load_average'][0]:.2f} after, on "
-                   f"{mach['cpu_count']} CPUs" + (": other work shared the cores" if busy else ""))
+                   f"{n} cores" + (": other work shared the cores" if busy else ""))
     out += ["cell: ms per call, median ±spread (interquartile range ÷ median) over rounds alternating the",
            f"candidates, until every spread ≤ {100 * c['target']:.0f} % or {c['budget']:g} s per size "
            "(!: a spread still above)",
@@ -89,7 +92,9 @@ def render_table(result: dict, *, width: int = TABLE_WIDTH) -> str:
 
     out += ["RNN time ÷ the fastest attention backend's, per round (paired), median ±spread",
             *_fitting(ratios, rows, width)]
-    out += [f"loop: the lecture's per-word Python loops, forward only, '—' above T = {c['loop_max_t']}",
+    out += [f"loop: the lecture's per-word loops in Python (NumPy float64, forward only; '—' above T = "
+            f"{c['loop_max_t']}):",
+            "  its time is Python's overhead per word pair, T² interpreted steps, not attention's arithmetic",
             f"blockwise: steps = key blocks of {DEFAULT_BLOCK}, folded in one after another",
             "∝ T^k: least-squares slope of log time against log T over the sizes measured"]
     if result["warnings"]:

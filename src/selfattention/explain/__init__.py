@@ -4,8 +4,11 @@
 - ``views``: the table of views (the walk-through, ``--multihead``, ``--permute``, ``--quiz``,
   ``--png``, ``--html``): what asks for each, what builds and shows it, what it cannot combine with;
 - ``selection``: layer, head and word, resolved once from the options and the trace (``Selection``);
-- ``walk`` (the walk-through's numbers) and ``text`` (its terminal text); ``heads`` (--multihead),
-  ``order`` (--permute), ``quiz`` (--quiz), ``pictures`` (--png, --html); ``fmt``: what they share.
+- ``walk`` (the walk-through's numbers) and ``text`` (its terminal text: the header, then the
+  lecture's steps worked for one word, ``worked``, and the T × T tables, windowed, the heatmap and
+  where each head looks, ``tables``; ``layout``: the width and labels they share); ``heads``
+  (--multihead), ``order`` (--permute), ``quiz`` (--quiz, its questions in ``questions``),
+  ``pictures`` (--png, --html); ``fmt``: what they share.
 
 The names below are imported on first use (``from selfattention.explain import build_report``), so
 that the command line's parser loads no model code.

@@ -55,8 +55,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--word", help="the word (piece) whose z is derived: itself (first occurrence) "
                                   "or a 1-based position ([CLS] is 1); default: the first word "
                                   "piece after [CLS] (toy: the first word), under a causal mask the "
-                                  "middle word, which sees some words and not others; with --html, the "
-                                  "word the explorer opens on")
+                                  "middle word, which sees some words and not others, for a model "
+                                  "trained on a task (reverse, …) the answer's first character, whose "
+                                  "rows the tables then show; with --html, the word the explorer opens on")
     e.add_argument("--dim", type=integer(1, MAX_DIM), default=None,
                    help="toy model only: D, the embedding size (default 64, as in the lecture; 4 for --quiz)")
     e.add_argument("--seed", type=seed, default=None,
@@ -66,6 +67,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "order) or sinusoidal (h_i = word vector + PE(i − 1), the original Transformer's)")
     e.add_argument("--json", action="store_true", help="print every number as JSON")
     e.add_argument("--no-color", action="store_true", help="no ANSI colours in the heatmap")
+    e.add_argument("--verbose", action="store_true",
+                   help="also say where every number comes from: which rows of the model's packed "
+                        "projection hold W_Q, W_K, W_V, how the head was chosen, the tokenizer's markers")
     e.add_argument("--wide", action="store_true",
                    help=f"print everything: no line wrapped or cut to {FIT} columns, every word in the "
                         "tables")
@@ -77,8 +81,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="masked self-attention as decoders use it: word i sees words 1…i (e_ij = −∞ "
                         "above the diagonal); for MiniLM an illustration (it was trained without it); a "
                         "trained decoder is causal already")
-    n.add_argument("--answers", metavar="E,ALPHA,Z",
-                   help="with --quiz: the three answers, comma-separated, instead of reading stdin")
+    n.add_argument("--answers", metavar="A1,…,A8",
+                   help="with --quiz: the answers, comma-separated, instead of reading stdin: all eight in "
+                        "the order asked (q, e, α, z, the shapes of QᵀK and Z as rows x columns such as "
+                        "3x3, the causal α, o), or three, e,α,z, which asks those three alone")
     f = e.add_argument_group("pictures", "With --png and/or --html the files are written (atomically: "
                              "complete or not at all) and one line per file is printed instead of the "
                              "walk-through (with --json, only the JSON). Colours: viridis, from weight 0 "
@@ -89,6 +95,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             f.add_argument(f"--{view.name}", metavar="FILE", help=view.help)
     f.add_argument("--all-heads", action="store_true",
                    help="with --png: draw every head of --layer in a grid instead of one head")
+    f.add_argument("--scale", choices=("shared", "per-head"), default=None,
+                   help="with --all-heads: one colour scale for every head (shared, the default: heads "
+                        "compare) or each head from 0 to its own largest weight (per-head: one sharp head "
+                        "does not flatten the others)")
     f.add_argument("--vmax", type=number(0.0, 1.0, above=True, expected="a number such as 1",
                                          rule="must be above 0 and at most 1 (weights lie in 0…1)"),
                    default=None, metavar="V",
@@ -109,13 +119,14 @@ def run(args: argparse.Namespace) -> int:
     return explain(text, step, {view: getattr(args, view.name) for view in pictures}, model=args.model,
                    dim=args.dim, seed=args.seed, positions=args.positions, truncate=not args.no_truncate,
                    layer=args.layer, head=args.head, word=args.word, causal=args.causal, as_json=args.json,
-                   wide=args.wide, no_color=args.no_color, vmax=args.vmax, all_heads=args.all_heads)
+                   wide=args.wide, verbose=args.verbose, no_color=args.no_color, vmax=args.vmax,
+                   all_heads=args.all_heads, scale=args.scale)
 
 
 def explain(text: str, step: View, pictures: dict[View, str], *, model: str | None, dim: int | None,
             seed: int | None, positions: str | None, truncate: bool, layer: int | None, head: int | None,
             word: str | None, causal: bool, as_json: bool, wide: bool, no_color: bool, vmax: float | None,
-            all_heads: bool) -> int:
+            all_heads: bool, verbose: bool = False, scale: str | None = None) -> int:
     """Show ``step`` (as text, or its report ``as_json``) and write the ``pictures`` (view → path) of
     ``model`` on ``text``; the files and the model are checked before anything is computed."""
     import torch
@@ -125,7 +136,8 @@ def explain(text: str, step: View, pictures: dict[View, str], *, model: str | No
     if not truncate and model == "toy":
         raise UsageError("--no-truncate applies to pretrained models; the toy model takes any length")
     files = {view.name: path for view, path in pictures.items()}
-    check_files(files, model=model, all_heads=all_heads, head=head, word=word, json=as_json, vmax=vmax)
+    check_files(files, model=model, all_heads=all_heads, head=head, word=word, json=as_json, vmax=vmax,
+                scale=scale)
     # One sentence is a tiny problem: on one thread it runs in ~10 ms; with two, on a busy 2-core
     # machine, the second thread mostly waits for a core (measured ~170 ms). Restored afterwards.
     threads = torch.get_num_threads()
@@ -140,7 +152,7 @@ def explain(text: str, step: View, pictures: dict[View, str], *, model: str | No
         if pictures:
             from .pictures import scene
 
-            drawn = scene(t, sel, all_heads=all_heads, vmax=vmax)
+            drawn = scene(t, sel, all_heads=all_heads, vmax=vmax, scale=scale or "shared")
             lines = [views.function(view.write)(drawn, path) for view, path in pictures.items()]
     finally:
         torch.set_num_threads(threads)
@@ -159,7 +171,7 @@ def explain(text: str, step: View, pictures: dict[View, str], *, model: str | No
         tty = getattr(sys.stdout, "isatty", lambda: False)()
         cols = shutil.get_terminal_size((FIT, 24)).columns if tty else FIT
         width = 10**6 if wide else max(60, min(cols, FIT))
-        print(views.function(step.render)(report, width=width, wide=wide,
+        print(views.function(step.render)(report, width=width, wide=wide, verbose=verbose,
                                           color=color_enabled(sys.stdout, no_color), vmax=vmax))
     return 0
 

@@ -76,9 +76,9 @@ def build_multihead(trace: Trace, selection: Selection | None = None, *, layer: 
 
 
 def render_multihead(r: dict, *, width: int = 100, wide: bool = False, color: bool = False,
-                     vmax: float | None = None) -> str:
+                     vmax: float | None = None, verbose: bool = False) -> str:
     """The multi-head walk-through as terminal text, lines of at most ``width`` (``wide``: no limit);
-    ``color`` and ``vmax`` (the walk-through's heatmap) do not apply: it has no heatmap."""
+    ``color`` and ``vmax`` (the walk-through's heatmap) and ``verbose`` do not apply here."""
     from ..viz.terminal import format_table, paragraph, truncate
 
     def para(text: str, indent: str = "", hang: str = "    ") -> list[str]:

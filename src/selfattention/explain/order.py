@@ -42,10 +42,12 @@ def build_order(a: Trace, selection: Selection | None = None, *,
     model, on ``a``'s text and on its real tokens reversed (traced here, as ``a`` was).
 
     Per word: its old and new position, z (every head, the layer's own output) in both orders and
-    max |Δz| with the word followed to its new place; likewise for h (the layer's input) and α
-    (α'_kl against α_p(k)p(l)). UsageError when reversing gives the same tokens (nothing to compare).
+    max |Δz| with the word followed to its new place, over every head and over the selection's head
+    alone ("head", the walk-through's); likewise for h (the layer's input) and α (α'_kl against
+    α_p(k)p(l)). UsageError when reversing gives the same tokens (nothing to compare).
     """
-    n = (selection or select(a, layer=layer)).layer
+    sel = selection or select(a, layer=layer)
+    n, h = sel.layer, sel.head
     model = a.model
     p = reversal(a.tokens)
     moved = [a.tokens.tokens[k] for k in p]
@@ -59,6 +61,7 @@ def build_order(a: Trace, selection: Selection | None = None, *,
     wa, wb = (t.weights.double().numpy() for t in (la, lb))  # (H, T, T)
     P = np.array(p)
     dz = np.abs(zb - za[:, P]).max(axis=(0, 2))  # (T,): word now at k vs the same word before
+    dz_head = np.abs(zb[h] - za[h, P]).max(axis=1)  # (T,): the same, for head h alone
     dh = np.abs(xb - xa[P]).max(axis=1)  # (T,)
     dw = float(np.abs(wb - wa[:, P][:, :, P]).max())
     tolerance = tolerance_for(la.x.dtype)
@@ -67,7 +70,9 @@ def build_order(a: Trace, selection: Selection | None = None, *,
         old = p[k]
         words.append({"word": moved[k], "old": old + 1, "new": k + 1,
                       "z_old": za[:, old].reshape(-1).tolist(), "z_new": zb[:, k].reshape(-1).tolist(),
-                      "max_abs_diff_z": float(dz[k]), "max_abs_diff_h": float(dh[k])})
+                      "max_abs_diff_z": float(dz[k]), "max_abs_diff_h": float(dh[k]),
+                      "z_head_old": za[h, old].tolist(), "z_head_new": zb[h, k].tolist(),
+                      "max_abs_diff_z_head": float(dz_head[k])})
     words.sort(key=lambda x: x["old"])
     first = next((k for k, s in enumerate(a.tokens.special) if not s), 0)  # the first real word
     parts = None
@@ -79,7 +84,7 @@ def build_order(a: Trace, selection: Selection | None = None, *,
     kind = parts["before"]["positions"] if parts else _positions_of(model)
     return {
         "model": model.name, "title": a.title, "unit": model.unit,
-        "layer": n + 1, "heads": int(za.shape[0]), "text": a.text, "tokens": a.tokens.tokens,
+        "layer": n + 1, "heads": int(za.shape[0]), "head": h + 1, "text": a.text, "tokens": a.tokens.tokens,
         "permuted": moved, "permutation": [x + 1 for x in p], "positions": kind, "words": words,
         "tolerance": tolerance,
         "max_abs_diff": {"z": float(dz.max()), "h": float(dh.max()), "weights": dw},
@@ -93,9 +98,9 @@ def _positions_of(model: Traceable) -> str:
 
 
 def render_order(r: dict, *, width: int = 100, wide: bool = False, color: bool = False,
-                 vmax: float | None = None) -> str:
+                 vmax: float | None = None, verbose: bool = False) -> str:
     """The comparison as terminal text, lines of at most ``width`` (``wide``: no limit); ``color`` and
-    ``vmax`` (the walk-through's heatmap) do not apply: it has no heatmap."""
+    ``vmax`` (the walk-through's heatmap) and ``verbose`` do not apply here."""
     from ..viz.terminal import format_table, paragraph, truncate
 
     def para(text: str, indent: str = "", hang: str = "  ") -> list[str]:
@@ -106,13 +111,23 @@ def render_order(r: dict, *, width: int = 100, wide: bool = False, color: bool =
     out = para(f"Word order: the same {r['unit']} reversed, through layer {r['layer']} of {title}")
     out += [f"  original: {show(r['tokens'])}", f"  reversed: {show(r['permuted'])}"]
     out += para(_positions_line(r), "  ", "    ") + [""]
-    rows = [[truncate(printable(w["word"]), 10), f"{w['old']} → {w['new']}", vec(w["z_old"], Z_SHOWN),
-             vec(w["z_new"], Z_SHOWN), f"{w['max_abs_diff_z']:.1e}"] for w in r["words"]]
-    heads = r.get("heads", 1)
-    z = "z" if heads == 1 else "head 1's z"  # every head is compared; one is shown
-    out.append(format_table(["word", "place", f"{z} (original, first {Z_SHOWN})", f"{z} (reversed)",
-                             "max |Δz|" if heads == 1 else f"max |Δz|, {heads} heads"],
-                            rows, left=2, indent="  "))
+    heads, h = r.get("heads", 1), r.get("head", 1)
+    if heads == 1:
+        rows = [[truncate(printable(w["word"]), 10), f"{w['old']} → {w['new']}", vec(w["z_old"], Z_SHOWN),
+                 vec(w["z_new"], Z_SHOWN), f"{w['max_abs_diff_z']:.1e}"] for w in r["words"]]
+        out.append(format_table(["word", "place", f"z (original, first {Z_SHOWN})", "z (reversed)",
+                                 "max |Δz|"], rows, left=2, indent="  "))
+    else:  # one head's z shown, its own max |Δz| beside it; then every head's, said so
+        shown = Z_SHOWN - 1
+        d = len(r["words"][0]["z_head_old"])
+        out += para(f"z of head {h} (the walk-through's head; first {shown} of its {d} components), max |Δz| "
+                    f"over that head's z, and over all {heads} heads' z (the layer's output before W_O):",
+                    "  ", "    ")
+        rows = [[truncate(printable(w["word"]), 10), f"{w['old']} → {w['new']}", vec(w["z_head_old"], shown),
+                 vec(w["z_head_new"], shown), f"{w['max_abs_diff_z_head']:.1e}", f"{w['max_abs_diff_z']:.1e}"]
+                for w in r["words"]]
+        out.append(format_table(["word", "place", f"head {h}: z original", "z reversed", f"|Δz| head {h}",
+                                 f"all {heads} heads"], rows, left=2, indent="  "))
     d = r["max_abs_diff"]
     out.append("")
     if r["unchanged"]:
@@ -128,7 +143,8 @@ def render_order(r: dict, *, width: int = 100, wide: bool = False, color: bool =
         if r.get("masked"):
             why += (" The layer is also masked (a causal decoder): word i sees only words 1…i, so which "
                     "words a word sees depends on the order, with or without positions.")
-        out += para(f"The z's changed: max |Δz| = {d['z']:.3g} (the least-changed {one(r['unit'])}: "
+        every = f" over all {r['heads']} heads" if r.get("heads", 1) > 1 else ""
+        out += para(f"The z's changed: max |Δz|{every} = {d['z']:.3g} (the least-changed {one(r['unit'])}: "
                     f"{smallest:.3g}); "
                     f"the layer's inputs h differ by up to {d['h']:.3g}. {why.strip()}")
     if r["parts"]:

@@ -18,7 +18,7 @@ from .selection import Selection
 
 
 def check_files(files: dict[str, str], *, model: str | None, all_heads: bool, head: int | None,
-                word: str | None, json: bool, vmax: float | None) -> None:
+                word: str | None, json: bool, vmax: float | None, scale: str | None = None) -> None:
     """UsageError, before any work, for pictures' options that do not go together, or a file
     (``files``: view → path, e.g. {"png": "a.png"}) that cannot be written or would destroy what the
     ``model`` option reads, or the other file."""
@@ -31,6 +31,13 @@ def check_files(files: dict[str, str], *, model: str | None, all_heads: bool, he
         raise UsageError("--word picks the walk-through's word (and the explorer's, with --html), but a "
                          "--png alone draws no word and no walk-through is printed; drop --word, or add "
                          "--json or --html")
+    if scale is not None and not all_heads:
+        raise UsageError("--scale chooses the colour scales of a grid of heads; add --png FILE --all-heads "
+                         "(one head has one scale; the explorer's model view scales each head to its own "
+                         "largest weight)")
+    if scale == "per-head" and vmax is not None:
+        raise UsageError("--vmax fixes one scale for every head and --scale per-head gives each head its "
+                         "own; give one of them")
     if vmax is not None and not files and json:
         raise UsageError("--vmax sets the colour scale of a picture; --json has none")
     for kind, path in files.items():
@@ -53,14 +60,16 @@ class Scene:
     unit: str
     all_heads: bool  # --png: every head of the layer
     vmax: float | None  # a fixed top of the colour scale
+    scale: str = "shared"  # --all-heads: one colour scale, or one per head ("per-head")
 
 
-def scene(trace: Trace, selection: Selection, *, all_heads: bool, vmax: float | None) -> Scene:
+def scene(trace: Trace, selection: Selection, *, all_heads: bool, vmax: float | None,
+          scale: str = "shared") -> Scene:
     """The ``Scene`` of ``trace`` (traced with every layer) for the ``selection``."""
     data = trace.attention_data()
     T, unit = len(data.tokens), trace.model.unit
     size = f"{T} {unit}" if T != 1 else f"1 {one(unit)}"
-    return Scene(data, selection, trace.label, size, unit, all_heads, vmax)
+    return Scene(data, selection, trace.label, size, unit, all_heads, vmax, scale)
 
 
 def write_png(s: Scene, path: str) -> str:
@@ -70,11 +79,12 @@ def write_png(s: Scene, path: str) -> str:
 
     layer, head = s.selection.layer + 1, s.selection.head + 1
     _write("png", path, lambda: save_png(s.data, path, layer=layer, head=head, all_heads=s.all_heads,
-                                         vmax=s.vmax))
+                                         vmax=s.vmax, scale=s.scale))
     default = s.data.num_heads > 1 and not s.selection.head_given
     why = f" (default: the head mixing the most {s.unit})" if default else ""
     which = _count(s.data.num_heads, "head", "all") if s.all_heads else f"head {head}{why}"
-    return f"wrote {printable(path)}: layer {layer}, {which} of {s.name}, {s.size}"
+    own = ", each head on its own colour scale" if s.all_heads and s.scale == "per-head" else ""
+    return f"wrote {printable(path)}: layer {layer}, {which} of {s.name}, {s.size}{own}"
 
 
 def write_html(s: Scene, path: str) -> str:

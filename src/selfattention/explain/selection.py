@@ -5,7 +5,9 @@ which the default word depends.
 
 Defaults: layer ``models.DEFAULT_LAYER`` (its input H is the word embeddings themselves); the head
 that mixes the most real words (``models.heads.default_head``); the first real word, or under a
-causal mask the middle one, which sees some words and not others.
+causal mask the middle one, which sees some words and not others; for a model trained on a task
+(``selfattention train reverse``, …) whose text holds a prompt and its answer, the answer's first
+character (``answer_row`` finds where the answer starts: the views window their tables on it).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ class Selection:
     layer_why: str
     head_why: str
     word_why: str
+    answer: int | None = None  # a task model's text: the row that writes the answer's first character
+
 
     @property
     def head_given(self) -> bool:
@@ -60,11 +64,12 @@ def select(trace: Trace, *, layer: int | None = None, head: int | None = None,
         raise ValueError(f"the trace holds layers {[k + 1 for k in sorted(trace.layers)]}, not layer {n + 1}")
     layer_why = GIVEN["layer"] if layer is not None else f"the default, layer {DEFAULT_LAYER}"
     h, head_why = (head - 1, GIVEN["head"]) if head is not None else default_head(trace, n)
+    answer = answer_row(trace)
     if word is None:
-        i, word_why = default_word(trace)
+        i, word_why = default_word(trace, answer)
     else:
         i, word_why = resolve_word(word, trace.tokens.tokens, unit=trace.model.unit), GIVEN["word"]
-    return Selection(n, h, i, layer_why, head_why, word_why)
+    return Selection(n, h, i, layer_why, head_why, word_why, answer)
 
 
 def resolve_word(word: str | None, tokens: list[str], *, default: int = 0, unit: str = "words") -> int:
@@ -89,18 +94,47 @@ def resolve_word(word: str | None, tokens: list[str], *, default: int = 0, unit:
     raise UsageError(f"--word {word!r} is not in the sentence; its {unit} are: {listed}")
 
 
-def default_word(trace: Trace) -> tuple[int, str]:
+def default_word(trace: Trace, answer: int | None = None) -> tuple[int, str]:
     """(0-based index, why) of the default word: the first real one (for [CLS] i am …, "i", index 1;
     a text of markers only: 0); under a causal mask the middle real one instead, which sees some
-    words and not others (the first sees only itself)."""
+    words and not others (the first sees only itself); with an ``answer`` (``answer_row``), the
+    answer's first character, whose row looks back at the prompt to write the next one."""
     real = [i for i, s in enumerate(trace.tokens.special) if not s]
     unit = one(trace.model.unit)
+    if answer is not None:
+        if answer + 1 < len(trace.tokens.tokens):
+            return answer + 1, f"the first {unit} of the answer"
+        return answer, f"the last {unit} of the prompt, which writes the answer's first"
     causal = any((m := mask_report(trace, n)) and m["kind"] == "causal" for n in trace.layers)
     if not real:
         return 0, f"the first {unit} (there is no real {unit})"
     if causal:
         return real[(len(real) - 1) // 2], f"the middle real {unit}, which sees some and not others"
     return real[0], f"the first real {unit}"
+
+
+def answer_row(trace: Trace) -> int | None:
+    """0-based index of the row that writes the first character of the answer in a task model's text
+    ("abcd=dcba." → 4, the "=": each row predicts the next character), the last one the model reads
+    before answering (the task's ``prompt_for``); None for a model not trained on a task with
+    answers, or a text that holds no whole prompt ("abc" of reverse)."""
+    from ..train.tasks import TASKS
+
+    task = TASKS.get(str(trace.model.describe().get("task", "")))
+    if task is None or task.from_file:
+        return None
+    text = "".join(trace.tokens.tokens)
+    for k in range(1, len(text) + 1):  # the shortest prefix that is a whole prompt and its separator
+        prompt, sep = text[:k - len(task.sep)], text[k - len(task.sep):k]
+        if sep != task.sep or not prompt:
+            continue
+        try:
+            task.prompt_for(prompt)
+            task.solve(prompt)  # recall: a prompt is whole once its query key is there
+        except (ValueError, KeyError, IndexError):  # InputError is a ValueError
+            continue
+        return k - 1
+    return None
 
 
 def mask_report(trace: Trace, layer: int) -> dict[str, object] | None:

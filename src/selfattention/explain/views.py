@@ -30,7 +30,7 @@ class View:
     name: str  # its option, --NAME; the walk-through (WALK) is asked by none
     help: str = ""  # the option's --help
     build: str | None = None  # a step: (trace, selection) → its report, JSON-ready
-    render: str | None = None  # a step: (report, *, width, wide, color, vmax) → text
+    render: str | None = None  # a step: (report, *, width, wide, color, vmax, verbose) → text
     write: str | None = None  # a picture, --NAME FILE: (pictures.Scene, path) → the line saying so
     command: str | None = None  # an exercise: (text, *, model, dim, seed, positions, word, answers) → status
     refuses: tuple[tuple[str, str], ...] = ()  # (option, message): given with this view, refused
@@ -63,18 +63,21 @@ VIEWS: tuple[View, ...] = (
                   *((o, "--permute prints a comparison of two orders; draw pictures without it")
                     for o in ("png", "html")))),
     View("quiz",
-         help="exercises: the toy model (D = 4) on two or three words asks for one e_ij, one α_ij and one "
-              "component of z_i, reads the answers from stdin and shows the worked step when one is "
-              "wrong; exit 0 when all are right, 1 when any is wrong",
+         help="exercises: the toy model (D = 4) on two or three words asks, in the lecture's order, for one "
+              "component of q_i = W_Q h_i, one e_ij, one α_ij, one component of z_i, the shapes of QᵀK "
+              "and Z, one α of a causal row and one component of a two-head output W_O [z¹; z²]; reads "
+              "the answers from stdin (or --answers) and shows the worked step when one is wrong; exit "
+              "0 when all are right, 1 when any is wrong",
          command="quiz:ask",
          refuses=_drop("--quiz asks its own questions", "json", "png", "html", "causal", "layer", "head",
-                       "all_heads", "no_truncate"),
+                       "all_heads", "no_truncate", "verbose"),
          needs=(("answers", "--answers goes with --quiz"),)),
     View("png",
          help="write a heatmap of --layer/--head's weights (default: the walk-through's layer and head) as "
               "a PNG image",
          write="pictures:write_png",
-         needs=(("all_heads", "--all-heads applies to --png (the HTML explorer always has every head)"),)),
+         needs=(("all_heads", "--all-heads applies to --png (the HTML explorer always has every head)"),
+                ("scale", "--scale applies to --png --all-heads (the colour scales of a grid of heads)"))),
     View("html",
          help="write a self-contained interactive explorer of every layer and head (one HTML file that "
               "works offline in any browser), opening on the walk-through's layer, head and word",

@@ -65,8 +65,11 @@ def build_report(trace: Trace, selection: Selection | None = None, *, layer: int
     Lecture convention (words are columns): H (D, T), Q and K (d_k, T), V and Z (d_v, T);
     E, scaled, A (T, T) with row i the query word i. The loops (``reference.self_attention``) run
     in float64 on the layer's own input and W's, and are verified against what the layer computed.
-    A real model's head adds "biases", "heads" (every head of the layer) and "layer_Z". Raises
-    UsageError for a ``word`` that is not in the sentence.
+    A real model's head adds "biases", "heads" (every head of the layer, with a task model's answer
+    rows: ``models.heads.overview``) and "layer_Z". "derivation" holds "worked", one component of
+    q_i as its D products (``worked``); "same_rows" the words whose rows are the same (``same_rows``);
+    "answer" a task model's answer in the text (the selection's), else None. Raises UsageError for a
+    ``word`` that is not in the sentence.
     """
     sel = selection or select(trace, layer=layer, head=head, word=word)
     n, h, i = sel.layer, sel.head, sel.word
@@ -78,6 +81,8 @@ def build_report(trace: Trace, selection: Selection | None = None, *, layer: int
                                  mask=allowed)
     report = _steps_report(trace, s, H, W, i, allowed)
     report["mask"] = mask_report(trace, n)
+    report["answer"] = _answer(trace, sel.answer)
+    report["same_rows"] = same_rows(H, allowed)
     report["input"] = trace.model.input_parts(trace.tokens, i) if n == 0 else None
     report["verification"] = verify(s, trace, n, h, tolerance_for(lt.x.dtype))
     if trace.model.toy:  # the lecture's own setting: no biases, one head, no output of its own to show
@@ -92,8 +97,10 @@ def build_report(trace: Trace, selection: Selection | None = None, *, layer: int
     report["derivation"]["layer_z"] = layer_Z[:, i].tolist()  # type: ignore[index]
     weights = f64(lt.weights)  # (H, T, T)
     full = len(tokens) <= HEADS_A_MAX_T  # every head's (T, T) weights, unless that is a lot of numbers
+    asking = None if sel.answer is None else list(range(sel.answer, len(tokens)))  # a task: its answer rows
     report["heads"] = [{**o, "A": weights[k].tolist() if full else None}
-                       for k, o in enumerate(overview(weights, tokens, trace.tokens.special))]
+                       for k, o in enumerate(overview(weights, tokens, trace.tokens.special, rows=asking,
+                                                      answer=sel.answer))]
     report["verification"]["compared"] = (
         f"the per-word loops (float64) vs layer {n + 1}'s own output and weights for head {h + 1} "
         "(its forward pass, float32), per backend")
@@ -137,8 +144,41 @@ def _steps_report(trace: Trace, s: reference.SelfAttentionSteps, H: np.ndarray, 
         "derivation": {
             "index": i + 1, "word": tokens[i], "q": s.Q[:, i].tolist(), "terms": terms,
             "alpha_sum": float(s.A[i].sum()), "z": s.Z[:, i].tolist(),
+            "worked": worked(H[:, i], W["W_Q"], W["b_Q"], s.Q[:, i]),
         },
     }
+
+
+def worked(h: np.ndarray, W_Q: np.ndarray, b_Q: np.ndarray | None, q: np.ndarray,
+           component: int = 0) -> dict[str, object]:
+    """One component of q_i = W_Q h_i (+ b_Q) written out: the D products W_Q[c, k] · h_i[k] of row c
+    of W_Q with h_i (``h`` (D,), ``W_Q`` (d_k, D), ``b_Q`` (d_k,) or None), their sum, the bias and
+    q_i[c] (``q`` (d_k,), as the loops computed it); ``component`` 0-based, shown 1-based."""
+    products = W_Q[component] * h  # (D,)
+    return {"component": component + 1, "row": W_Q[component].tolist(), "products": products.tolist(),
+            "sum": float(products.sum()), "bias": None if b_Q is None else float(b_Q[component]),
+            "q": float(q[component])}
+
+
+def same_rows(H: np.ndarray, allowed: np.ndarray | None) -> list[list[int]]:
+    """Groups (1-based) of words whose input h is the same vector and that may see the same words:
+    their rows of E, A and Z are then the same too (the toy without positions: "the" twice). H (D, T),
+    ``allowed`` (T, T) or None."""
+    groups: dict[bytes, list[int]] = {}
+    for i in range(H.shape[1]):
+        key = H[:, i].tobytes() + (b"" if allowed is None else allowed[i].tobytes())
+        groups.setdefault(key, []).append(i + 1)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _answer(trace: Trace, row: int | None) -> dict[str, object] | None:
+    """A task model's answer in the text: the row (1-based) that writes its first character, the
+    prompt before it and the task; None without one."""
+    if row is None:
+        return None
+    tokens = trace.tokens.tokens
+    return {"task": str(trace.model.describe().get("task")), "row": row + 1,
+            "prompt": "".join(tokens[:row + 1]), "answer": "".join(tokens[row + 1:])}
 
 
 def _describe(trace: Trace, n: int, h: int, why: str) -> dict[str, object]:

@@ -53,29 +53,56 @@ def choose_head(weights: np.ndarray, real: np.ndarray | None = None) -> int:
     return int(np.argmax((mass * np.exp(entropy)).mean(-1)))
 
 
-def overview(weights: np.ndarray, tokens: list[str],
-             special: list[bool] | None = None) -> list[dict[str, object]]:
+# The rule of ``overview``'s kinds in one line, for a reader ({first}, {last}: [CLS], [SEP] or
+# "first", "last"; {mirror}: MIRROR for a task model's answer, else "").
+PRIORITY = ("each α_ij counts once, in the first kind that fits: self (j = i), {first} (j = 1), {last} "
+            "(j = T), previous (j = i − 1), next (j = i + 1){mirror}, offset (j = i + o, the one "
+            "constant o, |o| ≥ 2, that holds the most of the head's weight left), other")
+MIRROR = (", mirror (the row writing answer character k looks at prompt character n + 1 − k, "
+          "n = the prompt's length: a reversal)")
+
+
+def overview(weights: np.ndarray, tokens: list[str], special: list[bool] | None = None, *,
+             rows: list[int] | None = None, answer: int | None = None) -> list[dict[str, object]]:
     """Where each head looks: per head, mean α by kind of key, and each word's most-attended word.
 
-    weights (num_heads, T, T). Each α_ij is counted once, in the first kind that fits: "self"
-    (j = i), "[CLS]" (j = first), "[SEP]" (j = last), "previous" (j = i - 1), "next" (j = i + 1),
-    "other"; the means are over the T asking words, so each head's kinds sum to 1.
+    weights (num_heads, T, T). Each α_ij is counted once, in the first kind that fits (``PRIORITY``):
+    "self" (j = i), "[CLS]" (j = first), "[SEP]" (j = last) — "first" and "last" when the text has
+    no markers —, "previous" (j = i − 1), "next" (j = i + 1), with an ``answer`` (0-based row that
+    writes a task's first answer character, s) "mirror" (j = 2s − 1 − i, for rows i ≥ s), then
+    "offset" (j = i + o for the head's one constant o that holds the most of the weight left, named
+    in "offset"), "other". The means are over the asking rows ``rows`` (0-based; default all T), so
+    each head's kinds sum to 1.
     """
     Hn, T, _ = weights.shape
+    asking = np.arange(T) if rows is None or not len(rows) else np.asarray(rows, dtype=int)
     i, j = np.indices((T, T))
-    kinds = np.select([j == i, j == 0, j == T - 1, j == i - 1, j == i + 1],
-                      [0, 1, 2, 3, 4], default=5)  # (T, T)
     marked = special is None or (special[0] and special[-1])  # BERT's [CLS] first and [SEP] last
-    names = ("self", tokens[0] if marked else "first", tokens[-1] if marked else "last", "previous", "next",
-             "other")
+    names = ["self", tokens[0] if marked else "first", tokens[-1] if marked else "last", "previous", "next"]
+    rules = [j == i, j == 0, j == T - 1, j == i - 1, j == i + 1]
+    if answer is not None:
+        names.append("mirror")
+        rules.append((i >= answer) & (j == 2 * answer - 1 - i))
+    names += ["offset", "other"]
+    fixed = np.select(rules, list(range(len(rules))), default=-1)[asking]  # (R, T); -1: none of them
+    diagonal = (j - i)[asking]  # (R, T): o = j − i
     out = []
     for h in range(Hn):
-        share = [float(weights[h][kinds == k].sum() / T) for k in range(len(names))]
+        w = weights[h][asking]  # (R, T)
+        left = fixed == -1
+        offsets = np.unique(diagonal[left])
+        mass = [float(w[left & (diagonal == o)].sum()) for o in offsets]
+        o = int(offsets[int(np.argmax(mass))]) if len(offsets) else None
+        kind = np.where(left, len(names) - 1, fixed)
+        if o is not None:
+            kind = np.where(left & (diagonal == o), len(names) - 2, kind)
+        share = [float(w[kind == k].sum() / len(asking)) for k in range(len(names))]
         top = weights[h].argmax(-1)  # (T,)
         out.append({
             "head": h + 1,
             "share": dict(zip(names, share, strict=True)),
             "mostly": names[int(np.argmax(share))],
+            "offset": o,  # the constant o of "offset": j = i + o
             "argmax": [int(t) + 1 for t in top],  # 1-based position each word attends to most
             "argmax_words": [tokens[t] for t in top],
             "argmax_alpha": [float(weights[h, r, t]) for r, t in enumerate(top)],

@@ -110,6 +110,17 @@ class Trace:
         data.b_o = [None if p.bias is None else p.bias.detach().float().numpy() for p in proj]
         if all(t.output is not None for t in ls):
             data.outputs = [t.output.float().numpy() for t in ls]  # (T, D) each
+        # the explorer's step q_i = W_Q h_i: each layer's input h and every head's W_Q, b_Q
+        data.inputs = [t.x.float().numpy() for t in ls]  # (T, D) each
+        heads = [[self.attention(n).head_projections(h) for h in range(data.num_heads)] for n in order]
+
+        def stacked(hs: list[dict], part: str):  # every head's W or b, stacked; None without a bias
+            if hs[0][part] is None:
+                return None
+            return torch.stack([p[part] for p in hs]).detach().float().numpy()
+
+        data.w_q = [stacked(hs, "W_Q") for hs in heads]  # (H, d, D) each
+        data.b_q = [stacked(hs, "b_Q") for hs in heads]  # (H, d) each, or None
         data.unit = self.model.unit
         return data
 

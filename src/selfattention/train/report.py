@@ -1,6 +1,7 @@
 """The pictures of a run, drawn from what it wrote: ``curves.png`` (loss and accuracy against
 steps and seconds), ``attention.png`` (heads at a few steps) and ``attention.html`` (a slider over
-every snapshot)."""
+every snapshot, opening at the first step on the layer where attention formed the most; masked
+cells grey, the tokens called characters, as ``explain --model RUN`` calls them)."""
 
 from __future__ import annotations
 
@@ -57,9 +58,24 @@ def _save(fig, path: Path) -> Path:
         return write_atomic(path, lambda f: f.write(data))
 
 
+def _snapshot(weights, tokens: list[str]):
+    """One snapshot as ``AttentionData``, in the trained decoder's unit and with its causal mask (a
+    snapshot is of a ``TracedDecoder``'s model: characters, each sees itself and the ones before)."""
+    import numpy as np
+
+    from ..viz.data import from_weights
+    from .traced import TracedDecoder
+
+    data = from_weights(list(weights), tokens)
+    data.unit = TracedDecoder.unit
+    if TracedDecoder.causal:
+        T = len(tokens)
+        data.allowed = [np.tril(np.ones((T, T), bool))] * data.num_layers
+    return data
+
+
 def write_pictures(out: Path, title: str = "") -> list[str]:
     """Draw the run in ``out``; returns one line per file written."""
-    from ..viz.data import from_weights
     from ..viz.steps import save_steps_png, write_steps_html
 
     lines = []
@@ -73,7 +89,7 @@ def write_pictures(out: Path, title: str = "") -> list[str]:
     snaps = metrics.load_snapshots(out)
     if snaps:
         try:
-            data = [(step, from_weights(list(w), tokens)) for step, tokens, w in snaps]
+            data = [(step, _snapshot(w, tokens)) for step, tokens, w in snaps]
         except ValueError as err:  # a by-product: never a failure after the training is done
             warnings.warn(f"attention.png and attention.html not drawn: the snapshots of "
                           f"{printable(str(out / metrics.SNAPSHOTS))} cannot be drawn ({err})", stacklevel=2)

@@ -176,8 +176,8 @@ class Task:
         n = self.length(prompt)
         if config.min_len <= n <= config.max_len:
             return None
-        return (f"the model was trained on prompts of {config.min_len}-{config.max_len} {self.unit}; this "
-                f"one has {n}, so the answer tests length generalisation")
+        return (f"prompt of {n} {self.unit}, trained on {config.min_len}-{config.max_len}: a test of length "
+                "generalisation")
 
     def held_out(self, prompt: str) -> bool:
         """Is ``prompt`` in the held-out set (never trained on)? Fixed forever by a hash."""

@@ -85,8 +85,8 @@ class TracedDecoder(Traceable):
             if not truncate:
                 raise InputError(f"the text has {len(chars)} characters, more than the model's {limit} "
                                  "positions")
-            warnings.warn(f"the text has {len(chars)} characters; the model has {limit} positions, so "
-                          f"the last {len(chars) - limit} were dropped", UserWarning, stacklevel=2)
+            warnings.warn(f"text of {len(chars)} characters, model of {limit} positions: the last "
+                          f"{len(chars) - limit} were dropped", UserWarning, stacklevel=2)
             return self._tokens(chars[:limit], dropped=len(chars) - limit)
         return self._tokens(chars)
 

@@ -5,7 +5,7 @@ Visualize your own model's weights::
     from selfattention import viz
     data = viz.from_weights(weights, tokens)   # (T, T), (H, T, T) or a list of layers
     viz.save_png(data, "head.png", layer=1, head=1)
-    viz.save_png(data, "heads.png", all_heads=True)
+    viz.save_png(data, "heads.png", all_heads=True)  # scale="per-head": each head 0 to its own max
     viz.write_html(data, "explorer.html")      # one self-contained, offline file
     attention = viz.to_bertviz(data)           # bertviz's layout: per layer (1, H, T, T)
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+SINGULAR = {"words": "word", "word pieces": "word piece", "characters": "character"}
+
 
 @dataclass
 class AttentionData:
@@ -21,7 +23,9 @@ class AttentionData:
     Optional, for the explorer's mask and multi-head views: ``allowed`` per layer (T, T) bool, True
     = may attend (None: every word sees every word); ``w_o`` (D, H·d) and ``b_o`` (D,) per layer, the
     output projection; ``outputs`` per layer (T, D), the layer's own output (heads concatenated and
-    projected) as the model computed it. ``unit`` names a token ("words", "word pieces", …).
+    projected) as the model computed it. For the step q_i = W_Q h_i: ``inputs`` per layer (T, D),
+    the hidden states h_i entering the layer (rows), ``w_q`` per layer (H, d, D), each head's W_Q,
+    and ``b_q`` per layer (H, d) or None (no bias). ``unit`` names a token ("words", "word pieces", …).
     """
 
     tokens: list[str]
@@ -36,6 +40,9 @@ class AttentionData:
     w_o: list[np.ndarray] | None = None
     b_o: list[np.ndarray | None] | None = None
     outputs: list[np.ndarray] | None = None
+    inputs: list[np.ndarray] | None = None
+    w_q: list[np.ndarray] | None = None
+    b_q: list[np.ndarray | None] | None = None
     unit: str = "words"
 
     def mask(self, layer: int) -> np.ndarray | None:
@@ -43,6 +50,11 @@ class AttentionData:
         if self.allowed is None or self.allowed[layer] is None:
             return None
         return np.asarray(self.allowed[layer], dtype=bool)
+
+    @property
+    def one(self) -> str:
+        """The singular of ``unit``: "word pieces" → "word piece", "tokens" → "token"."""
+        return SINGULAR.get(self.unit, self.unit.removesuffix("s"))
 
     @property
     def num_layers(self) -> int:

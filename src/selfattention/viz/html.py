@@ -5,19 +5,23 @@ numbers of an ``AttentionData``; ``write_html(data, path)`` writes it atomically
 layer/head selector, a model view of every layer × head, the selected head's weight matrix, the
 selected word's row as lines, and — when q, k, v are given — the lecture's steps for that word
 (q·k, scaled, softmax, z = Σ α v) computed in the page in float64, checked against the model's
-weights.
+weights; for one pair (i, j) q_i and k_j with their element-wise products, which sum to e_ij (as
+bertviz's neuron view), and, given the layers' inputs and W_Q, q_i[1] = W_Q[1,:]·h_i (+ b_Q[1])
+worked out and checked against the model's q_i.
 
 How the data is embedded: one JSON object in a ``<script type="application/json">`` element.
 Float arrays travel as base64 of little-endian float32 (decoded to ``Float32Array`` in the page):
 weights (L, H, T, T) and, when present, q, k (L, H, T, d_k) and v (L, H, T, d_v); a mask as base64
 of uint8 (L, T, T), 1 = may attend; for the multi-head view, the first ``PROJ_ROWS`` rows of each
 layer's W_O (L, R, H·d), of b_O (L, R) and of the layer's own output (L, T, R) — the components the
-page shows and checks (``explain --multihead`` checks all of them). ``initial`` is the layer, head
-and word the page opens on (those of the terminal and PNG of the same run). Everything the
-user typed (tokens, title) reaches the page only through this JSON and ``textContent`` (or, for
-``<title>``, ``html.escape``); ``embed_json`` escapes ``<``, ``>``, ``&``, U+2028 and U+2029 so the
-JSON can never close its script element. A Content-Security-Policy in the page forbids every
-fetch, so the file cannot reach the network even if it tried.
+page shows and checks (``explain --multihead`` checks all of them); for the step q_i = W_Q h_i, the
+layers' inputs h (L, T, D) and the first row of each head's W_Q (L, H, D) and b_Q (L, H), which
+the page multiplies out for q_i[1] (left out, and said so, past ``QROW_FLOATS`` numbers).
+``initial`` is the layer, head and word the page opens on (those of the terminal and PNG of the same
+run). Everything the user typed (tokens, title) reaches the page only through this JSON and
+``textContent`` (or, for ``<title>``, ``html.escape``); ``embed_json`` escapes ``<``, ``>``, ``&``,
+U+2028 and U+2029 so the JSON can never close its script element. A Content-Security-Policy in the
+page forbids every fetch, so the file cannot reach the network even if it tried.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from .terminal import MASKED, PALETTE
 
 TEMPLATE = "explorer.html"  # package data of selfattention.viz
 PROJ_ROWS = 8  # components of a layer's output the multi-head view shows (and recomputes)
+QROW_FLOATS = 1_500_000  # h (L·T·D numbers) travels up to this (6 MB; MiniLM at 512 word pieces: 1.2 M)
 _MARKER = re.compile(r"\{\{(TITLE|DATA)\}\}")
 _JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
@@ -109,6 +114,29 @@ def _projection(data: AttentionData, T: int) -> dict[str, object] | None:
     return out
 
 
+def _q_row(data: AttentionData, T: int, dk: int) -> dict[str, object] | None:
+    """h (L, T, D) and the first row of every head's W_Q (L, H, D) and b_Q (L, H): what q_i[1] =
+    W_Q[1,:]·h_i + b_Q[1] needs; None without them; {"D", "omitted": why} when h is too big to carry."""
+    if data.inputs is None or data.w_q is None:
+        return None
+    L, H = data.num_layers, data.num_heads
+    D = np.shape(data.inputs[0])[-1]
+    if len(data.inputs) != L or any(np.shape(x) != (T, D) for x in data.inputs):
+        raise ValueError(f"inputs needs one ({T}, D) array per layer ({L} layers), the same D in each")
+    if len(data.w_q) != L or any(np.shape(w) != (H, dk, D) for w in data.w_q):
+        raise ValueError(f"w_q needs one ({H}, {dk}, {D}) array per layer: each head's W_Q")
+    if data.b_q is not None and (len(data.b_q) != L or any(b is not None and np.shape(b) != (H, dk)
+                                                           for b in data.b_q)):
+        raise ValueError(f"b_q needs one ({H}, {dk}) array (or None) per layer")
+    if L * T * D > QROW_FLOATS:
+        return {"D": D, "omitted": f"the layers' inputs are {L} × {T} × {D} = {L * T * D:,} numbers, more "
+                                   f"than this page carries ({QROW_FLOATS:,})"}
+    biased = data.b_q is not None and all(b is not None for b in data.b_q)
+    return {"D": D, "h": _b64_float32([np.asarray(x) for x in data.inputs]),
+            "w": _b64_float32([np.asarray(w)[:, 0, :] for w in data.w_q]),
+            "b": _b64_float32([np.asarray(b)[:, 0] for b in data.b_q]) if biased else None}
+
+
 def payload(data: AttentionData, *, layer: int = 1, head: int = 1, word: int = 1,
             vmax: float | None = None) -> dict[str, object]:
     """What the page receives: sizes, tokens, title, scale, palette, the base64 arrays, and the layer,
@@ -122,10 +150,11 @@ def payload(data: AttentionData, *, layer: int = 1, head: int = 1, word: int = 1
         raise ValueError(f"vmax must be a number > 0, got {vmax!r}")
     out: dict[str, object] = {
         "version": 1, "title": data.title, "tokens": list(data.tokens), "T": T, "layers": L, "heads": H,
-        "unit": data.unit, "palette": PALETTE, "masked": MASKED, "weights": _b64_float32(data.weights),
+        "unit": data.unit, "one": data.one, "palette": PALETTE, "masked": MASKED,
+        "weights": _b64_float32(data.weights),
         "q": None, "k": None, "v": None, "dk": None, "dv": None, "scale": None,
         "initial": _selection(data, layer, head, word), "vmax": None if vmax is None else float(vmax),
-        "allowed": _mask(data, T), "proj": None,
+        "allowed": _mask(data, T), "proj": None, "qrow": None,
     }
     dropped = data.meta.get("dropped")
     out["dropped"] = int(dropped) if isinstance(dropped, (int, np.integer)) else 0
@@ -137,7 +166,7 @@ def payload(data: AttentionData, *, layer: int = 1, head: int = 1, word: int = 1
             raise ValueError(f"q, k, v need one array per layer ({L} layers)")
         scale = data.scale if data.scale is not None else 1.0 / np.sqrt(dk)
         out.update(q=_b64_float32(data.q), k=_b64_float32(data.k), v=_b64_float32(data.v),
-                   dk=dk, dv=dv, scale=float(scale), proj=_projection(data, T))
+                   dk=dk, dv=dv, scale=float(scale), proj=_projection(data, T), qrow=_q_row(data, T, dk))
     return out
 
 

@@ -31,7 +31,10 @@ every legend or colour bar states that maximum. (lo is below 0 only for data wit
 hi = 1 when everything is 0.) ``value_range`` computes it.
 """
 MASKED = "#d5d9e0"  # a masked cell (−∞ before the softmax, α = 0) in the PNG and HTML views: grey
-SHADES = "·░▒▓█"  # low → high, one character per level; "·" keeps the grid visible
+# low → high, one character per level; "." keeps the grid visible. ASCII only: the block characters
+# (░▒▓█) and "·" are of East Asian Width "ambiguous", two columns wide in CJK terminals, which
+# would break the grid there; these are "Na" (narrow) everywhere.
+SHADES = ".:+*#"
 _RESET = "\x1b[0m"
 _CUBE = (0, 95, 135, 175, 215, 255)  # the 6 levels of xterm's 6×6×6 colour cube
 
@@ -137,12 +140,14 @@ def heatmap(
     width: int = 80,
     label_width: int = 10,
 ) -> str:
-    """A (R, C) matrix as a heatmap: one line per row, column labels written vertically.
+    """A (R, C) matrix as a heatmap: one line per row, its label first; the columns numbered 1 … C
+    on one line above (every column, or every 2nd, 5th, … where the numbers need the room).
 
-    Cells are 1–3 characters wide, whatever fits ``width``; columns that do not fit even at one
-    character are left off, with a note. Values map linearly from [vmin, vmax] (default:
-    ``value_range(M)``, 0 to the largest value, as in every view) onto the shade ramp, or the
-    palette when ``color``.
+    When ``col_labels`` are not the row labels, a line under the map says which label each column
+    number stands for (cut to ``width``). Cells are 1–3 characters wide, whatever fits ``width``;
+    columns that do not fit even at one character are left off, with a note. Values map linearly
+    from [vmin, vmax] (default: ``value_range(M)``, 0 to the largest value, as in every view) onto
+    the shade ramp ``SHADES``, or the palette when ``color``; the legend says the scale.
     """
     M = np.asarray(M, dtype=np.float64)
     R, C = M.shape
@@ -151,11 +156,7 @@ def heatmap(
     cw = 3 if 3 * C <= room else 2 if 2 * C <= room else 1
     shown = min(C, room // cw)
     t, lo, hi = _norm(M, vmin, vmax)
-    heads = [truncate(s, 6) for s in col_labels[:shown]]
-    lines = []
-    for k in range(max((len(h) for h in heads), default=0)):  # column labels, top to bottom
-        chars = [(h[k] if k < len(h) else " ").ljust(cw) for h in heads]
-        lines.append(" " * (lw + 1) + "".join(chars).rstrip())
+    lines = [(" " * (lw + 1) + ruler(shown, cw, room)).rstrip()]
     for r in range(R):
         cells = []
         for c in range(shown):
@@ -166,10 +167,32 @@ def heatmap(
                 ch = shade(t[r, c])
                 cells.append(ch * cw if cw == 1 else ch * (cw - 1) + " ")
         lines.append(truncate(row_labels[r], lw).ljust(lw) + " " + "".join(cells).rstrip())
+    if list(col_labels[:shown]) != list(row_labels[:shown]):
+        key = "  ".join(f"{c + 1}:{label}" for c, label in enumerate(col_labels[:shown]))
+        lines.append(truncate(f"columns: {key}", width))
     lines.append(_legend(lo, hi, color, vmax is None))
     if shown < C:
         lines.append(f"(first {shown} of {C} columns shown; widen the terminal or use --json)")
     return "\n".join(lines)
+
+
+def ruler(n: int, cw: int, room: int | None = None, first: int = 1) -> str:
+    """Column numbers ``first`` … ``first + n − 1`` over ``n`` cells of ``cw`` characters, each
+    number starting above its cell: every column when they fit, else the first and every 2nd, 5th,
+    10th, … (the smallest step that leaves a space between numbers); at most ``room`` characters
+    (default: the cells' ``n · cw``; the last number may reach past its cell into it)."""
+    digits = len(str(first + n - 1)) if n else 1
+    step = next(s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10**9) if s * cw >= digits + 1)
+    chars = [" "] * max(n * cw, room or 0)
+    for c in range(n):
+        number = str(first + c)
+        at = c * cw
+        if (c and (first + c) % step) or at + len(number) > len(chars):
+            continue
+        if any(x != " " for x in chars[max(at - 1, 0):at + len(number)]):  # no two numbers touch
+            continue
+        chars[at:at + len(number)] = number
+    return "".join(chars)
 
 
 def _legend(lo: float, hi: float, color: bool, hi_is_max: bool) -> str:
