@@ -1,13 +1,15 @@
 """``selfattention explain``: a sentence walked through one self-attention head, the lecture's way.
 
 - ``cli``: the command's options and its handler, the one function that reads them;
-- ``views``: the table of views (the walk-through, ``--multihead``, ``--permute``, ``--quiz``,
-  ``--png``, ``--html``): what asks for each, what builds and shows it, what it cannot combine with;
+- ``views``: the table of views (the walk-through, ``--multihead``, ``--permute``, ``--ring N``,
+  ``--quiz``, ``--png``, ``--html``): what asks for each, what builds and shows it, what it
+  cannot combine with;
 - ``selection``: layer, head and word, resolved once from the options and the trace (``Selection``);
 - ``walk`` (the walk-through's numbers) and ``text`` (its terminal text: the header, then the
   lecture's steps worked for one word, ``worked``, and the T × T tables, windowed, the heatmap and
   where each head looks, ``tables``; ``layout``: the width and labels they share); ``heads``
-  (--multihead), ``order`` (--permute), ``quiz`` (--quiz, its questions in ``questions``),
+  (--multihead), ``order`` (--permute), ``ring`` (--ring N: one word's z_i in N pieces, ring
+  attention simulated in one process), ``quiz`` (--quiz, its questions in ``questions``),
   ``pictures`` (--png, --html); ``fmt``: what they share.
 
 The names below are imported on first use (``from selfattention.explain import build_report``), so

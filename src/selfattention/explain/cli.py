@@ -37,7 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "pretrained model's numbers (default), verified against the "
                                    "layer's own output, with the toy model (--model toy), or with a "
                                    "model you trained. The lecture's next steps: --multihead, "
-                                   "--causal, --permute (word order and --positions), --quiz.")
+                                   "--causal, --permute (word order and --positions), --quiz; --ring N "
+                                   "(one word's z in N pieces, as across N processes).")
     e.add_argument("text", nargs="+", help='the sentence, e.g. "I am enjoying this lecture"')
     e.add_argument("--model", default=None, metavar="NAME|PATH", help=MODEL_HELP)
     e.add_argument("--no-truncate", action="store_true",
@@ -75,7 +76,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "tables")
     n = e.add_argument_group("the lecture's next steps")
     for view in views.VIEWS:
-        if not view.picture:
+        if view.value is not None:
+            n.add_argument(f"--{view.name}", metavar=view.value[0], type=view.value[1], help=view.help)
+        elif not view.picture:
             n.add_argument(f"--{view.name}", action="store_true", help=view.help)
     n.add_argument("--causal", action="store_true",
                    help="masked self-attention as decoders use it: word i sees words 1…i (e_ij = −∞ "
@@ -120,15 +123,17 @@ def run(args: argparse.Namespace) -> int:
                    dim=args.dim, seed=args.seed, positions=args.positions, truncate=not args.no_truncate,
                    layer=args.layer, head=args.head, word=args.word, causal=args.causal, as_json=args.json,
                    wide=args.wide, verbose=args.verbose, no_color=args.no_color, vmax=args.vmax,
-                   all_heads=args.all_heads, scale=args.scale)
+                   all_heads=args.all_heads, scale=args.scale,
+                   value=getattr(args, step.name) if step.value is not None else None)
 
 
 def explain(text: str, step: View, pictures: dict[View, str], *, model: str | None, dim: int | None,
             seed: int | None, positions: str | None, truncate: bool, layer: int | None, head: int | None,
             word: str | None, causal: bool, as_json: bool, wide: bool, no_color: bool, vmax: float | None,
-            all_heads: bool, verbose: bool = False, scale: str | None = None) -> int:
+            all_heads: bool, verbose: bool = False, scale: str | None = None, value: object = None) -> int:
     """Show ``step`` (as text, or its report ``as_json``) and write the ``pictures`` (view → path) of
-    ``model`` on ``text``; the files and the model are checked before anything is computed."""
+    ``model`` on ``text``; the files and the model are checked before anything is computed. ``value``:
+    the step's own (``View.value``: ``--ring N``'s N), given to its build as the keyword of its name."""
     import torch
 
     from .pictures import check_files
@@ -147,7 +152,8 @@ def explain(text: str, step: View, pictures: dict[View, str], *, model: str | No
         shown = as_json or not pictures  # the step is printed (as text or JSON)
         t, sel = _trace(m, text, step if shown else None, every_layer=bool(pictures), truncate=truncate,
                         layer=layer, head=head, word=word, causal=causal)
-        report = views.function(step.build)(t, sel) if shown else None
+        extra = {step.name: value} if step.value is not None else {}
+        report = views.function(step.build)(t, sel, **extra) if shown else None
         lines = []
         if pictures:
             from .pictures import scene

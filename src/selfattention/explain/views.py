@@ -2,11 +2,12 @@
 and what it cannot be combined with. The command (``explain.cli``) reads the table for its options,
 its refusals and what to run; nothing else names a view.
 
-A step of the lecture (``--multihead``, ``--permute``; the walk-through when none is asked) builds
-a JSON-ready report from the trace and the ``Selection`` and renders it as text (``--json`` prints
-the report instead); one is shown at a time. A picture (``--png``, ``--html``) is written to a
-file, as many as are asked, from the same trace. The quiz is an exercise of its own: it asks its
-questions instead of showing a trace.
+A step of the lecture (``--multihead``, ``--permute``, ``--ring N``; the walk-through when none is
+asked) builds a JSON-ready report from the trace and the ``Selection`` and renders it as text
+(``--json`` prints the report instead); one is shown at a time. A step whose row has a ``value``
+takes one (``--ring N``), passed to its build as the keyword of its name. A picture (``--png``,
+``--html``) is written to a file, as many as are asked, from the same trace. The quiz is an
+exercise of its own: it asks its questions instead of showing a trace.
 
 Functions are named "module:function" (modules of this package) and imported when the view runs,
 so that building the parser loads no model code. A new view is its module and one row here.
@@ -19,6 +20,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
+from .._options import integer
 from ..errors import UsageError
 
 
@@ -36,6 +38,7 @@ class View:
     refuses: tuple[tuple[str, str], ...] = ()  # (option, message): given with this view, refused
     needs: tuple[tuple[str, str], ...] = ()  # (option, message): options only this view takes
     verify: bool = False  # its trace recomputes the shown head with every tier, to verify it
+    value: tuple[str, Callable[[str], Any]] | None = None  # a step's value, --NAME METAVAR: (metavar, type)
 
     @property
     def picture(self) -> bool:
@@ -62,6 +65,14 @@ VIEWS: tuple[View, ...] = (
          refuses=(*_drop("--permute compares every head, without a mask", "head", "causal"),
                   *((o, "--permute prints a comparison of two orders; draw pictures without it")
                     for o in ("png", "html")))),
+    View("ring",
+         help="the walk-through's word's z_i computed in N pieces (N ≥ 2), as ring attention over N "
+              "processes computes it (selfattention.distributed, simulated here in one process): each "
+              "piece's keys, scores, max m, partial Σ e^(s−m) v_j and log-sum-exp, then their merge, "
+              "checked against the one-process z_i",
+         build="ring:build_ring", render="ring:render_ring", value=("N", integer(2)),
+         refuses=tuple((o, "--ring prints one word's z_i in pieces; draw pictures without it")
+                       for o in ("png", "html"))),
     View("quiz",
          help="exercises: the toy model (D = 4) on two or three words asks, in the lecture's order, for one "
               "component of q_i = W_Q h_i, one e_ij, one α_ij, one component of z_i, the shapes of QᵀK "
