@@ -1,8 +1,10 @@
 """The ``selfattention`` command: ``explain`` a sentence through one attention head, ``embed``
-sentences, their ``similarity``, ``bench`` attention against RNNs, and ``train``/``generate``.
+sentences, their ``similarity``, ``bench`` attention against RNNs, ``train``/``generate``, and
+``serve`` the explorer.
 
 Each command is a parser and a handler: ``explain`` in ``explain/cli.py``, ``bench`` in
-``bench/cli.py``, ``train`` and ``generate`` in ``train/cli.py``, ``embed`` and ``similarity`` here.
+``bench/cli.py``, ``serve`` in ``serve/cli.py``, ``train`` and ``generate`` in ``train/cli.py``,
+``embed`` and ``similarity`` here.
 ``main`` parses the command line and runs the handler inside ``_command.finish``: user mistakes
 (empty text, a bad option, --layer 99, a broken model directory, …) exit with status 2 and one line
 on stderr, ``selfattention: error: …``, never a traceback. Heavy modules (torch, the tokenizer,
@@ -26,6 +28,7 @@ from ._text import printable
 from .bench import cli as bench_cli
 from .errors import UsageError
 from .explain import cli as explain_cli
+from .serve import cli as serve_cli
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                 description="The lecture's self-attention layer, explained and measured.")
     p.add_argument("--version", action="version", version=f"selfattention {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (explain_cli.add_parser, _embed_parser, _similarity_parser, bench_cli.add_parser):
+    for add in (explain_cli.add_parser, _embed_parser, _similarity_parser, bench_cli.add_parser,
+                serve_cli.add_parser):
         add(sub)
     from .train.cli import add_parsers as add_train_parsers
 
@@ -203,6 +207,7 @@ def _similarity(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "explain": explain_cli.run, "embed": _embed, "similarity": _similarity, "bench": bench_cli.run,
+    "serve": serve_cli.run,
 }
 
 

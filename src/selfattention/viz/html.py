@@ -22,6 +22,10 @@ run). Everything the user typed (tokens, title) reaches the page only through th
 ``textContent`` (or, for ``<title>``, ``html.escape``); ``embed_json`` escapes ``<``, ``>``, ``&``,
 U+2028 and U+2029 so the JSON can never close its script element. A Content-Security-Policy in the
 page forbids every fetch, so the file cannot reach the network even if it tried.
+
+``selfattention serve`` sends the same page with ``live`` (``render_html(…, live=…)``): a text box whose
+sentences the page sends to the server that served it, the one address its policy then allows
+(``connect-src 'self'``); each answer is ``payload`` of that sentence, drawn by the same code.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from .terminal import MASKED, PALETTE
 TEMPLATE = "explorer.html"  # package data of selfattention.viz
 PROJ_ROWS = 8  # components of a layer's output the multi-head view shows (and recomputes)
 QROW_FLOATS = 1_500_000  # h (L·T·D numbers) travels up to this (6 MB; MiniLM at 512 word pieces: 1.2 M)
-_MARKER = re.compile(r"\{\{(TITLE|DATA)\}\}")
+_MARKER = re.compile(r"\{\{(TITLE|DATA|CONNECT)\}\}")
 _JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
@@ -175,15 +179,22 @@ def _template() -> str:
 
 
 def render_html(data: AttentionData, *, layer: int = 1, head: int = 1, word: int = 1,
-                vmax: float | None = None) -> str:
+                vmax: float | None = None, live: dict[str, object] | None = None) -> str:
     """The explorer page for ``data`` as one self-contained HTML document (str), opening on
     ``layer``, ``head`` and ``word`` (1-based); ``vmax`` fixes the top of the colour scale.
+
+    ``live`` (``selfattention serve``): the page shows a text box and asks its own server for each
+    sentence typed: ``{"endpoint": path, "text": the sentence shown, "max_chars": n, "causal": bool,
+    "warning": str | None}``. Without it the page may fetch nothing at all.
 
     Raises ValueError when the arrays' shapes do not fit together (see ``payload``).
     """
     title = "Attention explorer" + (f" — {data.title}" if data.title else "")
-    fills = {"TITLE": html.escape(title),
-             "DATA": embed_json(payload(data, layer=layer, head=head, word=word, vmax=vmax))}
+    data_json = payload(data, layer=layer, head=head, word=word, vmax=vmax)
+    if live is not None:
+        data_json["live"] = live
+    fills = {"TITLE": html.escape(title), "DATA": embed_json(data_json),
+             "CONNECT": "'self'" if live is not None else "'none'"}
     # one pass over the template, so nothing inserted is ever scanned for markers again
     return _MARKER.sub(lambda m: fills[m.group(1)], _template())
 
