@@ -6,7 +6,9 @@ records per layer: the layer's input x (the lecture's H, transposed), every head
 ``MultiHeadAttention.project``, the only code that knows the packed projection), the weights α, and
 every head's output z as the model computed it. With ``backends=`` it also recomputes each traced
 layer's heads with those tiers, on the same q, k, v and mask, for verification. ``explain``, the
-PNG, the HTML explorer and the command line all read a ``Trace``; the model runs once.
+PNG, the HTML explorer and the command line all read a ``Trace``; the model runs once. In Jupyter
+a ``Trace`` shows the explorer inline, and ``trace.head(layer, head)`` one head's α as a table
+(``viz.notebook``); its plain ``repr`` is one line.
 
 A model is traceable when it derives from ``Traceable`` (``models.traceable``: every member, with
 its defaults), or offers its required members: ``name``, ``tokenize(text, truncate=…)`` →
@@ -17,17 +19,24 @@ its defaults), or offers its required members: ``name``, ``tokenize(text, trunca
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .._text import printable
 from ..errors import InputError, OptionError
 from ..layers import MultiHeadAttention
 from ..masks import causal as causal_mask
 from ..reference import default_scale
 from .traceable import Tokens, Traceable, traceable
+
+if TYPE_CHECKING:
+    from ..viz.notebook import HeadWeights
+
+REPR_TEXT = 60  # characters of the text a Trace's repr shows
 
 
 @dataclass
@@ -43,6 +52,11 @@ class LayerTrace:
     allowed: torch.Tensor | None  # (T, T) bool, True = may attend (None: every position)
     auto_backend: str  # the tier "auto" ran for this layer
     output: torch.Tensor | None = None  # (T, D): the layer's own output (heads concatenated, W_O)
+
+    def __repr__(self) -> str:  # one line: the tensors themselves are for attribute access
+        H, T, d = self.q.shape
+        return (f"LayerTrace(T = {T}, {_count(H, 'head')} of d = {d}, "
+                f"{'masked' if self.allowed is not None else 'no mask'}, backend {self.auto_backend!r})")
 
 
 @dataclass
@@ -64,6 +78,46 @@ class Trace:
     def label(self) -> str:
         """The model's name in one line (``Traceable.label``), and whether a causal mask was added."""
         return self.model.label + (", causal mask" if self.added_causal else "")
+
+    def __repr__(self) -> str:
+        """One line: the model, the text (cut past ``REPR_TEXT`` characters), its size, layers × heads."""
+        text = printable(self.text)
+        text = text if len(text) <= REPR_TEXT else text[: REPR_TEXT - 1] + "…"
+        layers = self.num_layers
+        traced = "" if sorted(self.layers) == list(range(layers)) else \
+            f" (traced: {', '.join(str(n + 1) for n in sorted(self.layers))})"
+        return (f'Trace({printable(self.label)}: "{text}", {len(self.tokens.tokens)} {self.model.unit}, '
+                f"{_count(layers, 'layer')} × {_count(self.attention(0).num_heads, 'head')}{traced})")
+
+    def _repr_html_(self) -> str:
+        """The explorer inline in Jupyter (``viz.notebook``): every layer and head, offline. A trace
+        of some layers only (``layers=``) shows its first one's heads as α tables instead."""
+        from ..viz.notebook import Explorer
+
+        if sorted(self.layers) == list(range(self.num_layers)):
+            return Explorer(self.attention_data())._repr_html_()
+        n = min(self.layers)
+        note = (f"<p>{html.escape(repr(self))}: the explorer needs every layer (trace with layers=None); "
+                f"layer {n + 1}'s heads:</p>")
+        return note + "".join(self.head(n + 1, h + 1)._repr_html_()
+                              for h in range(self.attention(n).num_heads))
+
+    def head(self, layer: int, head: int) -> HeadWeights:
+        """``viz.notebook.HeadWeights``: the α matrix (T, T) of ``head`` of ``layer``, both 1-based as
+        ``explain`` numbers them; an HTML table in Jupyter, aligned text for ``print``. ValueError
+        for a layer the trace did not record or a head the layer does not have."""
+        from ..viz.notebook import HeadWeights
+
+        if isinstance(layer, bool) or not isinstance(layer, int) or layer - 1 not in self.layers:
+            raise ValueError(f"layer {layer!r} is not in the trace: expected one of "
+                             f"{', '.join(str(n + 1) for n in sorted(self.layers))} (1-based)")
+        lt = self.layers[layer - 1]
+        H = lt.weights.shape[0]
+        if isinstance(head, bool) or not isinstance(head, int) or not 1 <= head <= H:
+            raise ValueError(f"head {head!r} is out of range: layer {layer} has heads 1 to {H} (1-based)")
+        return HeadWeights(self.tokens.tokens, lt.weights[head - 1].double().numpy(), layer, head,
+                           title=self.label, unit=self.model.unit,
+                           allowed=None if lt.allowed is None else lt.allowed.numpy())
 
     @property
     def added_causal(self) -> bool:
@@ -123,6 +177,10 @@ class Trace:
         data.b_q = [stacked(hs, "b_Q") for hs in heads]  # (H, d) each, or None
         data.unit = self.model.unit
         return data
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}" + ("" if n == 1 else "s")
 
 
 class _Stop(Exception):
