@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from selfattention.explain import build_report, render_text
+from selfattention.explain.selection import select
 from selfattention.models import trace
 from selfattention.viz.data import from_weights
 from selfattention.viz.html import render_html
@@ -121,6 +122,22 @@ def test_explorer_html_refuses_a_bad_height():
 def test_a_trace_shows_the_explorer_inline(toy):
     page = frame_page(toy._repr_html_())
     assert page == render_html(toy.attention_data())
+
+
+def test_a_traces_explorer_opens_where_explain_opens():
+    t = trace("minilm", SENTENCE)
+    sel = select(t)
+    assert sel.head != 0  # else the test could not tell explain's head from the first
+    assert frame_page(t._repr_html_()) == render_html(t.attention_data(), layer=sel.layer + 1,
+                                                      head=sel.head + 1)
+
+
+def test_attention_data_shows_the_explorer_inline_and_a_short_repr():
+    from selfattention import viz
+
+    data = data_with(HOSTILE)
+    assert frame_page(viz.Explorer(data)._repr_html_()) == render_html(data)
+    assert "\n" not in repr(data) and len(repr(data)) <= 160 and "array" not in repr(data)
 
 
 def test_a_partial_trace_shows_its_heads_not_an_error():

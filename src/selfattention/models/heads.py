@@ -8,9 +8,12 @@ multi-word sentences. With fewer than two real words nothing is mixed, and head 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from .tracing import Trace
+if TYPE_CHECKING:  # a Trace is only read here; tracing asks default_head for its inline explorer
+    from .tracing import Trace
 
 MIXING = "the one of this layer mixing the most real {unit} (default)"
 TOO_FEW = "the default when there are fewer than two real {unit} to mix"

@@ -90,12 +90,17 @@ class Trace:
                 f"{_count(layers, 'layer')} × {_count(self.attention(0).num_heads, 'head')}{traced})")
 
     def _repr_html_(self) -> str:
-        """The explorer inline in Jupyter (``viz.notebook``): every layer and head, offline. A trace
+        """The explorer inline in Jupyter (``viz.notebook``): every layer and head, offline, opening on
+        explain's layer and head (the word: the first). A trace
         of some layers only (``layers=``) shows its first one's heads as α tables instead."""
         from ..viz.notebook import Explorer
+        from . import DEFAULT_LAYER
+        from .heads import default_head
 
-        if sorted(self.layers) == list(range(self.num_layers)):
-            return Explorer(self.attention_data())._repr_html_()
+        if sorted(self.layers) == list(range(self.num_layers)):  # opens where explain opens
+            layer = min(DEFAULT_LAYER, self.num_layers)
+            head = default_head(self, layer - 1)[0] + 1
+            return Explorer(self.attention_data(), layer=layer, head=head)._repr_html_()
         n = min(self.layers)
         note = (f"<p>{html.escape(repr(self))}: the explorer needs every layer (trace with layers=None); "
                 f"layer {n + 1}'s heads:</p>")

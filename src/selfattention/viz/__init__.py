@@ -40,12 +40,14 @@ def to_bertviz(data: AttentionData) -> list[torch.Tensor]:
 
 
 _LAZY = {"plot_head": "png", "plot_heads": "png", "save_png": "png", "palette_cmap": "png",
-         "render_html": "html", "write_html": "html"}
+         "render_html": "html", "write_html": "html", "Explorer": "notebook", "HeadWeights": "notebook",
+         "explorer_html": "notebook"}
 
 
 def __getattr__(name: str) -> Any:
     """``plot_head``, ``plot_heads``, ``save_png``, ``palette_cmap`` (matplotlib) and
-    ``render_html``, ``write_html``, imported on first use."""
+    ``render_html``, ``write_html``, ``Explorer``, ``HeadWeights``, ``explorer_html`` (Jupyter),
+    imported on first use."""
     if name in _LAZY:
         import importlib
 
@@ -54,6 +56,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["PALETTE", "AttentionData", "format_matrix", "format_table", "from_weights",
+__all__ = ["PALETTE", "AttentionData", "Explorer", "HeadWeights", "explorer_html", "format_matrix",
+           "format_table", "from_weights",
            "heatmap", "palette_cmap", "palette_hex", "plot_head", "plot_heads", "render_html", "save_png",
            "to_bertviz", "value_range", "write_html"]

@@ -45,6 +45,14 @@ class AttentionData:
     b_q: list[np.ndarray | None] | None = None
     unit: str = "words"
 
+    def __repr__(self) -> str:
+        """One line (the arrays would fill a screen): title, how many tokens, layers × heads. Shown
+        inline in Jupyter by ``viz.Explorer(data)`` (``viz.notebook``, which imports this module)."""
+        L = len(self.weights)
+        H = self.weights[0].shape[0] if L else 0
+        title = f"{self.title}: " if self.title else ""
+        return f"AttentionData({title}{len(self.tokens)} {self.unit}, {L} layer(s) × {H} head(s))"
+
     def mask(self, layer: int) -> np.ndarray | None:
         """(T, T) bool of ``layer`` (0-based), True = may attend; None when nothing is masked."""
         if self.allowed is None or self.allowed[layer] is None:
