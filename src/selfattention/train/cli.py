@@ -76,8 +76,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         description="Train a small decoder-only Transformer (or the GRU baseline) on a synthetic task or "
                     "a text file. --out holds checkpoints (safetensors + JSON), metrics.jsonl, curves.png, "
                     "attention.png and attention.html (a step slider over the attention snapshots). Under "
-                    "torchrun the run is data-parallel (DDP; gloo on CPU, NCCL on CUDA). Options left out "
-                    "with --resume keep the checkpoint's values.")
+                    "torchrun the run is data-parallel (DDP; gloo on CPU, NCCL on CUDA), and with "
+                    "--context-parallel N each sequence is split over N processes. Options left out with "
+                    "--resume keep the checkpoint's values.")
     rows = [f"{name} ({task.help})" for name, task in TASKS.items()]
     t.add_argument("task", choices=tuple(TASKS), metavar="TASK",
                    help=", ".join(rows[:-1]) + ", or " + rows[-1])
@@ -132,6 +133,9 @@ def _running_options(t: argparse.ArgumentParser) -> None:
     r = t.add_argument_group("running")
     r.add_argument("--threads", type=_threads, metavar="N",
                    help="CPU threads of this process (default: torch's)")
+    r.add_argument("--context-parallel", type=positive, default=1, metavar="N",
+                   help="torchrun: split each sequence's positions over N processes (ring attention; the "
+                        "processes, a multiple of N, train N at a time on the same sequences; default 1)")
     r.add_argument("--timeout", type=_timeout, default=120.0, metavar="SECONDS",
                    help="torchrun: seconds to wait for another process before stopping (1 … 604800; "
                         "default 120)")

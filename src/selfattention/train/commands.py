@@ -91,7 +91,8 @@ def train_command(args: argparse.Namespace) -> int:
         out = Path(args.out)
         run(config, out, resume=args.resume, dist=dist, echo=print,
             progress=False if args.no_progress else None, text=text,
-            finish=lambda trainer: _finish(trainer, out, pictures=not args.no_pictures))
+            finish=lambda trainer: _finish(trainer, out, pictures=not args.no_pictures),
+            context_parallel=args.context_parallel)
         barrier(dist)  # no process leaves the group while another still uses it
     except PeerError as err:
         print(f"selfattention: error: {err}; stopping (continue from the last checkpoint with --resume)",

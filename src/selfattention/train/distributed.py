@@ -1,4 +1,5 @@
-"""torch.distributed for data-parallel training (DistributedDataParallel), in training's words.
+"""torch.distributed for data-parallel training (DistributedDataParallel) and context-parallel
+training (each sequence split over a group of processes: ``split``), in training's words.
 
 ``torchrun --nproc_per_node N -m selfattention train …`` sets RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR and MASTER_PORT; ``setup`` joins the process group they describe, with a timeout so
@@ -11,6 +12,9 @@ forever. The plumbing (``Dist``, ``setup``, ``teardown``, ``guard``, ``PeerError
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import torch
 
@@ -91,5 +95,91 @@ def agree(err: UserError | None, dist: Dist) -> None:
     raise UsageError(bytes(buf.cpu().tolist()).decode("utf-8", errors="ignore"))
 
 
-__all__ = ["MAX_MESSAGE", "PEERS", "Dist", "PeerError", "agree", "all_sum", "barrier", "broadcast_int",
-           "guard", "setup", "teardown"]
+@dataclass(frozen=True)
+class Split:
+    """How the processes share the work: ``context`` consecutive ranks hold one sequence each (a
+    context group, ``group``), and the ``dist.world // context`` groups each train on a slice of the
+    global batch (data parallel). ``context == 1``: plain data parallelism, ``group`` None."""
+
+    dist: Dist
+    context: int = 1
+    group: Any = None  # this process's context group (a torch.distributed ProcessGroup)
+
+    @property
+    def data(self) -> int:
+        """Data-parallel replicas: slices of the global batch."""
+        return self.dist.world // self.context
+
+    @property
+    def data_rank(self) -> int:
+        """Which slice of the batch this process trains on (every rank of a context group the same)."""
+        return self.dist.rank // self.context
+
+
+def split(dist: Dist, context: int = 1, *, model: str = "transformer", dropout: float = 0.0) -> Split:
+    """``dist`` cut into context groups of ``context`` consecutive ranks. Every process computes the
+    same refusal from the same arguments and world size (a UsageError), so all stop at once and
+    none waits for another; else every process builds every group, in the same order, as
+    torch.distributed asks."""
+    flag = f"--context-parallel {context}"
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+        raise UsageError(f"--context-parallel must be a positive integer, got {context!r}")
+    if context == 1:
+        return Split(dist)
+    if dist.world == 1:
+        raise UsageError(f"{flag} splits each sequence over {context} processes: run it under torchrun "
+                         f"with a multiple of {context} processes (torchrun --nproc_per_node {context} -m "
+                         "selfattention train …); this is 1 process")
+    if dist.world % context:
+        raise UsageError(f"{flag}: the {dist.world} processes do not split into groups of {context} "
+                         f"(run a multiple of {context} processes)")
+    if model != "transformer":
+        raise UsageError(f"{flag}: --model {model} cannot run on a part of a sequence (a recurrent model "
+                         "reads it in order, in one process); context parallelism is for the transformer")
+    if dropout:
+        raise UsageError(f"{flag} takes no dropout (got --dropout {dropout:g}; the text task's default is "
+                         "0.1): ring attention has no attention dropout, and the processes of a sequence "
+                         "would draw the other dropout masks alike; give --dropout 0")
+    import torch.distributed as td
+
+    mine = None
+    with guard(dist, "forming the context-parallel groups"):
+        for first in range(0, dist.world, context):
+            g = td.new_group(list(range(first, first + context)), timeout=timedelta(seconds=dist.timeout_s))
+            if first <= dist.rank < first + context:
+                mine = g
+    return Split(dist, context, mine)
+
+
+def sum_gradients(params: list[torch.Tensor], dist: Dist) -> None:
+    """Each parameter's gradient summed over every process, in place (one all_reduce of them all):
+    the sum over each context group's parts of a sequence and over the data-parallel slices at once.
+    A parameter without a gradient (no position of this process used it) counts as zero."""
+    if dist.world <= 1:
+        return
+    import torch.distributed as td
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    with guard(dist, "summing the gradients"):
+        td.all_reduce(flat)
+    for p, part in zip(params, flat.split([g.numel() for g in grads]), strict=True):
+        if p.grad is None:
+            p.grad = part.view_as(p).clone()
+        else:
+            p.grad.copy_(part.view_as(p))
+
+
+def broadcast_parameters(params: list[torch.Tensor], dist: Dist) -> None:
+    """Rank 0's parameters in every process (as DistributedDataParallel does when it starts)."""
+    if dist.world <= 1:
+        return
+    import torch.distributed as td
+
+    with guard(dist, "agreeing on the weights"), torch.no_grad():
+        for p in params:
+            td.broadcast(p.data, 0)
+
+
+__all__ = ["MAX_MESSAGE", "PEERS", "Dist", "PeerError", "Split", "agree", "all_sum", "barrier",
+           "broadcast_int", "broadcast_parameters", "guard", "setup", "split", "sum_gradients", "teardown"]

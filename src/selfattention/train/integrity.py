@@ -40,10 +40,11 @@ MAX_STATE_BYTES = 32 * 1024 * 1024  # state.json: a vocabulary of every Unicode 
 STATE_KEYS = frozenset({"format", "version", "step", "files", "versions", "config", "task", "vocab",
                         "model_class", "parameters", "loss_sum", "loss_tokens", "tokens_seen", "elapsed_s",
                         "last_record", "processes", "data"})
+OPTIONAL_STATE_KEYS = frozenset({"context_parallel"})  # written when a run splits its sequences (N > 1)
 # What ``Trainer.evaluate`` writes in a record (metrics.jsonl's lines and state.json's last_record).
 RECORD_KEYS = frozenset({"step", "loss", "eval_loss", "accuracy", "longer_loss", "longer_accuracy",
                          "char_accuracy", "lengths", "longer_lengths", "evaluated_on", "lr", "tokens",
-                         "elapsed_s", "model", "processes"})
+                         "elapsed_s", "model", "processes", "context_parallel"})
 MODEL_CLASSES = {"transformer": "DecoderLM", "gru": "GRULM"}
 _SUM_LINE = re.compile(r"^([0-9a-f]{64})  (\S+)$")
 
@@ -164,7 +165,7 @@ def read_state(path: Path) -> dict:
     if missing:
         raise CheckpointError(f"checkpoint {f}: has no {missing[0]!r} entry")
     check_state(f, state)
-    unknown = sorted(set(state) - STATE_KEYS)
+    unknown = sorted(set(state) - STATE_KEYS - OPTIONAL_STATE_KEYS)
     if unknown:
         raise CheckpointError(f"checkpoint {f}: unknown fields {_short(unknown)}")
     if version == EARLIER:  # usable: its weights are checked by their sha256, its state bounded
@@ -246,9 +247,12 @@ def check_state(f: Path, state: dict) -> None:
         raise bad("model_class", f"{MODEL_CLASSES[c.model]!r} (its config's model is {c.model!r})")
     if not _int(state["parameters"], 1, 2**53):
         raise bad("parameters", "a positive integer")
-    world = state["processes"]
-    if not _int(world, 1, c.batch_size) or c.batch_size % world:
-        raise bad("processes", f"a number of processes the batch of {c.batch_size} splits evenly over")
+    world, context = state["processes"], state.get("context_parallel", 1)
+    if not _int(context, 2, 2**31) and "context_parallel" in state:
+        raise bad("context_parallel", "an integer ≥ 2 (processes per sequence)")
+    if not _splits(c.batch_size, world, context):
+        raise bad("processes", f"a number of processes, a multiple of {context} per sequence, whose "
+                               f"data-parallel groups the batch of {c.batch_size} splits evenly over")
     B, T = c.batch_size, c.sequence_len()
     if not _int(state["tokens_seen"], step * B, step * B * T):
         raise bad("tokens_seen", f"between step·batch ({step * B}) and step·batch·sequence length "
@@ -289,6 +293,13 @@ def _record_ok(r: object, c: TrainConfig, step: int, tokens_seen: int, now: floa
         return False
     if not all(_number(r[k], 0.0, 1.0) for k in ("accuracy", "longer_accuracy", "char_accuracy") if k in r):
         return False
-    world = r.get("processes")
+    context = r.get("context_parallel", 1)
     return (_int(r.get("tokens"), 0, tokens_seen) and _number(r.get("elapsed_s"), 0.0, now)
-            and _int(world, 1, c.batch_size) and c.batch_size % world == 0)
+            and (_int(context, 2, 2**31) or "context_parallel" not in r)
+            and _splits(c.batch_size, r.get("processes"), context))
+
+
+def _splits(batch: int, world: object, context: int) -> bool:
+    """``world`` processes in groups of ``context`` per sequence, the batch split evenly over the groups."""
+    return (_int(world, context, batch * context) and world % context == 0  # type: ignore[operator]
+            and batch % (world // context) == 0)  # type: ignore[operator]

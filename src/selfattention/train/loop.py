@@ -5,6 +5,9 @@ one evaluation (``evaluate``); ``run`` drives it for a whole run, writing ``--ou
 the cross-entropy of the answer tokens (task) or every next character (text), averaged over the
 tokens of the whole global batch: each process's sum is divided by the global count, times the
 number of processes, and DDP's gradient average then gives exactly the one-process gradient.
+Under ``--context-parallel N`` each group of N processes holds one set of sequences, each process
+its shard of their positions (``ContextParallel``): its loss sums its positions' tokens over the
+global count, and the gradients are summed over every process (``sum_gradients``).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,14 +24,26 @@ import torch
 import torch.nn.functional as F
 
 from .._text import printable
+from ..distributed import ContextParallel
 from ..errors import UsageError, UserError
 from ..transformer import DecoderLM, parameter_count
 from . import checkpoint, metrics
 from .config import EVAL_CHUNK, TrainConfig, build_model, check_memory
 from .data import Batch, SyntheticData, TextData, make_data
-from .distributed import Dist, agree, all_sum, broadcast_int, guard
+from .distributed import (
+    Dist,
+    Split,
+    agree,
+    all_sum,
+    broadcast_int,
+    broadcast_parameters,
+    guard,
+    split,
+    sum_gradients,
+)
 from .metrics import format_record
 from .run_folder import check_ahead, claim
+from .saving import Checkpoints
 from .tasks import get_task
 
 BETAS = (0.9, 0.98)
@@ -39,11 +53,13 @@ class TrainingDiverged(UsageError):
     """The loss (or a weight) became NaN or infinite: nothing more can be learnt, nothing is saved."""
 
 
-class Trainer:
+class Trainer(Checkpoints):
     """The model, its optimizer and the counters of one run, in one process."""
 
-    def __init__(self, config: TrainConfig, data: SyntheticData | TextData, dist: Dist | None = None):
+    def __init__(self, config: TrainConfig, data: SyntheticData | TextData, dist: Dist | None = None,
+                 split: Split | None = None):
         self.config, self.data, self.dist = config, data, dist or Dist()
+        self.split = split or Split(self.dist)  # context groups (--context-parallel), else data parallel
         self.device = self.dist.device
         torch.manual_seed(config.seed)
         self.model = build_model(config, len(data.vocab)).to(self.device, getattr(torch, config.dtype))
@@ -62,8 +78,11 @@ class Trainer:
         self._broken: set[Path] = set()  # (named in a warning already)
 
     def distribute(self) -> None:
-        """Wrap the model in DistributedDataParallel (after any checkpoint is loaded)."""
-        if self.dist.world > 1:
+        """Wrap the model in DistributedDataParallel (after any checkpoint is loaded); context-parallel:
+        start from rank 0's weights, as DDP does (the gradients are then summed by ``train_step``)."""
+        if self.split.context > 1:
+            broadcast_parameters(list(self.model.parameters()), self.dist)
+        elif self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -83,14 +102,23 @@ class Trainer:
         s = self.step + 1
         for group in self.opt.param_groups:
             group["lr"] = self.config.lr_at(s)
-        batch, tokens = self.data.train_batch(s, self.dist.rank, self.dist.world)
-        weight = batch.weight.to(self.device)
+        sp = self.split
+        batch, tokens = self.data.train_batch(s, sp.data_rank, sp.data)
+        inputs, targets, weight = (t.to(self.device) for t in (batch.inputs, batch.targets, batch.weight))
         with guard(self.dist, f"training step {s}"):
-            logits = self.net(batch.inputs.to(self.device))  # (b, T, V)
-            loss_sum = F.cross_entropy(logits[weight], batch.targets.to(self.device)[weight], reduction="sum")
-            (loss_sum * (self.dist.world / tokens)).backward()
+            if sp.context > 1:  # the group's sequences, this process's positions of them (b, T_local)
+                shard = ContextParallel(inputs.shape[1], group=sp.group)
+                inputs, targets, weight = (shard.shard(t, dim=-1) for t in (inputs, targets, weight))
+                logits = self.model(inputs, shard=shard)
+            else:
+                logits = self.net(inputs)  # (b, T, V)
+            loss_sum = F.cross_entropy(logits[weight], targets[weight], reduction="sum")
+            # DDP averages over the processes; context-parallel gradients are summed (sum_gradients).
+            (loss_sum * ((self.dist.world if sp.context == 1 else 1) / tokens)).backward()
+            if sp.context > 1:
+                sum_gradients(list(self.model.parameters()), self.dist)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
-        # The gradient norm is the same on every process (the gradients are averaged): all stop together.
+        # The gradient norm is the same on every process (the gradients are reduced): all stop together.
         if not (torch.isfinite(loss_sum) and torch.isfinite(norm)):
             what = "loss" if not torch.isfinite(loss_sum) else "gradient"
             self.diverged(s, f"the {what} is {float((loss_sum if what == 'loss' else norm).detach())}")
@@ -151,7 +179,8 @@ class Trainer:
         elif not self.data.held_out:
             record["evaluated_on"] = "training text (too short to hold any out)"
         record.update(lr=c.lr_at(self.step), tokens=self.tokens_seen, elapsed_s=round(self.elapsed, 3),
-                      model=c.model, processes=self.dist.world)
+                      model=c.model, processes=self.dist.world,
+                      **({"context_parallel": self.split.context} if self.split.context > 1 else {}))
         bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             self.diverged(self.step, f"{bad[0]} is {record[bad[0]]}")
@@ -172,122 +201,11 @@ class Trainer:
             self.model.train()
         return list(text), torch.cat(weights).cpu()  # (L, H, T, T)
 
-    # --- checkpoints ----------------------------------------------------------------------------
-
-    def save(self, out: Path, loss_sum: float) -> Path:
-        """Write a checkpoint of this step; ``loss_sum``: the running loss summed over processes."""
-        names = {p: n for n, p in self.model.named_parameters()}
-        train: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
-        for p, st in self.opt.state.items():
-            for key, value in st.items():
-                train[f"adamw.{names[p]}.{key}"] = torch.as_tensor(value)
-        state = {
-            "config": self.config.to_dict(), "task": self.config.task, "vocab": self.data.vocab.tokens,
-            "model_class": type(self.model).__name__, "parameters": parameter_count(self.model),
-            "loss_sum": loss_sum, "loss_tokens": self.loss_tokens, "tokens_seen": self.tokens_seen,
-            "elapsed_s": self.elapsed, "last_record": self.last_record, "processes": self.dist.world,
-            "data": {"kind": "batches drawn from (seed, step)", "next_step": self.step + 1},
-        }
-        weights = self.model.state_dict()
-        for k, t in (*weights.items(), *train.items()):
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                self.diverged(self.step, f"{k} holds NaN or infinite values")
-        if not math.isfinite(loss_sum):
-            self.diverged(self.step, f"the loss summed since the last evaluation is {loss_sum}")
-        written = checkpoint.save(out, self.step, state, weights, train)
-        self._usable[written] = checkpoint.signature(written)
-        checkpoint.prune(out, written, self.config.keep, self.usable)
-        return written
-
-    def load(self, path: Path) -> checkpoint.Checkpoint:
-        """Checkpoint ``path``, verified and checked to fit this run (CheckpointError if not)."""
-        ckpt = self.check_checkpoint(checkpoint.load(path, expected=self.config))
-        self._usable[ckpt.path] = checkpoint.signature(ckpt.path)
-        return ckpt
-
-    def usable(self, path: Path) -> bool:
-        """Whether ``--resume`` could continue from checkpoint ``path`` (each read once while its files
-        stay the same); a broken one is named in a warning, once."""
-        if self._usable.get(path) == checkpoint.signature(path) != ():
-            return True
-        try:
-            self.load(path)
-        except checkpoint.CheckpointError as err:
-            if path not in self._broken:
-                self._broken.add(path)
-                warnings.warn(f"{err}; left in place, not counted in --keep", checkpoint.CheckpointWarning, 2)
-            return False
-        return True
-
-    def check_checkpoint(self, ckpt: checkpoint.Checkpoint) -> checkpoint.Checkpoint:
-        """CheckpointError unless ``ckpt`` fits this run: its vocabulary, every weight's shape, and in
-        train.safetensors each parameter's AdamW state (step, exp_avg, exp_avg_sq of the parameter's
-        shape) and torch's RNG state, nothing missing and nothing else."""
-        path = ckpt.path
-        if ckpt.state["vocab"] != self.data.vocab.tokens:
-            raise checkpoint.CheckpointError(f"checkpoint {path / 'state.json'}: its vocabulary differs "
-                                             "from this run's data")
-        checkpoint.check_tensors(path, ckpt.model, self.model.state_dict())
-        if ckpt.state["parameters"] != parameter_count(self.model):
-            raise checkpoint.CheckpointError(f"checkpoint {path / 'state.json'}: says "
-                                             f"{ckpt.state['parameters']} parameters, the model has "
-                                             f"{parameter_count(self.model)}")
-        assert ckpt.train is not None
-        f, train = path / "train.safetensors", ckpt.train
-        rng = torch.get_rng_state()
-        got = train.get("rng.torch")
-        if got is None or got.dtype != rng.dtype or got.shape != rng.shape:
-            what = "is missing" if got is None else f"is {tuple(got.shape)} {got.dtype}, expected " \
-                f"{tuple(rng.shape)} {rng.dtype}"
-            raise checkpoint.CheckpointError(f"checkpoint {f}: the RNG state rng.torch {what}")
-        expected = {"rng.torch"}
-        for n, p in self.model.named_parameters():
-            want = {"step": (), "exp_avg": tuple(p.shape), "exp_avg_sq": tuple(p.shape)}
-            keys = {k: f"adamw.{n}.{k}" for k in want}
-            present = [k for k, name in keys.items() if name in train]
-            if present and len(present) < len(want):
-                missing = next(name for name in keys.values() if name not in train)
-                raise checkpoint.CheckpointError(f"checkpoint {f}: {missing} is missing")
-            for k in present:
-                t = train[keys[k]]
-                if tuple(t.shape) != want[k] or not t.is_floating_point():
-                    raise checkpoint.CheckpointError(f"checkpoint {f}: {keys[k]} is {tuple(t.shape)} "
-                                                     f"{t.dtype}, "
-                                                     f"expected {want[k]} floating point")
-                expected.add(keys[k])
-        extra = sorted(set(train) - expected)
-        if extra:
-            raise checkpoint.CheckpointError(f"checkpoint {f}: unexpected tensors {extra[:3]}")
-        return ckpt
-
-    def restore(self, ckpt: checkpoint.Checkpoint) -> None:
-        """Continue from ``ckpt`` exactly: weights, AdamW's moments, RNG, counters."""
-        self.check_checkpoint(ckpt)
-        self.model.load_state_dict(ckpt.model)
-        assert ckpt.train is not None
-        names = dict(self.model.named_parameters())
-        state = {}
-        for i, (n, _) in enumerate(names.items()):
-            prefix = f"adamw.{n}."
-            st = {k[len(prefix):]: v for k, v in ckpt.train.items() if k.startswith(prefix)}
-            if st:
-                state[i] = st
-        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(range(len(names)))}
-                  for g in self.opt.param_groups]
-        self.opt.load_state_dict({"state": state, "param_groups": groups})
-        torch.set_rng_state(ckpt.train["rng.torch"])
-        s = ckpt.state
-        self.step = ckpt.step
-        # The saved sum is all processes' together: give it to rank 0 so the next all_sum is right.
-        self.loss_sum = float(s.get("loss_sum", 0.0)) if self.dist.main else 0.0
-        self.loss_tokens, self.tokens_seen = int(s.get("loss_tokens", 0)), int(s.get("tokens_seen", 0))
-        self.elapsed_before, self.started = float(s.get("elapsed_s", 0.0)), time.perf_counter()
-        self.last_record = s.get("last_record")
-
 
 def run(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False, dist: Dist | None = None,
         echo: Callable[[str], None] | None = None, progress: bool | None = None,
-        text: str | None = None, finish: Callable[[Trainer], object] | None = None) -> Trainer:
+        text: str | None = None, finish: Callable[[Trainer], object] | None = None,
+        context_parallel: int = 1) -> Trainer:
     """Train ``config`` into ``out`` (checkpoints, metrics.jsonl, snapshots; pictures by the caller).
 
     ``resume``: continue from the newest usable checkpoint in ``out`` (older ones are tried when
@@ -296,19 +214,22 @@ def run(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fals
     the whole run (``run_folder.own``): a second run into it is refused, naming the first.
     ``echo`` receives one line per evaluation (rank 0); ``progress``: a tqdm bar on stderr
     (default: when stderr is a terminal); ``finish(trainer)`` is called on rank 0 at the end, the
-    folder still held (the command line draws its pictures there).
+    folder still held (the command line draws its pictures there). ``context_parallel``: processes
+    per sequence (``distributed.split``: a multiple of it under torchrun).
     """
     config = config.check()
     if config.text is not None:  # the file, wherever the run is resumed from
         config = config.with_runtime(text=os.path.abspath(config.text))
     dist = dist or Dist()
-    if config.batch_size % dist.world:
+    sp = split(dist, context_parallel, model=config.model, dropout=config.dropout)
+    if config.batch_size % sp.data:
+        by = f" ({dist.world} processes, {sp.context} per sequence)" if sp.context > 1 else ""
         raise UsageError(f"--batch-size {config.batch_size} is the global batch and must split evenly "
-                         f"over {dist.world} processes")
+                         f"over {sp.data} {'data-parallel groups' if sp.context > 1 else 'processes'}{by}")
     out = Path(out)
     data = make_data(config, text)
     check_memory(config, len(data.vocab), device=dist.device)
-    trainer = Trainer(config, data, dist)
+    trainer = Trainer(config, data, dist, sp)
     reads = [("--text", config.text)] if get_task(config.task).from_file and config.text else []
     with claim(out, dist, reads):
         ckpt = _start(trainer, out, resume)
@@ -323,7 +244,8 @@ def run(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fals
         if echo and dist.main:
             what = f"resumed from {printable(str(ckpt.path))} at step {ckpt.step}" if ckpt else "from scratch"
             echo(f"training {config.model} on {config.task} ({parameter_count(trainer.model):,} parameters, "
-                 f"{dist.world} process{'es' if dist.world > 1 else ''}, {trainer.device}) {what}")
+                 f"{dist.world} process{'es' if dist.world > 1 else ''}"
+                 f"{f', {sp.context} per sequence' if sp.context > 1 else ''}, {trainer.device}) {what}")
         _loop(trainer, out, echo if dist.main else None, progress if dist.main else False)
         if finish is not None and dist.main:
             finish(trainer)
