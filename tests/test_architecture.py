@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,16 @@ import pytest
 SRC = Path(__file__).parent.parent / "src" / "selfattention"
 
 
+@cache
+def _parse(path: Path) -> ast.Module:
+    """A file's syntax tree, parsed once for every rule of this module (no rule changes a tree)."""
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
 def _imported_names(path: Path) -> list[tuple[str, str]]:
     """(module relative to the package, name) for each name a file imports from selfattention
     (``import selfattention.x`` gives (x, "*"))."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = _parse(path)
     package = path.relative_to(SRC).parent.parts
     found = []
     for node in ast.walk(tree):
@@ -97,7 +104,7 @@ def test_one_module_for_the_errors_the_command_line_reports():
     from selfattention import errors
 
     for path in SRC.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(_parse(path)):
             if isinstance(node, ast.ClassDef) and node.name.endswith("Error") and path.name != "errors.py":
                 bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
                 assert bases & {n for n in dir(errors) if n.endswith("Error")} or bases == {"RuntimeError"}, (
@@ -148,7 +155,7 @@ def import_graph(src: Path = SRC) -> dict[str, set[str]]:
     for name, path in modules.items():
         package = list(path.relative_to(src).parent.parts)
         deps = set()
-        for node in _import_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in _import_nodes(_parse(path)):
             if isinstance(node, ast.Import):
                 deps |= {a.name.removeprefix("selfattention").strip(".") for a in node.names
                          if a.name.split(".")[0] == "selfattention"}
@@ -255,7 +262,7 @@ def test_no_private_name_is_imported_from_another_package():
 
 
 def _functions(path: Path) -> list[ast.FunctionDef]:
-    return [n for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+    return [n for n in ast.walk(_parse(path))
             if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
 
 
@@ -276,7 +283,7 @@ def test_layer_head_and_word_are_resolved_in_one_place():
              "default_word": {"selection.py"}, "resolve_word": {"selection.py", "quiz.py"}}
     for path in sorted((SRC / "explain").glob("*.py")):
         names = {n.id if isinstance(n, ast.Name) else n.attr
-                 for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                 for n in ast.walk(_parse(path))
                  if isinstance(n, ast.Name | ast.Attribute)}
         names |= {name for _, name in _imported_names(path)}
         for name, where in rules.items():
@@ -293,6 +300,8 @@ def test_number_options_are_parsed_in_one_module():
     parsing = {"int", "float", "ascii_int", "ascii_float"}
     found = set()
     for path in sorted(SRC.rglob("*.py")):
+        if "ArgumentTypeError" not in path.read_text(encoding="utf-8"):
+            continue  # (what the test below looks for in each function; unparsing every one is slow)
         for f in _functions(path):
             calls = {ast.unparse(n.func).split(".")[-1] for n in ast.walk(f) if isinstance(n, ast.Call)}
             if "ArgumentTypeError" in ast.unparse(f) and calls & parsing and path.name != "_options.py":
@@ -308,7 +317,7 @@ def test_models_are_asked_what_they_are_only_through_the_protocol():
     for path in sorted(SRC.rglob("*.py")):
         if path.relative_to(SRC).as_posix() == "models/traceable.py":
             continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(_parse(path)):
             if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
                 continue
             args = [ast.unparse(a) for a in node.args]

@@ -243,7 +243,7 @@ def _maps(Tq, Tk, B, block):
     }
 
 
-@pytest.mark.parametrize("Tq, Tk", [(1, 1), (97, 97), (40, 97), (97, 33)])
+@pytest.mark.parametrize("Tq, Tk", [(1, 1), pytest.param(97, 97, marks=pytest.mark.slow), (40, 97), (97, 33)])
 def test_blockwise_with_maps_matches_reference(Tq, Tk):
     g = torch.Generator().manual_seed(7)
     B, H, d = 2, 2, 5

@@ -80,7 +80,7 @@ def test_value_range_convention():
     assert "0 to 1 (the max), 5 equal steps" in out.splitlines()[-1]
 
 
-@pytest.mark.parametrize("which", ["toy", "minilm"])
+@pytest.mark.parametrize("which", ["toy", pytest.param("minilm", marks=pytest.mark.slow)])
 def test_one_head_png(tmp_path, request, which):
     data = request.getfixturevalue(which)
     head = 4 if which == "minilm" else 1
@@ -131,7 +131,7 @@ def _overlaps(labels) -> list[tuple[str, str]]:
     return [(a, b) for (a, ba), (b, bb) in zip(boxes, boxes[1:], strict=False) if ba.overlaps(bb)]
 
 
-@pytest.mark.parametrize("T", [3, 60, pytest.param(250, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("T", [3, *(pytest.param(T, marks=pytest.mark.slow) for T in (60, 250))])
 def test_labels_do_not_overlap(T):
     tokens = [f"tok{i}" if i % 7 else f"representation{i}" for i in range(T)]
     rng = np.random.default_rng(T)
@@ -151,6 +151,7 @@ def test_labels_do_not_overlap(T):
         assert _overlaps(a.get_xticklabels()) == [] and _overlaps(a.get_yticklabels()) == []
 
 
+@pytest.mark.slow
 def test_sixty_words(tmp_path):
     data = models.trace("toy", WORDS60).attention_data()
     assert len(data.tokens) == 60
@@ -184,6 +185,7 @@ def test_bad_layer_head_dpi(tmp_path, minilm, kwargs, match):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_words_are_plain_text_not_tex(tmp_path):
     tokens = ["$\\frac$", "$x$", "$", "a_b"]  # mathtext would fail on the first, typeset the second
     data = viz.from_weights(np.full((2, 4, 4), 0.25), tokens, title="$\\bad$")
@@ -242,6 +244,7 @@ def test_failed_write_keeps_the_old_file(tmp_path, toy, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
 
 
+@pytest.mark.slow
 def test_threads_draw_at_once(tmp_path, toy):
     errors: list[BaseException] = []
 

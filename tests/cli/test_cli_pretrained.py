@@ -311,6 +311,7 @@ def test_embed_file_and_stdin(tmp_path, vectors):
     assert "cannot read" in one_error_line(*run("embed", "--file", str(tmp_path / "none.txt")))
 
 
+@pytest.mark.slow
 def test_progress_bar_for_big_batches(tmp_path):
     f = tmp_path / "many.txt"
     f.write_text("\n".join(f"sentence number {n}" for n in range(PROGRESS_MIN)), encoding="utf-8")

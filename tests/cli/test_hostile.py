@@ -204,6 +204,7 @@ def test_a_huge_line_is_read_and_tokenized_only_as_far_as_needed(tmp_path):
     assert peak < base + 200, f"{peak:.0f} MB for a 24 MB line, {base:.0f} MB for a short one"
 
 
+@pytest.mark.slow
 def test_tokenize_prefix_is_exact_where_it_can_be_and_bounded_where_not():
     model = PretrainedModel()
     tok = model.tokenizer
@@ -326,6 +327,7 @@ def test_nan_weights_are_named_by_every_command(tmp_path):
         one_error(*run(*argv), r"encoder\.layer\.0\.output\.dense\.bias holds NaN")
 
 
+@pytest.mark.slow
 def test_overflowing_weights_are_an_error_not_nan_tables(tmp_path):
     d = _weights_dir(tmp_path, lambda t: t["encoder.layer.0.intermediate.dense.weight"].fill_(1e38))
     for argv in (["explain", "I am here", "--model", str(d), "--layer", "2"],
@@ -437,6 +439,7 @@ def test_errors_never_go_to_stdout_when_stderr_is_closed():
     assert p.returncode == 2 and p.stdout == b""
 
 
+@pytest.mark.slow
 def test_a_tokenizer_whose_ids_pass_the_embedding_table_is_refused(tmp_path):
     tok = json.loads((default_model_path() / "tokenizer.json").read_text())
     vocab = tok["model"]["vocab"]

@@ -59,6 +59,7 @@ def test_png_default_layer_and_head_are_explains(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == [path]
 
 
+@pytest.mark.slow
 def test_png_all_heads_and_chosen_layer(tmp_path, capsys):
     one, grid = tmp_path / "one.png", tmp_path / "grid.png"
     assert explain(capsys, SENTENCE, "--png", str(one), "--layer", "3", "--head", "2")[0] == 0

@@ -129,6 +129,7 @@ def test_minilm_defaults_given_and_causal():
     assert select(causal).word == 3  # real word pieces 1…5: the middle one, "enjoying"
 
 
+@pytest.mark.slow
 def test_every_view_reads_the_one_selection(tmp_path):
     """The walk-through, --multihead, --json and --html agree on layer, head and word, whichever way
     each was chosen."""

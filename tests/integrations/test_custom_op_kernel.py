@@ -139,6 +139,7 @@ def _trace_forward_and_backward(shapes, dtype):
     return graphs[0]
 
 
+@pytest.mark.slow
 @needs_triton
 @pytest.mark.skipif(not tl.TRITON_OP, reason="this torch has no torch.library.triton_op")
 def test_traced_operators_hold_our_kernels_and_write_only_their_outputs(fake_gpu):

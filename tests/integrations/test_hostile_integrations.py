@@ -247,6 +247,7 @@ def _weight_grads(model, inputs, impl: str, dtype) -> tuple[tuple[torch.Tensor, 
     return by_grad, [w.grad for w in out.attentions]
 
 
+@pytest.mark.slow
 def test_attention_weights_carry_gradients_like_eager(monkeypatch):
     """For every layer, ∂loss/∂weights from our attention is within FlashAttention's rule of the float64
     reference (≤ K × eager float32's error + one rounding), by autograd.grad and by .grad alike."""

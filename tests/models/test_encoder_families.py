@@ -26,6 +26,7 @@ def test_bert_is_the_default_family():
     assert PretrainedModel().family is bert.FAMILY
 
 
+@pytest.mark.slow
 def test_a_second_family_is_one_row(tmp_path, monkeypatch):
     copy = dataclasses.replace(bert.FAMILY, name="bert-copy",
                                config=lambda raw, source: BertConfig.from_dict({**raw, "model_type": "bert"},

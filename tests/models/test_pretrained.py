@@ -247,17 +247,17 @@ def test_unusual_unicode_encodes_and_embeds(model):
 # --- embed --------------------------------------------------------------------------------------
 
 
-SUBJECTS = ["The cat", "A student", "My neighbour", "The old engine", "Every model", "A tired chef"]
+SUBJECTS = ["The cat", "A student", "My neighbour"]
 VERBS = ["sleeps", "reads a long book about attention", "waits", "runs quickly past the station",
          "looks at every other word", "sings", "breaks down", "answers the question", "learns",
          "moves slowly through the quiet old town at night"]
 
 
 def test_embed_in_batches_equals_one_at_a_time(model):
-    texts = [f"{s} {v}." for s in SUBJECTS for v in VERBS]  # 60 sentences of many lengths
+    texts = [f"{s} {v}." for s in SUBJECTS for v in VERBS]  # 30 sentences of many lengths
     n = len(texts)
-    assert len(set(texts)) == n == 60 and len({len(t) for t in texts}) > 20
-    together = model.embed(texts, batch_size=7)  # 9 batches, the last one of 4
+    assert len(set(texts)) == n == 30 and len({len(t) for t in texts}) > 20
+    together = model.embed(texts, batch_size=7)  # 5 batches, the last one of 2
     alone = np.stack([model.embed([t])[0] for t in texts])
     assert together.shape == (n, 384) and together.dtype == np.float32
     # Batching (padding, other shapes) may only change float32 rounding: against the model run in

@@ -74,12 +74,11 @@ def _lr(s: dict) -> None:
 
 # 4: one digest over every file -------------------------------------------------------------------
 
+# The digest covers the whole file, whichever field is edited: a field of the config, one edited
+# together with the record that depends on it, a number of the state.
 @pytest.mark.parametrize("change", [
-    lambda s: s["config"].update(lr=0.1), _lr, lambda s: s["config"].update(seed=7),
-    lambda s: s["config"].update(decay_steps=50), lambda s: s["config"].update(clip=0.5),
-    lambda s: s["config"].update(dropout=0.2), lambda s: s["config"].update(warmup=3),
-    lambda s: s["config"].update(weight_decay=0.5), lambda s: s.update(loss_sum=s["loss_sum"] * 2),
-], ids=["lr", "lr and its record", "seed", "decay", "clip", "dropout", "warmup", "weight decay", "loss_sum"])
+    lambda s: s["config"].update(lr=0.1), _lr, lambda s: s.update(loss_sum=s["loss_sum"] * 2),
+], ids=["lr", "lr and its record", "loss_sum"])
 def test_an_edited_state_json_is_a_broken_checkpoint(capsys, copy, whole, change):
     edit_state(newest(copy), change, seal=False)
     code, out, err = resume(capsys, copy)
@@ -158,8 +157,14 @@ BAD_FIELDS = [
 ]
 
 
-@pytest.mark.parametrize("field, change", BAD_FIELDS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(BAD_FIELDS)])
-@pytest.mark.parametrize("seal", [False, True], ids=["edited", "forged"])
+# Each bound is checked past the digest (forged). An edit without it is caught by the digest,
+# whichever field: only those that would print a number of 20 digits or more are tried edited too.
+HUGE = [0, 1, 2, 4, 6, 8, 14, 16]
+NUMBERS = [pytest.param(field, change, seal, id=f"{'forged' if seal else 'edited'}-{field}-{i}")
+           for seal in (False, True) for i, (field, change) in enumerate(BAD_FIELDS) if seal or i in HUGE]
+
+
+@pytest.mark.parametrize("field, change, seal", NUMBERS)
 def test_numbers_a_run_cannot_produce_are_a_broken_checkpoint(capsys, copy, field, change, seal):
     edit_state(newest(copy), change, seal=seal)
     code, out, err = resume(capsys, copy)

@@ -80,6 +80,7 @@ def test_generate_refuses_a_bad_prompt_in_one_line(reverse: Path, capsys):
     assert err.count("\n") == 1 and "'=' is not a reverse prompt" in err
 
 
+@pytest.mark.slow
 def test_a_text_file_becomes_a_language_model(tmp_path: Path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 30, encoding="utf-8")

@@ -73,6 +73,7 @@ def test_png_grid(tmp_path: Path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_a_run_draws_its_curves_and_attention(tmp_path: Path):
     out = tmp_path / "run"
     run(tiny(steps=20, eval_every=5), out)

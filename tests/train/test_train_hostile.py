@@ -244,6 +244,7 @@ def test_a_symlink_loop_for_a_checkpoint_is_one_line(capsys, copy):
         assert code == 2 and "step-00000030" in err and "unexpected" not in err, err
 
 
+@pytest.mark.slow
 def test_junk_snapshots_are_left_out_of_the_pictures(capsys, copy):
     d = copy / metrics.SNAPSHOTS
     (d / "step-00000009.safetensors").write_bytes(b"junk")
@@ -273,11 +274,12 @@ def test_generate_refuses_logits_that_overflow(capsys, copy):
 
 # 11, 12 --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_paths_and_generated_text_are_escaped(capsys, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("ab\x1b[31m\x07\r\u202e\nab\n" * 20)
     out = tmp_path / "o\x1b[31mq"
-    code, stdout, err = run(capsys, "train", "text", "--text", str(text), "--steps", "20", "--out", str(out),
+    code, stdout, err = run(capsys, "train", "text", "--text", str(text), "--steps", "4", "--out", str(out),
                             "--context", "8", *[a for a in TINY if a not in ("--no-pictures",)])
     assert code == 0, err
     assert "\x1b" not in stdout and "o\\x1b[31mq" in stdout and "wrote" in stdout
@@ -415,9 +417,12 @@ def test_a_checkpoint_folder_renamed_is_a_broken_checkpoint(capsys, copy, name):
     assert "step-00000002 at step 2" in out
 
 
-@pytest.mark.parametrize("damage", ["negative", "above 1", "nan", "int", "bool", "other tokens"])
-def test_damaged_snapshots_are_left_out_after_training(capsys, copy, damage):
-    f = copy / metrics.SNAPSHOTS / "step-00000002.safetensors"
+DAMAGES = ["negative", "above 1", "nan", "int", "bool", "other tokens"]
+
+
+def _damage(run_dir: Path, damage: str) -> None:
+    """Write over the run's snapshot of step 2 with one that ``save_snapshot`` never writes."""
+    f = run_dir / metrics.SNAPSHOTS / "step-00000002.safetensors"
     w = load_file(f)["weights"]
     meta = {"step": "2", "tokens": '["x"]' if damage == "other tokens" else json.dumps(_tokens(f))}
     if damage == "other tokens":
@@ -426,6 +431,19 @@ def test_damaged_snapshots_are_left_out_after_training(capsys, copy, damage):
         w = {"negative": w - 1, "above 1": w + 1, "nan": w * float("nan"), "int": w.int(),
              "bool": w > 0.5}[damage]
     save_file({"weights": w.contiguous()}, f, metadata=meta)
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_damaged_snapshots_are_left_out(copy, damage):
+    _damage(copy, damage)
+    with pytest.warns(UserWarning, match="left out of the pictures .*: step 2$"):
+        assert [s for s, _, _ in metrics.load_snapshots(copy)] == [0, 4]
+
+
+@pytest.mark.slow
+def test_damaged_snapshots_are_left_out_after_training(capsys, copy):
+    """The whole way, for one damage (the others take the same path: load_snapshots, above)."""
+    _damage(copy, "nan")
     with no_hang():
         code, out, err = run(capsys, "train", "reverse", "--resume", "--steps", "6", "--out", str(copy),
                          *[a for a in TINY if a != "--no-pictures"])

@@ -47,18 +47,20 @@ def data(tokens: list[str], H: int = 4, *, causal: bool = False, unit: str = "ch
 def assert_inside(fig: Figure) -> None:
     """Everything drawn lies inside the figure (to the pixel at 100 dpi): nothing is clipped."""
     fig.set_dpi(100)
-    renderer = fig.canvas.get_renderer()
-    fig.draw(renderer)
-    box = fig.get_tightbbox(renderer)  # inches
+    fig.draw_without_rendering()  # the layout and every text's extent, without rasterizing the pixels
+    box = fig.get_tightbbox(fig.canvas.get_renderer())  # inches
     w, h = fig.get_size_inches()
     px = 1 / 100
     assert box.x0 >= -px and box.y0 >= -px and box.x1 <= w + px and box.y1 <= h + px, (
         f"drawn area {box.bounds} leaves the {w:.2f} × {h:.2f} in figure")
 
 
+SLOW = pytest.mark.slow  # grids of 4 or 12 heads: 2-3 s of matplotlib's layout each
 CASES = [  # (tokens, heads, causal, unit): characters of trained runs, MiniLM's word pieces, edge sizes
-    (HELLO, 4, True, "characters"), (REVERSE, 4, True, "characters"), (list("ab"), 12, False, "characters"),
-    (MINILM, 12, False, "word pieces"), (["x"], 1, False, "words"),
+    pytest.param(HELLO, 4, True, "characters", marks=SLOW),
+    pytest.param(REVERSE, 4, True, "characters", marks=SLOW),
+    pytest.param(list("ab"), 12, False, "characters", marks=SLOW),
+    pytest.param(MINILM, 12, False, "word pieces", marks=SLOW), (["x"], 1, False, "words"),
     ([f"representation{i}" for i in range(9)], 2, False, "words"),
 ]
 
@@ -71,7 +73,8 @@ def test_every_text_lies_inside_the_figure(tokens, H, causal, unit):
     assert_inside(png.plot_heads(d, 1, scale="per-head"))
 
 
-@pytest.mark.parametrize("tokens", [HELLO, REVERSE, ["[CLS]", "l", "=", "lecture", "[SEP]"]])
+@pytest.mark.parametrize("tokens", [HELLO, pytest.param(REVERSE, marks=SLOW),
+                                    ["[CLS]", "l", "=", "lecture", "[SEP]"]])
 def test_one_character_labels_are_never_rotated(tokens):
     d = data(tokens, 2, causal=True)
     for ax in (png.plot_head(d, 1, 1), png.plot_heads(d, 1).axes[0]):
@@ -85,6 +88,7 @@ def test_one_character_labels_are_never_rotated(tokens):
                 assert t.get_rotation() in (45, 90), t.get_text()
 
 
+@pytest.mark.slow
 def test_titles_use_the_models_unit():
     d = data(REVERSE * 3, 4, causal=False)  # 102 characters: only every k-th one is labelled
     grid = png.plot_heads(d, 1)
@@ -113,6 +117,7 @@ def brightest(ax) -> np.ndarray:
     return np.asarray(im.cmap(im.norm(A.max()))[:3])
 
 
+@pytest.mark.slow
 def test_a_per_head_scale_keeps_an_outlier_head_from_flattening_the_others():
     d = outlier_layer()
     W = d.weights[0]
@@ -129,6 +134,7 @@ def test_a_per_head_scale_keeps_an_outlier_head_from_flattening_the_others():
     assert "each head its own scale" in bar.get_ylabel()
 
 
+@pytest.mark.slow
 def test_a_per_head_scale_is_checked_before_anything_is_written(tmp_path):
     d = outlier_layer()
     with pytest.raises(ValueError, match="scale must be one of 'shared', 'per-head', got 'each'"):
@@ -142,6 +148,7 @@ def test_a_per_head_scale_is_checked_before_anything_is_written(tmp_path):
 # --------------------------------------------------------------------------- explain --scale
 
 
+@pytest.mark.slow
 def test_explain_draws_each_head_on_its_own_scale(tmp_path, capsys, monkeypatch):
     from selfattention.cli import main
 

@@ -7,6 +7,7 @@ exactly the sequences of a run on one, and a resumed run exactly those of an uni
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,14 +78,21 @@ class SyntheticData:
         return out
 
     def _heldout(self, lo: int, hi: int, stream: int) -> Batch:
-        rng = np.random.default_rng([EVAL_SEED, stream])
-        return encode_batch(self.task, heldout_prompts(self.task, rng, self.config.eval_size, lo, hi))
+        return encode_batch(self.task, list(_heldout_set(self.task, self.config.eval_size, lo, hi, stream)))
 
     def example(self) -> str:
         """The sequence whose attention is snapshotted: a held-out prompt of the longest training length."""
-        rng = np.random.default_rng([EVAL_SEED, 3])
-        p = heldout_prompts(self.task, rng, 1, self.config.max_len, self.config.max_len)[0]
+        p = _heldout_set(self.task, 1, self.config.max_len, self.config.max_len, 3)[0]
         return self.task.sequence(p)
+
+
+@functools.lru_cache(maxsize=16)
+def _heldout_set(task: Task, n: int, lo: int, hi: int, stream: int) -> tuple[str, ...]:
+    """The held-out prompts of ``stream`` (1: the training lengths, 2: longer, 3: the example): a
+    pure function of its arguments (its generator is seeded with EVAL_SEED), drawn once per process,
+    since drawing hundreds by rejection costs more than a short run's training (a process that runs
+    several, as a notebook or the tests do, draws each set once)."""
+    return tuple(heldout_prompts(task, np.random.default_rng([EVAL_SEED, stream]), n, lo, hi))
 
 
 class TextData:
