@@ -170,6 +170,7 @@ def test_a_hostile_request_gets_one_line(server, name):
     assert server.ask("I am here")[0] == 200  # the server stays up
 
 
+@pytest.mark.slow  # waits out the header deadline (wall time, little CPU)
 def test_slow_clients_get_408(server):
     start = time.monotonic()
     answer = server.raw(b"POST /api/attention HTTP/1.1\r\nHost: 127.0.0.1\r\n", wait=10)  # headers never end
@@ -228,6 +229,7 @@ def test_no_request_reads_or_writes_a_file(server):
 # --------------------------------------------------------------------------- the queue and the timeout
 
 
+@pytest.mark.slow  # waits out a request's deadline
 def test_past_the_queue_503_at_once_and_a_slow_sentence_503_after_the_timeout():
     release = threading.Event()
 
