@@ -139,8 +139,9 @@ def say(line: str) -> None:
     """One line on stderr; nothing at all when stderr is closed or cannot be written (never on
     stdout instead)."""
     if sys.stderr is not None:
-        try:
-            print(line, file=sys.stderr)
+        try:  # one write, the newline with it: torchrun's ranks share one stderr and must not interleave
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
         except (OSError, ValueError):
             pass
 
