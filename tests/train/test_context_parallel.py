@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from _train_helpers import cli_here, curve, env, one_thread, same_state  # noqa: F401
 
 from selfattention.errors import UsageError
@@ -89,6 +90,17 @@ def _same_as_one_process(got: Path, tmp_path: Path, n: int, context: int) -> Non
         err_one = max(abs(a[key] - r[key]) for a, r in zip(one, ref, strict=True))
         assert err_cp <= 2 * err_one + 1e-6, (key, err_cp, err_one)
     assert one[0]["loss"] - one[-1]["loss"] > 0.1  # it learnt: a wrong gradient would show
+    # Each evaluation on the shards against the same weights (its checkpoint) evaluated whole in one
+    # process: the held-out loss within FlashAttention's rule of that process's own error against
+    # float64, the next-character accuracy and the rest of the record exactly.
+    for path in ckpts:
+        got = next(r for r in cp if r["step"] == checkpoint.load(path).step)
+        want, ref = _evaluate(path, loss=got["loss"]), _evaluate(path, loss=got["loss"], double=True)
+        assert want.keys() == got.keys() - {"context_parallel"}
+        err_cp, err_one = abs(got["eval_loss"] - ref["eval_loss"]), abs(want["eval_loss"] - ref["eval_loss"])
+        assert err_cp <= 2 * err_one + 1e-6, (got["step"], err_cp, err_one)
+        assert {k: v for k, v in got.items() if k not in SHARD_KEYS} == \
+            {k: v for k, v in want.items() if k not in SHARD_KEYS}
 
 
 @pytest.mark.slow
@@ -236,3 +248,133 @@ def test_a_killed_rank_makes_the_other_exit_with_a_message(tmp_path: Path, text:
     assert "died or did not answer within 5 s while " in lines[0] and "--resume" in lines[0]
     assert waited < 45  # the 5 s timeout, plus a busy machine's slack
     assert all(checkpoint.load(p) for p in checkpoint.listing(out))  # what was written is whole
+
+
+# --- Evaluation, snapshots and the memory check on shards (issue 19, part 3, finish) -------------
+#
+# Under --context-parallel every process evaluates its shard of its group's part of the held-out set
+# (train/sharded.py). The rule: the same weights evaluated on shards and in one process give the same
+# record — the losses within 1e-10 relative in float64, the accuracies exactly (a sequence is right only
+# if every one of its positions is, on whichever process each lies).
+
+
+def _trained(out: Path, config: TrainConfig) -> Path:
+    """A float64 run of ``config`` in this process; its last checkpoint."""
+    run(config.with_runtime(dtype="float64", eval_every=config.steps, checkpoint_every=config.steps), out)
+    return checkpoint.listing(out)[0]
+
+
+SHARD_KEYS = ("eval_loss", "elapsed_s", "processes", "context_parallel")  # what may differ
+
+
+def _evaluate(path: Path, dist: Dist | None = None, context: int = 1, *, loss: float = 1.0,
+              double: bool = False) -> dict:
+    """The record ``Trainer.evaluate`` writes for checkpoint ``path``'s weights (one process, or this
+    process's part of ``context``-parallel evaluation), ``loss`` its training loss; ``double``: the
+    weights run in float64."""
+    from selfattention.train.data import make_data
+    from selfattention.train.loop import Trainer
+
+    saved = checkpoint.load(path)
+    dist = dist or Dist()
+    trainer = Trainer(saved.config, make_data(saved.config), dist, split(dist, context))
+    trainer.restore(trainer.load(path))
+    if double:
+        trainer.model.double()
+    return trainer.evaluate(loss)
+
+
+def _evaluate_on_shards(rank: int, world: int, paths: list[str], context: int) -> list[dict]:
+    """A gloo process of ``_ring_harness.spawn``: every checkpoint's record, evaluated collectively."""
+    dist = Dist(rank=rank, world=world, timeout_s=30)
+    return [_evaluate(Path(p), dist, context) for p in paths]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, text) -> list[Path]:
+    """A synthetic task trained to ~30 % accuracy (sequences of 3–14 positions: some zigzag shards hold
+    nothing, and answers lie across shards) and a text run, both float64."""
+    root = tmp_path_factory.mktemp("eval")
+    copy = TrainConfig(task="copy", d_model=16, num_heads=2, num_layers=1, d_ff=32, max_len=6, longer_len=8,
+                       batch_size=16, lr=1e-2, steps=150, eval_size=41)
+    sha = hashlib.sha256(text.read_bytes()).hexdigest()
+    words = TrainConfig(task="text", text=str(text), text_sha256=sha, context=61, d_model=16, num_heads=2,
+                        num_layers=1, d_ff=32, batch_size=4, lr=1e-2,
+                        steps=20, eval_size=50)
+    return [_trained(root / "copy", copy), _trained(root / "text", words)]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize(("world", "context"), [(2, 2), (4, 2)], ids=["2-processes", "2x2-processes"])
+def test_evaluation_on_shards_is_one_process_evaluation(checkpoints, tmp_path, world, context):
+    from distributed._ring_harness import spawn
+
+    paths = [str(p) for p in checkpoints]
+    results = spawn(world, "test_context_parallel:_evaluate_on_shards", (paths, context), tmp_path)
+    for r, res in enumerate(results):
+        assert isinstance(res, list), f"rank {r}: {res}"
+    for i, path in enumerate(checkpoints):
+        want, task = _evaluate(path), path.parent.parent.name
+        assert want.get("accuracy", want.get("char_accuracy")) > 0.05  # right and wrong ones both
+        for r, res in enumerate(results):  # every process ends with the same record (all stop alike)
+            got = res[i]
+            assert got.keys() - {"context_parallel"} == want.keys(), (r, got.keys(), want.keys())
+            assert got["context_parallel"] == context and got["processes"] == world
+            for key, value in want.items():
+                if key.endswith("_loss"):
+                    assert abs(got[key] - value) <= 1e-10 * abs(value), (task, key, got[key], value)
+                elif key not in ("elapsed_s", "processes"):
+                    assert got[key] == value, (task, key, got[key], value)
+
+
+def test_snapshot_on_shards_is_the_first_positions_of_the_example():
+    """A synthetic example longer than the bound: drawn on its first SNAPSHOT_MAX positions, which are
+    those of the whole example's weights (a causal model: no position sees a later one), said in one line."""
+    from selfattention.train.data import make_data
+    from selfattention.train.distributed import Split
+    from selfattention.train.loop import Trainer
+    from selfattention.train.report import _snapshot
+    from selfattention.train.sharded import SNAPSHOT_MAX
+
+    config = TrainConfig(task="copy", d_model=16, num_heads=2, num_layers=1, d_ff=32, max_len=200,
+                         longer_len=200, dtype="float64")
+    data = make_data(config)
+    whole_tokens, whole = Trainer(config, data).attention_snapshot()
+    assert len(whole_tokens) > SNAPSHOT_MAX
+    trainer = Trainer(config, data, Dist(), Split(Dist(), 2))  # (no process group: none is needed)
+    tokens, weights = trainer.attention_snapshot()
+    assert tokens == whole_tokens[:SNAPSHOT_MAX]
+    assert weights.shape == (1, 2, SNAPSHOT_MAX, SNAPSHOT_MAX)
+    torch.testing.assert_close(weights, whole[..., :SNAPSHOT_MAX, :SNAPSHOT_MAX], rtol=0, atol=1e-12)
+    note = trainer.snapshot_note()
+    assert note == (f"attention snapshots: the first {SNAPSHOT_MAX} of the example's {len(whole_tokens)} "
+                    "positions (drawn whole on rank 0 under --context-parallel)")
+    assert _snapshot(weights, tokens).num_layers == 1  # the pictures take it
+    assert Trainer(config, data).snapshot_note() is None
+    short = TrainConfig(task="copy", d_model=16, num_heads=2, num_layers=1, d_ff=32, max_len=6, longer_len=8)
+    assert Trainer(short, make_data(short), Dist(), Split(Dist(), 2)).snapshot_note() is None
+
+
+def test_memory_check_counts_one_process_shard(monkeypatch):
+    """T = 32768 at batch 1 needs ~100 GiB for one process's whole-sequence step (the attention weights):
+    refused under 8 GiB. Over 4 processes each holds 8192 positions and ring attention's lanes: accepted,
+    and over 2 it still counts each process's activations (more than over 4)."""
+    from selfattention.errors import OptionError
+    from selfattention.train import config as config_module
+    from selfattention.train import sharded
+
+    budget = 8 * 2**30
+    for module in (config_module, sharded):
+        monkeypatch.setattr(module, "available_memory", lambda device="cpu": budget)
+    c = TrainConfig(task="text", context=32768, batch_size=1, eval_size=8)
+    with pytest.raises(OptionError, match="needs about .* GiB but 8.0 GiB are available"):
+        config_module.check_memory(c, 100)
+    sharded.check_memory_on_shard(c, 100, 4)  # fits
+    four, two = sharded.memory_needed_on_shard(c, 100, 4), sharded.memory_needed_on_shard(c, 100, 2)
+    assert config_module.memory_needed(c, 100) > budget > two > four
+    assert four > 4 * config_module.parameters_estimate(c, 100) * 4  # the weights, gradients, moments
+    monkeypatch.setattr(sharded, "available_memory", lambda device="cpu": 1)
+    with pytest.raises(OptionError, match=r"--context-parallel 2 \(batch 1, sequences of 32768, 16384 "
+                       r"positions per process.*GiB per process but 0.0 GiB are available; raise --context"):
+        sharded.check_memory_on_shard(c, 100, 2)

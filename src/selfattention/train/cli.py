@@ -139,6 +139,21 @@ def _running_options(t: argparse.ArgumentParser) -> None:
     r.add_argument("--timeout", type=_timeout, default=120.0, metavar="SECONDS",
                    help="torchrun: seconds to wait for another process before stopping (1 … 604800; "
                         "default 120)")
+    c = r.add_mutually_exclusive_group()
+    c.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step of a Transformer in one process, however short the "
+                        "run (by default only runs long enough to repay a first compilation, about twice "
+                        "the text recipe's work: a machine's first run of a model's shapes spends about a "
+                        "minute of CPU compiling, later ones seconds, from Inductor's cache, so --compile "
+                        "pays on runs repeated on the same shapes; eager if no C++ compiler)")
+    c.add_argument("--no-compile", action="store_true", help="never torch.compile the training step")
+    r.add_argument("--no-fused-adam", action="store_true",
+                   help="AdamW one parameter at a time instead of its fused kernel")
+    r.add_argument("--no-bf16", action="store_true",
+                   help="float32 matrix products in the compiled step (default: bfloat16 autocast where the "
+                        "CPU has native bfloat16, AVX512-BF16 or AMX). The speed-ups keep runs "
+                        "deterministic (same seed, flags, threads, machine: the same weights; give the "
+                        "same flags on --resume); all three flags give the path before them, bit for bit")
     r.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal)")
     r.add_argument("--no-pictures", action="store_true",
                    help="do not draw curves.png, attention.png and attention.html at the end")

@@ -8,8 +8,12 @@ import sys
 import warnings
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    from .speed import Speed
 
 # argparse name → TrainConfig field
 OPTIONS = {"steps": "steps", "batch_size": "batch_size", "model": "model", "seed": "seed",
@@ -87,12 +91,14 @@ def train_command(args: argparse.Namespace) -> int:
     try:
         dist = setup(args.timeout)
         from .loop import run
+        from .speed import using
 
         out = Path(args.out)
-        run(config, out, resume=args.resume, dist=dist, echo=print,
-            progress=False if args.no_progress else None, text=text,
-            finish=lambda trainer: _finish(trainer, out, pictures=not args.no_pictures),
-            context_parallel=args.context_parallel)
+        with using(speed_of(args)):
+            run(config, out, resume=args.resume, dist=dist, echo=print,
+                progress=False if args.no_progress else None, text=text,
+                finish=lambda trainer: _finish(trainer, out, pictures=not args.no_pictures),
+                context_parallel=args.context_parallel)
         barrier(dist)  # no process leaves the group while another still uses it
     except PeerError as err:
         print(f"selfattention: error: {err}; stopping (continue from the last checkpoint with --resume)",
@@ -109,6 +115,14 @@ def train_command(args: argparse.Namespace) -> int:
         except Exception:  # a group left by an error cannot always be torn down; the process is ending
             pass
     return 0
+
+
+def speed_of(args: argparse.Namespace) -> Speed:
+    """The speed-ups' switches of --compile/--no-compile, --no-fused-adam and --no-bf16."""
+    from .speed import Speed
+
+    compile_ = False if args.no_compile else (True if args.compile else None)
+    return Speed(compile=compile_, fused_adam=not args.no_fused_adam, bf16=not args.no_bf16)
 
 
 def summary(trainer) -> str:
@@ -135,7 +149,15 @@ def summary(trainer) -> str:
         what = f"eval_loss {fixed(r['eval_loss'], 4)}{when}"
     else:
         what = "no evaluation yet"
-    return f"done: step {trainer.step}, {what}, {fixed(trainer.elapsed, 1)} s"
+    plan = getattr(trainer, "plan", None)
+    how = ""
+    if plan is not None:
+        first = trainer.first_step_s
+        compiling = f", its first step {fixed(first, 1)} s CPU with compiling" \
+            if plan.compile and first is not None else ""
+        failed = getattr(trainer.compiled_loss, "failed", None)
+        how = f" ({plan.describe()}{compiling})" if not failed else " (eager after torch.compile failed)"
+    return f"done: step {trainer.step}, {what}, {fixed(trainer.elapsed, 1)} s{how}"
 
 
 def _finish(trainer, out: Path, pictures: bool) -> None:

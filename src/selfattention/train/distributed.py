@@ -56,6 +56,19 @@ def all_sum(values: list[float], dist: Dist) -> list[float]:
     return t.tolist()
 
 
+def sum_over_processes(t: torch.Tensor, dist: Dist, doing: str) -> torch.Tensor:
+    """``t`` (any shape, on ``dist.device``) summed element-wise over all processes, in every process
+    (a new tensor; ``doing`` names the step in the message of a peer gone)."""
+    if dist.world <= 1:
+        return t.clone()
+    import torch.distributed as td
+
+    t = t.clone()
+    with guard(dist, doing):
+        td.all_reduce(t)
+    return t
+
+
 def broadcast_int(value: int, dist: Dist) -> int:
     """Rank 0's ``value`` in every process."""
     if dist.world <= 1:
@@ -182,4 +195,5 @@ def broadcast_parameters(params: list[torch.Tensor], dist: Dist) -> None:
 
 
 __all__ = ["MAX_MESSAGE", "PEERS", "Dist", "PeerError", "Split", "agree", "all_sum", "barrier",
-           "broadcast_int", "broadcast_parameters", "guard", "setup", "split", "sum_gradients", "teardown"]
+           "broadcast_int", "broadcast_parameters", "guard", "setup", "split", "sum_gradients",
+           "sum_over_processes", "teardown"]

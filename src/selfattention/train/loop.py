@@ -27,7 +27,7 @@ from .._text import printable
 from ..distributed import ContextParallel
 from ..errors import UsageError, UserError
 from ..transformer import DecoderLM, parameter_count
-from . import checkpoint, metrics
+from . import checkpoint, metrics, sharded, speed
 from .config import EVAL_CHUNK, TrainConfig, build_model, check_memory
 from .data import Batch, SyntheticData, TextData, make_data
 from .distributed import (
@@ -64,8 +64,18 @@ class Trainer(Checkpoints):
         torch.manual_seed(config.seed)
         self.model = build_model(config, len(data.vocab)).to(self.device, getattr(torch, config.dtype))
         self.net: torch.nn.Module = self.model  # the DDP wrapper once ``distribute`` is called
+        # The speed-ups this run uses (speed.py): its switches, this machine, the run's work.
+        self.width = speed.step_width(get_task(config.task), config)  # positions of a compiled step
+        self.plan = speed.plan(speed.current(), device=self.device, dtype=getattr(torch, config.dtype),
+                               transformer=isinstance(self.model, DecoderLM), processes=self.dist.world,
+                               work_flop=speed.work(parameter_count(self.model),
+                                                    config.batch_size * self.width, config.steps))
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=BETAS,
-                                     weight_decay=config.weight_decay)
+                                     weight_decay=config.weight_decay,
+                                     **({"fused": True} if self.plan.fused_adam else {}))
+        self.compiled_loss = speed.CompiledLoss(self.model, bf16=self.plan.bf16) \
+            if self.plan.compile else None
+        self.first_step_s: float | None = None  # CPU seconds of the first step (and its compiler runs)
         self.step = 0
         self.loss_sum = 0.0  # this process's summed loss since the last evaluation
         self.loss_tokens = 0  # tokens of the global batches since the last evaluation
@@ -105,18 +115,25 @@ class Trainer(Checkpoints):
         sp = self.split
         batch, tokens = self.data.train_batch(s, sp.data_rank, sp.data)
         inputs, targets, weight = (t.to(self.device) for t in (batch.inputs, batch.targets, batch.weight))
+        first = speed.cpu_seconds() if self.first_step_s is None else None
         with guard(self.dist, f"training step {s}"):
-            if sp.context > 1:  # the group's sequences, this process's positions of them (b, T_local)
-                shard = ContextParallel(inputs.shape[1], group=sp.group)
-                inputs, targets, weight = (shard.shard(t, dim=-1) for t in (inputs, targets, weight))
-                logits = self.model(inputs, shard=shard)
+            if self.compiled_loss is not None and self.net is self.model and sp.context == 1:
+                # One shape every step (one graph): the padded positions have weight False.
+                inputs, targets = speed.pad(inputs, self.width, 0), speed.pad(targets, self.width, 0)
+                loss_sum = self.compiled_loss(inputs, targets, speed.pad(weight, self.width, False))
+                (loss_sum * (self.dist.world / tokens)).backward()
             else:
-                logits = self.net(inputs)  # (b, T, V)
-            loss_sum = F.cross_entropy(logits[weight], targets[weight], reduction="sum")
-            # DDP averages over the processes; context-parallel gradients are summed (sum_gradients).
-            (loss_sum * ((self.dist.world if sp.context == 1 else 1) / tokens)).backward()
-            if sp.context > 1:
-                sum_gradients(list(self.model.parameters()), self.dist)
+                if sp.context > 1:  # the group's sequences, this process's positions of them (b, T_local)
+                    shard = ContextParallel(inputs.shape[1], group=sp.group)
+                    inputs, targets, weight = (shard.shard(t, dim=-1) for t in (inputs, targets, weight))
+                    logits = self.model(inputs, shard=shard)
+                else:
+                    logits = self.net(inputs)  # (b, T, V)
+                loss_sum = F.cross_entropy(logits[weight], targets[weight], reduction="sum")
+                # DDP averages over the processes; context-parallel gradients are summed (sum_gradients).
+                (loss_sum * ((self.dist.world if sp.context == 1 else 1) / tokens)).backward()
+                if sp.context > 1:
+                    sum_gradients(list(self.model.parameters()), self.dist)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
         # The gradient norm is the same on every process (the gradients are reduced): all stop together.
         if not (torch.isfinite(loss_sum) and torch.isfinite(norm)):
@@ -128,6 +145,8 @@ class Trainer(Checkpoints):
         self.loss_sum += float(loss_sum.detach())
         self.loss_tokens += tokens
         self.tokens_seen += tokens
+        if first is not None:
+            self.first_step_s = speed.cpu_seconds() - first
 
     def diverged(self, step: int, what: str) -> None:
         raise TrainingDiverged(f"training diverged at step {step}: {what}; nothing from this step on is "
@@ -146,23 +165,19 @@ class Trainer(Checkpoints):
     @torch.no_grad()
     def evaluate(self, train_loss: float) -> dict:
         """Held-out loss and whole-sequence accuracy (teacher-forced: every answer token and the final
-        "." predicted right; the same sequences greedy decoding would get right)."""
+        "." predicted right; the same sequences greedy decoding would get right). Rank 0 alone, or
+        under --context-parallel every process (collective: ``sharded.evaluate_batch``)."""
         if self._eval is None:
             self._eval = self.data.eval_batches()
         self.model.eval()
         record: dict = {"step": self.step, "loss": train_loss}
         try:
             for name, batch in self._eval.items():
-                loss, tokens, right, right_tokens = 0.0, 0, 0, 0
-                for i in range(0, len(batch), EVAL_CHUNK):
-                    x, y = batch.inputs[i:i + EVAL_CHUNK].to(self.device), batch.targets[i:i + EVAL_CHUNK]
-                    w = batch.weight[i:i + EVAL_CHUNK]
-                    logits = self.model(x).double().cpu()  # (b, T, V); the loss summed in float64
-                    loss += float(F.cross_entropy(logits[w], y[w], reduction="sum"))
-                    tokens += int(w.sum())
-                    hit = logits.argmax(-1) == y  # (b, T)
-                    right += int((hit | ~w).all(1).sum())
-                    right_tokens += int((hit & w).sum())
+                if self.split.context > 1:  # collective: every process, its shard of its group's part
+                    loss, tokens, right, right_tokens = sharded.evaluate_batch(self.model, batch, self.split,
+                                                                               self.device)
+                else:
+                    loss, tokens, right, right_tokens = self._evaluate_whole(batch)
                 key = "eval_loss" if name == "heldout" else f"{name}_loss"
                 record[key] = loss / tokens
                 if isinstance(self.data, SyntheticData):
@@ -187,12 +202,31 @@ class Trainer(Checkpoints):
         self.last_record = record
         return record
 
+    def _evaluate_whole(self, batch: Batch) -> tuple[float, int, int, int]:
+        """(loss summed in float64, loss tokens, sequences right, loss tokens right) of ``batch``
+        (n, T), whole sequences in this process."""
+        loss, tokens, right, right_tokens = 0.0, 0, 0, 0
+        for i in range(0, len(batch), EVAL_CHUNK):
+            x, y = batch.inputs[i:i + EVAL_CHUNK].to(self.device), batch.targets[i:i + EVAL_CHUNK]
+            w = batch.weight[i:i + EVAL_CHUNK]
+            logits = self.model(x).double().cpu()  # (b, T, V); the loss summed in float64
+            loss += float(F.cross_entropy(logits[w], y[w], reduction="sum"))
+            tokens += int(w.sum())
+            hit = logits.argmax(-1) == y  # (b, T)
+            right += int((hit | ~w).all(1).sum())
+            right_tokens += int((hit & w).sum())
+        return loss, tokens, right, right_tokens
+
     @torch.no_grad()
     def attention_snapshot(self) -> tuple[list[str], torch.Tensor] | None:
-        """The example's attention weights now, (L, H, T, T), with its tokens (transformer only)."""
+        """The example's attention weights now, (L, H, T, T), with its tokens (transformer only); run
+        on the whole example by this process alone (rank 0), under --context-parallel on at most its
+        first ``sharded.SNAPSHOT_MAX`` positions (``snapshot_note`` says so)."""
         if not isinstance(self.model, DecoderLM):
             return None
         text = self.data.example()
+        if self.split.context > 1:
+            text = sharded.snapshot_text(text)[0]
         ids = torch.tensor([self.data.vocab.encode(text)], device=self.device)  # (1, T)
         self.model.eval()
         try:
@@ -200,6 +234,12 @@ class Trainer(Checkpoints):
         finally:
             self.model.train()
         return list(text), torch.cat(weights).cpu()  # (L, H, T, T)
+
+    def snapshot_note(self) -> str | None:
+        """One line when the snapshots draw only the first part of the example, else None."""
+        if self.split.context == 1 or not isinstance(self.model, DecoderLM):
+            return None
+        return sharded.snapshot_text(self.data.example())[1]
 
 
 def run(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = False, dist: Dist | None = None,
@@ -228,7 +268,10 @@ def run(config: TrainConfig, out: str | os.PathLike[str], *, resume: bool = Fals
                          f"over {sp.data} {'data-parallel groups' if sp.context > 1 else 'processes'}{by}")
     out = Path(out)
     data = make_data(config, text)
-    check_memory(config, len(data.vocab), device=dist.device)
+    if sp.context > 1:  # one process's shard of each sequence, not the whole sequence
+        sharded.check_memory_on_shard(config, len(data.vocab), sp.context, sp.data, device=dist.device)
+    else:
+        check_memory(config, len(data.vocab), device=dist.device)
     trainer = Trainer(config, data, dist, sp)
     reads = [("--text", config.text)] if get_task(config.task).from_file and config.text else []
     with claim(out, dist, reads):
@@ -290,6 +333,8 @@ def _loop(trainer: Trainer, out: Path, echo: Callable[[str], None] | None, progr
         bar = tqdm(total=c.steps, initial=trainer.step, unit="step", file=sys.stderr, dynamic_ncols=True,
                    leave=False)
     try:
+        if echo and (note := trainer.snapshot_note()):
+            echo(note)
         if main and trainer.step == 0 and (snap := trainer.attention_snapshot()):
             metrics.save_snapshot(out, 0, *snap)  # α before any learning: the starting point
         while trainer.step < c.steps:
@@ -300,10 +345,13 @@ def _loop(trainer: Trainer, out: Path, echo: Callable[[str], None] | None, progr
                 # collective: every process takes part. The last step's evaluation, when it is not due,
                 # leaves the sums running: a resumed run then logs what an uninterrupted one does.
                 loss = trainer.train_loss(reset=s % c.eval_every == 0)
-                if main:
+                if main or trainer.split.context > 1:  # context-parallel: every process evaluates
                     record = trainer.evaluate(loss)
+                if main:
                     if snap := trainer.attention_snapshot():
                         metrics.save_snapshot(out, s, *snap)
+                else:
+                    record = None  # rank 0 writes the record
             if s % c.checkpoint_every == 0 or s == c.steps:
                 loss_sum = all_sum([trainer.loss_sum], trainer.dist)[0]  # collective
                 if main:
