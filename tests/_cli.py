@@ -1,4 +1,5 @@
-"""The command line in this process (``run_cli``), and model folders for error tests
+"""The command line in this process (``run_cli``), what a user's mistake must look like
+(``one_error``), and model folders for error tests
 (``model_dir_copy``: the default model's files symlinked, some left out or replaced).
 
 ``run_cli`` is the cheap way to test a command: no interpreter to start, no torch to import
@@ -12,10 +13,22 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def one_error(rc: int, out: str, err: str, match: str = "") -> str:
+    """Exit 2, nothing on stdout, one line on stderr that says what went wrong (and matches ``match``)."""
+    assert rc == 2, (rc, err)
+    assert out == "", out[:200]
+    assert err.startswith("selfattention: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and "unexpected" not in err, err
+    if match:
+        assert re.search(match, err), err
+    return err
 
 
 def model_dir_copy(tmp_path: Path, *, without: tuple[str, ...] = (), replace: dict | None = None) -> Path:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _cli import model_dir_copy, no_hang, run_cli
+from _cli import model_dir_copy, no_hang, one_error, run_cli
 
 from selfattention import _io
 from selfattention.errors import ModelError
@@ -39,15 +39,6 @@ WEIGHTS = "model.safetensors"
 run = run_cli
 
 
-def one_error(rc: int, out: str, err: str, match: str = "") -> str:
-    """Exit 2, nothing on stdout, one line on stderr that says what went wrong."""
-    assert rc == 2, (rc, err)
-    assert out == "", out[:200]
-    assert err.startswith("selfattention: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err and "unexpected" not in err, err
-    if match:
-        assert re.search(match, err), err
-    return err
 
 
 def process(args: list[str], **kw) -> subprocess.CompletedProcess:

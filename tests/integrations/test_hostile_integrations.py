@@ -17,7 +17,7 @@ import re
 
 import pytest
 import torch
-from _cli import model_dir_copy, run_cli
+from _cli import model_dir_copy, one_error, run_cli
 from _rules import F64, assert_close, randn
 
 import selfattention.integrations.transformers as hf
@@ -26,16 +26,6 @@ from selfattention.errors import ModelError
 from selfattention.integrations.torch_library import attention_op
 from selfattention.models.bert import BertConfig, expected_shapes, state_from_hf
 from selfattention.models.pretrained import PretrainedModel, default_model_path
-
-
-def one_error(rc: int, out: str, err: str, match: str) -> str:
-    """Exit 2, nothing on stdout, one line on stderr that says what went wrong."""
-    assert rc == 2, (rc, err)
-    assert out == "", out[:200]
-    assert err.startswith("selfattention: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err and "unexpected" not in err, err
-    assert re.search(match, err), err
-    return err
 
 
 def _tf():

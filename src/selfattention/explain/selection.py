@@ -63,7 +63,8 @@ def select(trace: Trace, *, layer: int | None = None, head: int | None = None,
     if n not in trace.layers:
         raise ValueError(f"the trace holds layers {[k + 1 for k in sorted(trace.layers)]}, not layer {n + 1}")
     layer_why = GIVEN["layer"] if layer is not None else f"the default, layer {DEFAULT_LAYER}"
-    h, head_why = (head - 1, GIVEN["head"]) if head is not None else default_head(trace, n)
+    h, head_why = (head - 1, GIVEN["head"]) if head is not None else default_head(
+        trace.layers[n].weights.double().numpy(), trace.tokens.special, trace.model.unit)
     answer = answer_row(trace)
     if word is None:
         i, word_why = default_word(trace, answer)

@@ -8,12 +8,7 @@ multi-word sentences. With fewer than two real words nothing is mixed, and head 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
-
-if TYPE_CHECKING:  # a Trace is only read here; tracing asks default_head for its inline explorer
-    from .tracing import Trace
 
 MIXING = "the one of this layer mixing the most real {unit} (default)"
 TOO_FEW = "the default when there are fewer than two real {unit} to mix"
@@ -22,14 +17,13 @@ HEURISTIC = ("score: the mean over real {unit} of the weight each puts on real {
              "share that weight, e^entropy")
 
 
-def default_head(trace: Trace, layer: int) -> tuple[int, str]:
-    """(0-based head, why) for ``layer`` (0-based) of ``trace``: the rule above, or head 1 for a
-    one-head layer."""
-    weights = trace.layers[layer].weights.double().numpy()  # (H, T, T)
+def default_head(weights: np.ndarray, special: list[bool], unit: str) -> tuple[int, str]:
+    """(0-based head, why) for one layer's ``weights`` (H, T, T) over tokens whose ``special`` flags
+    mark [CLS]/[SEP] (``unit`` names a token in the why): the rule above, or head 1 for a one-head
+    layer. (It takes a trace's parts, not the Trace, so that tracing may ask it.)"""
     if weights.shape[0] == 1:
         return 0, "the layer's only head"
-    unit = trace.model.unit
-    real = np.array([not s for s in trace.tokens.special])
+    real = np.array([not s for s in special])
     if real.sum() < 2:
         return 0, TOO_FEW.format(unit=unit)
     return choose_head(weights, real), MIXING.format(unit=unit)

@@ -99,7 +99,8 @@ class Trace:
 
         if sorted(self.layers) == list(range(self.num_layers)):  # opens where explain opens
             layer = min(DEFAULT_LAYER, self.num_layers)
-            head = default_head(self, layer - 1)[0] + 1
+            weights = self.layers[layer - 1].weights.double().numpy()  # (H, T, T)
+            head = default_head(weights, self.tokens.special, self.model.unit)[0] + 1
             return Explorer(self.attention_data(), layer=layer, head=head)._repr_html_()
         n = min(self.layers)
         note = (f"<p>{html.escape(repr(self))}: the explorer needs every layer (trace with layers=None); "
