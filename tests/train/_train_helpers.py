@@ -5,14 +5,17 @@ module to use it there)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from _cli import no_hang, run_cli
 
+from selfattention.train import metrics
 from selfattention.train.config import TrainConfig
 
 # A model and task small enough that a step takes milliseconds.
@@ -80,3 +83,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def stop_one_rank(args: list[str], out: Path, signal_: int) -> tuple[int, str, float]:
+    """``selfattention train *args --out out`` started by hand as ranks 0 and 1 of two processes
+    (gloo on a free port); once both train, rank 1 gets ``signal_``: rank 0's (exit status, stderr,
+    seconds from the signal to its end). A hang fails here, in communicate's timeout."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    e = {**env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+    cmd = [sys.executable, "-m", "selfattention", "train", *args, "--out", str(out)]
+    procs = [subprocess.Popen(cmd, env={**e, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        end = time.monotonic() + 120
+        while not metrics.read(out):  # both are training
+            assert time.monotonic() < end and procs[0].poll() is None, procs[0].stderr.read()
+            time.sleep(0.05)
+        os.kill(procs[1].pid, signal_)
+        stopped = time.monotonic()
+        err = procs[0].communicate(timeout=60)[1]  # a hang would time out here, not in the training
+        return procs[0].returncode, err, time.monotonic() - stopped
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _train_helpers import cli_here, curve, env, one_thread, same_state  # noqa: F401
+from _train_helpers import cli_here, curve, env, one_thread, same_state, stop_one_rank  # noqa: F401
 
 from selfattention.errors import UsageError
 from selfattention.train import checkpoint, metrics
@@ -203,13 +202,6 @@ def test_a_checkpoint_of_two_sequences_over_four_processes_is_valid(tmp_path: Pa
         check_state(state_file, state)  # 4 data-parallel processes cannot split a batch of 2
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 @pytest.mark.distributed
@@ -218,29 +210,11 @@ def test_a_killed_rank_makes_the_other_exit_with_a_message(tmp_path: Path, text:
     """kill -9 of one process of a context group: the other, waiting for it in the ring or in a sum,
     ends within --timeout with one line, as under DDP (test_ddp.py)."""
     import signal
-    import time
 
     out = tmp_path / "run"
-    e = env()
-    e.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
-    cmd = [sys.executable, "-m", "selfattention", "train", "text", "--text", str(text), "--steps", "100000",
-           "--out", str(out), "--timeout", "5", "--context-parallel", "2", *ARGS]
-    procs = [subprocess.Popen(cmd, env={**e, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    try:
-        end = time.monotonic() + 120
-        while not metrics.read(out):  # both are training
-            assert time.monotonic() < end and procs[0].poll() is None, procs[0].stderr.read()
-            time.sleep(0.05)
-        os.kill(procs[1].pid, signal.SIGKILL)
-        stopped = time.monotonic()
-        err = procs[0].communicate(timeout=60)[1]  # a hang would time out here, not in the training
-        waited = time.monotonic() - stopped
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-    assert procs[0].returncode == 1
+    rc, err, waited = stop_one_rank(["text", "--text", str(text), "--steps", "100000", "--timeout", "5",
+                                     "--context-parallel", "2", *ARGS], out, signal.SIGKILL)
+    assert rc == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     # wherever it noticed: in the ring (ranks of the context group), or summing gradients or losses

@@ -8,17 +8,14 @@ curve's own largest error (plus 1e-6 for a curve whose error happens to be ~0).
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from _train_helpers import curve, env, one_thread, same_state, tiny  # noqa: F401
+from _train_helpers import curve, env, one_thread, same_state, stop_one_rank, tiny  # noqa: F401
 
 from selfattention.train import checkpoint, metrics
 from selfattention.train.loop import run
@@ -73,35 +70,12 @@ def test_resume_under_torchrun_is_exact(ddp: Path, tmp_path: Path):
     assert curve(metrics.read(ddp)) == curve(metrics.read(out))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.parametrize("signal_", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
 def test_a_dead_or_hung_rank_makes_the_other_exit_with_a_message(tmp_path: Path, signal_):
     out = tmp_path / "run"
-    e = env()
-    e.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
-    cmd = [sys.executable, "-m", "selfattention", "train", "reverse", "--steps", "100000", "--out", str(out),
-           "--timeout", "5", *ARGS]
-    procs = [subprocess.Popen(cmd, env={**e, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    try:
-        end = time.monotonic() + 120
-        while not metrics.read(out):  # both are training
-            assert time.monotonic() < end and procs[0].poll() is None, procs[0].stderr.read()
-            time.sleep(0.05)
-        os.kill(procs[1].pid, signal_)
-        stopped = time.monotonic()
-        err = procs[0].communicate(timeout=60)[1]  # a hang would time out here, not in the training
-        waited = time.monotonic() - stopped
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-    assert procs[0].returncode == 1
+    rc, err, waited = stop_one_rank(["reverse", "--steps", "100000", "--timeout", "5", *ARGS], out, signal_)
+    assert rc == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     # wherever it noticed: in a training step's gradients, or summing the losses for an evaluation
